@@ -1,0 +1,307 @@
+//! Kernel side of the pipeline: loads the eBPF sampler, attaches it to a `cpu-clock` perf event on
+//! every online CPU, drains the ring buffer and reads the outcome counters.
+
+mod counters;
+mod record;
+
+pub use counters::BpfCounters;
+pub use record::RawSample;
+
+use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::time::Duration;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::perf_event::{
+    PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
+};
+use aya::{Ebpf, EbpfLoader};
+use profiler_common::{COUNTER_SLOTS, SampleRecord};
+
+use crate::config::SamplerConfig;
+
+/// The eBPF object built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+
+/// How to run the sampler program: the one the daemon uses, or the in-kernel aggregation variant
+/// kept for measurement (`profiler bpf-cost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Design {
+    RingBuf,
+    Aggregate,
+}
+
+impl Design {
+    fn program(self) -> &'static str {
+        match self {
+            Design::RingBuf => "sample_ringbuf",
+            Design::Aggregate => "sample_aggregate",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error(
+        "loading the eBPF object failed: {source}{hint}",
+        hint = permission_hint(source)
+    )]
+    Load {
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error(
+        "the kernel rejected the eBPF program `{program}`: {source}{hint}\nverifier log:\n{log}",
+        hint = permission_hint(source)
+    )]
+    Verify {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+        log: String,
+    },
+    #[error("attaching to the cpu-clock perf event on CPU {cpu} failed: {source}{hint}", hint = permission_hint(source))]
+    Attach {
+        cpu: u32,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot list the online CPUs ({what}): {source}")]
+    OnlineCpus {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the eBPF object has no {kind} `{name}` (build mismatch)")]
+    Missing { kind: &'static str, name: &'static str },
+    #[error("eBPF map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("waiting for samples failed: {0}")]
+    Poll(#[source] std::io::Error),
+}
+
+/// When an error chain says "permission denied", tell the user what to do about it.
+fn permission_hint(err: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        {
+            return "\nhint: profiling needs root, or the capabilities CAP_BPF, CAP_PERFMON and \
+                    CAP_SYS_ADMIN: run it as root (e.g. `sudo profiler record ...`)";
+        }
+        let text = e.to_string();
+        if text.contains("Operation not permitted") || text.contains("Permission denied") {
+            return "\nhint: profiling needs root, or the capabilities CAP_BPF, CAP_PERFMON and \
+                    CAP_SYS_ADMIN: run it as root (e.g. `sudo profiler record ...`)";
+        }
+        cur = e.source();
+    }
+    ""
+}
+
+/// The attached sampler. Dropping it detaches the programs and frees the maps.
+pub struct Sampler {
+    // Keeps programs, links and the maps not taken below alive.
+    ebpf: Ebpf,
+    samples: Option<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    design: Design,
+    cpus: usize,
+}
+
+impl Sampler {
+    /// Loads the programs, configures the filter and attaches on every online CPU.
+    pub fn start(config: &SamplerConfig, design: Design) -> Result<Self, BpfError> {
+        raise_memlock_limit();
+        let filter = u32::from(!config.pids.is_empty());
+        let include_idle = u32::from(config.include_idle);
+        let pid_slots = (config.pids.len() as u32).max(1);
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("FILTER_PIDS", &filter, true)
+            .override_global("INCLUDE_IDLE", &include_idle, true)
+            .map_max_entries("PIDS", pid_slots);
+        match design {
+            Design::RingBuf => {
+                // The aggregation maps are unused: don't spend kernel memory on them.
+                loader
+                    .map_max_entries("SAMPLES", config.ring_buffer_bytes)
+                    .map_max_entries("STACKS", 1)
+                    .map_max_entries("COUNTS", 1);
+            }
+            Design::Aggregate => {
+                loader.map_max_entries("SAMPLES", 4096);
+            }
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|source| BpfError::Load { source })?;
+
+        if !config.pids.is_empty() {
+            let map = ebpf.map_mut("PIDS").ok_or(BpfError::Missing {
+                kind: "map",
+                name: "PIDS",
+            })?;
+            let mut pids = BpfHashMap::<_, u32, u8>::try_from(map)
+                .map_err(|source| BpfError::Map { name: "PIDS", source })?;
+            for &pid in &config.pids {
+                pids.insert(pid, 1, 0)
+                    .map_err(|source| BpfError::Map { name: "PIDS", source })?;
+            }
+        }
+
+        let program_name = design.program();
+        let program: &mut PerfEvent = ebpf
+            .program_mut(program_name)
+            .ok_or(BpfError::Missing {
+                kind: "program",
+                name: program_name,
+            })?
+            .try_into()
+            .map_err(|source| BpfError::Verify {
+                program: program_name,
+                source,
+                log: String::new(),
+            })?;
+        program.load().map_err(|source| {
+            let log = match &source {
+                aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+                    verifier_log.to_string()
+                }
+                _ => String::new(),
+            };
+            BpfError::Verify {
+                program: program_name,
+                source,
+                log,
+            }
+        })?;
+
+        let cpus = aya::util::online_cpus()
+            .map_err(|(what, source)| BpfError::OnlineCpus { what, source })?;
+        // cpu-clock counts nanoseconds, so a fixed period gives exactly `frequency` samples per
+        // second of CPU time (frequency mode would let the kernel adapt the period).
+        let period = 1_000_000_000 / u64::from(config.frequency);
+        for &cpu in &cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(period),
+                    false,
+                )
+                .map_err(|source| BpfError::Attach { cpu, source })?;
+        }
+        tracing::debug!(cpus = cpus.len(), period_ns = period, program = program_name, "sampler attached");
+
+        let samples = match design {
+            Design::RingBuf => {
+                let map = ebpf.take_map("SAMPLES").ok_or(BpfError::Missing {
+                    kind: "map",
+                    name: "SAMPLES",
+                })?;
+                Some(
+                    RingBuf::try_from(map)
+                        .map_err(|source| BpfError::Map { name: "SAMPLES", source })?,
+                )
+            }
+            Design::Aggregate => None,
+        };
+        let map = ebpf.take_map("COUNTERS").ok_or(BpfError::Missing {
+            kind: "map",
+            name: "COUNTERS",
+        })?;
+        let counters = PerCpuArray::try_from(map).map_err(|source| BpfError::Map {
+            name: "COUNTERS",
+            source,
+        })?;
+        Ok(Self {
+            ebpf,
+            samples,
+            counters,
+            design,
+            cpus: cpus.len(),
+        })
+    }
+
+    /// Number of CPUs sampled.
+    #[must_use]
+    pub fn cpus(&self) -> usize {
+        self.cpus
+    }
+
+    /// Waits until samples are ready or `timeout` passes (an interrupted wait returns early).
+    pub fn wait(&self, timeout: Duration) -> Result<(), BpfError> {
+        let Some(ring) = &self.samples else {
+            std::thread::sleep(timeout);
+            return Ok(());
+        };
+        let mut fds = [libc::pollfd {
+            fd: ring.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(BpfError::Poll(err));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands every sample waiting in the ring buffer to `sink`; returns how many there were.
+    /// Records of an unexpected size are counted by the caller via `RawSample::parse` errors.
+    pub fn drain(&mut self, mut sink: impl FnMut(Option<RawSample>)) -> usize {
+        let Some(ring) = &mut self.samples else {
+            return 0;
+        };
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            n += 1;
+            sink(RawSample::parse(&item));
+        }
+        n
+    }
+
+    /// Current totals of the in-kernel counters (summed over CPUs).
+    pub fn counters(&self) -> Result<BpfCounters, BpfError> {
+        BpfCounters::read(&self.counters).map_err(|source| BpfError::Map {
+            name: "COUNTERS",
+            source,
+        })
+    }
+
+    /// BPF run time and run count of the attached program, when `kernel.bpf_stats_enabled` is on.
+    pub fn program_stats(&self) -> Option<(Duration, u64)> {
+        let program = self.ebpf.program(self.design.program())?;
+        let info = program.info().ok()?;
+        Some((info.run_time(), info.run_count()))
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so big ring buffers load.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const limit) } != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+// The ring buffer reserves exactly one SampleRecord per sample.
+const _: () = assert!(size_of::<SampleRecord>() < 4096);
+const _: () = assert!(COUNTER_SLOTS as usize == profiler_common::Counter::ALL.len());

@@ -1,0 +1,93 @@
+//! Command-line interface: the flags of every subcommand, parsed by clap.
+//!
+//! Parsing only checks syntax; `config` turns the result into a validated configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// System-wide sampling CPU profiler (eBPF).
+#[derive(Debug, Parser)]
+#[command(name = "profiler", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log level filter (error, warn, info, debug, trace, or a `RUST_LOG` directive).
+    /// `RUST_LOG` is used when this is not given.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Profile every CPU (or the selected processes) for a while and write one file.
+    Record(RecordArgs),
+    /// Measure the BPF time per sample of a sampler design (used by `cargo xtask bench`).
+    #[command(hide = true)]
+    BpfCost(BpfCostArgs),
+}
+
+/// Options of `profiler record`.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// How long to record (e.g. `10s`, `2m`). Ctrl-C stops early and still writes the file.
+    #[arg(long, short = 'd', value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Samples per second on each CPU (1..=10000).
+    #[arg(long, short = 'F', value_name = "HZ", default_value_t = 99)]
+    pub frequency: u32,
+
+    /// Only profile this process (a tgid, with all its threads). Repeatable.
+    #[arg(long, short = 'p', value_name = "PID")]
+    pub pid: Vec<u32>,
+
+    /// Output file; the extension picks the format: `.svg` (flamegraph), `.folded` (folded stacks).
+    #[arg(long, short = 'o', value_name = "PATH")]
+    pub output: PathBuf,
+
+    /// Keep samples of idle CPUs (pid 0) in the output; they are always counted.
+    #[arg(long)]
+    pub include_idle: bool,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Memory bounds shared by the sampling subcommands.
+#[derive(Debug, Args, Clone)]
+pub struct LimitArgs {
+    /// Size of the kernel→daemon ring buffer in bytes (a power of two, at least one page).
+    /// One sample takes about 2 KiB; the daemon drains it every 100 ms.
+    #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub ring_buffer_size: u32,
+
+    /// Most distinct stacks kept in memory per profile; samples of new stacks beyond it are
+    /// counted as lost (`profile_full`).
+    #[arg(long, value_name = "N", default_value_t = 200_000)]
+    pub max_stacks: usize,
+
+    /// Most symbolized addresses cached (per unique binary and offset, shared by processes).
+    #[arg(long, value_name = "N", default_value_t = 200_000)]
+    pub symbol_cache_entries: usize,
+}
+
+/// Options of the hidden `profiler bpf-cost`.
+#[derive(Debug, Args)]
+pub struct BpfCostArgs {
+    /// Which sampler program to measure: `ringbuf` or `aggregate`.
+    #[arg(long, default_value = "ringbuf")]
+    pub design: String,
+    /// How long to sample.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Samples per second on each CPU.
+    #[arg(long, default_value_t = 999)]
+    pub frequency: u32,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|err| format!("{err} (expected e.g. `10s`, `2m`, `500ms`)"))
+}

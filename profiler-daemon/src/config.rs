@@ -1,0 +1,225 @@
+//! Validated configuration: turns parsed flags into values the stages can trust.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cli::{LimitArgs, RecordArgs};
+
+/// Highest sampling frequency accepted. Past this the timer interrupts themselves dominate.
+pub const MAX_FREQUENCY: u32 = 10_000;
+
+/// A configuration error: always the user's to fix, so it maps to exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--frequency must be between 1 and {MAX_FREQUENCY} Hz, got {0}")]
+    Frequency(u32),
+    #[error("--duration must be longer than zero")]
+    Duration,
+    #[error(
+        "cannot tell the output format of `{path}`: use one of the extensions {supported}",
+        supported = OutputFormat::SUPPORTED
+    )]
+    OutputFormat { path: PathBuf },
+    #[error("--pid {0}: no such process")]
+    NoSuchPid(u32),
+    #[error("--pid 0 is the idle task, not a process; use --include-idle to see idle time")]
+    PidZero,
+    #[error("--ring-buffer-size must be a power of two of at least 4096 bytes, got {0}")]
+    RingBufferSize(u32),
+    #[error("--{name} must be at least 1")]
+    ZeroLimit { name: &'static str },
+}
+
+/// Output formats of `profiler record`, chosen by the output file's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Interactive flamegraph (inferno).
+    Svg,
+    /// Folded stacks, one line per unique stack.
+    Folded,
+}
+
+impl OutputFormat {
+    /// The extensions, for error messages.
+    pub const SUPPORTED: &'static str = "`.svg` (flamegraph), `.folded` (folded stacks)";
+
+    /// Picks the format from a path's extension.
+    pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        if name.ends_with(".svg") {
+            Ok(Self::Svg)
+        } else if name.ends_with(".folded") {
+            Ok(Self::Folded)
+        } else {
+            Err(ConfigError::OutputFormat {
+                path: path.to_path_buf(),
+            })
+        }
+    }
+}
+
+/// Memory bounds, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub ring_buffer_bytes: u32,
+    pub max_stacks: usize,
+    pub symbol_cache_entries: usize,
+}
+
+impl Limits {
+    pub fn from_args(args: &LimitArgs) -> Result<Self, ConfigError> {
+        let ring = args.ring_buffer_size;
+        if ring < 4096 || !ring.is_power_of_two() {
+            return Err(ConfigError::RingBufferSize(ring));
+        }
+        if args.max_stacks == 0 {
+            return Err(ConfigError::ZeroLimit { name: "max-stacks" });
+        }
+        if args.symbol_cache_entries == 0 {
+            return Err(ConfigError::ZeroLimit {
+                name: "symbol-cache-entries",
+            });
+        }
+        Ok(Self {
+            ring_buffer_bytes: ring,
+            max_stacks: args.max_stacks,
+            symbol_cache_entries: args.symbol_cache_entries,
+        })
+    }
+}
+
+/// What the sampler needs: shared by every subcommand that samples.
+#[derive(Debug, Clone)]
+pub struct SamplerConfig {
+    pub frequency: u32,
+    /// Empty: every process.
+    pub pids: Vec<u32>,
+    pub include_idle: bool,
+    pub ring_buffer_bytes: u32,
+}
+
+/// Validated `profiler record` configuration.
+#[derive(Debug, Clone)]
+pub struct RecordConfig {
+    pub duration: Duration,
+    pub output: PathBuf,
+    pub format: OutputFormat,
+    pub sampler: SamplerConfig,
+    pub limits: Limits,
+}
+
+/// Checks a sampling frequency.
+pub fn validate_frequency(hz: u32) -> Result<u32, ConfigError> {
+    if (1..=MAX_FREQUENCY).contains(&hz) {
+        Ok(hz)
+    } else {
+        Err(ConfigError::Frequency(hz))
+    }
+}
+
+/// Checks `--pid` values: each must name a live process now (a typo should not record nothing).
+pub fn validate_pids(pids: &[u32], proc_root: &Path) -> Result<Vec<u32>, ConfigError> {
+    let mut out = Vec::with_capacity(pids.len());
+    for &pid in pids {
+        if pid == 0 {
+            return Err(ConfigError::PidZero);
+        }
+        if !proc_root.join(pid.to_string()).exists() {
+            return Err(ConfigError::NoSuchPid(pid));
+        }
+        if !out.contains(&pid) {
+            out.push(pid);
+        }
+    }
+    Ok(out)
+}
+
+impl RecordConfig {
+    pub fn from_args(args: &RecordArgs) -> Result<Self, ConfigError> {
+        if args.duration.is_zero() {
+            return Err(ConfigError::Duration);
+        }
+        let limits = Limits::from_args(&args.limits)?;
+        Ok(Self {
+            duration: args.duration,
+            format: OutputFormat::from_path(&args.output)?,
+            output: args.output.clone(),
+            sampler: SamplerConfig {
+                frequency: validate_frequency(args.frequency)?,
+                pids: validate_pids(&args.pid, Path::new("/proc"))?,
+                include_idle: args.include_idle,
+                ring_buffer_bytes: limits.ring_buffer_bytes,
+            },
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<RecordConfig, String> {
+        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        let Command::Record(rec) = cli.command else {
+            panic!("not record")
+        };
+        RecordConfig::from_args(&rec).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = parse(&["profiler", "record", "-o", "x.svg"]).unwrap();
+        assert_eq!(cfg.duration, Duration::from_secs(10));
+        assert_eq!(cfg.sampler.frequency, 99);
+        assert_eq!(cfg.format, OutputFormat::Svg);
+        assert!(cfg.sampler.pids.is_empty());
+        assert!(!cfg.sampler.include_idle);
+    }
+
+    #[test]
+    fn durations_and_formats() {
+        let cfg = parse(&["profiler", "record", "--duration", "2m", "-o", "a.FOLDED"]).unwrap();
+        assert_eq!(cfg.duration, Duration::from_secs(120));
+        assert_eq!(cfg.format, OutputFormat::Folded);
+        let cfg = parse(&["profiler", "record", "-d", "500ms", "-o", "a.svg"]).unwrap();
+        assert_eq!(cfg.duration, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let err = parse(&["profiler", "record", "-F", "0", "-o", "a.svg"]).unwrap_err();
+        assert!(err.contains("between 1 and 10000"), "{err}");
+        let err = parse(&["profiler", "record", "-F", "10001", "-o", "a.svg"]).unwrap_err();
+        assert!(err.contains("10001"), "{err}");
+        let err = parse(&["profiler", "record", "-o", "a.png"]).unwrap_err();
+        assert!(err.contains(".svg") && err.contains(".folded"), "{err}");
+        let err = parse(&["profiler", "record", "-d", "ten", "-o", "a.svg"]).unwrap_err();
+        assert!(err.contains("expected e.g."), "{err}");
+        let err = parse(&["profiler", "record", "-d", "0s", "-o", "a.svg"]).unwrap_err();
+        assert!(err.contains("longer than zero"), "{err}");
+        let err = parse(&["profiler", "record"]).unwrap_err();
+        assert!(err.contains("--output"), "{err}");
+        let err = parse(&["profiler", "record", "-o", "a.svg", "--pid", "0"]).unwrap_err();
+        assert!(err.contains("idle"), "{err}");
+        let err = parse(&["profiler", "record", "-o", "a.svg", "--pid", "abc"]).unwrap_err();
+        assert!(err.contains("abc"), "{err}");
+        let err =
+            parse(&["profiler", "record", "-o", "a.svg", "--ring-buffer-size", "5000"]).unwrap_err();
+        assert!(err.contains("power of two"), "{err}");
+    }
+
+    #[test]
+    fn pids_must_exist_and_are_deduplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("42")).unwrap();
+        assert_eq!(validate_pids(&[42, 42], dir.path()).unwrap(), vec![42]);
+        let err = validate_pids(&[43], dir.path()).unwrap_err();
+        assert_eq!(err.to_string(), "--pid 43: no such process");
+    }
+}

@@ -1,0 +1,56 @@
+//! Sinks for a symbolized profile: folded stacks and SVG flamegraphs (more to come: OTLP, pprof).
+
+pub mod folded;
+pub mod svg;
+
+use std::path::{Path, PathBuf};
+
+use crate::config::OutputFormat;
+use crate::profile::SymbolizedProfile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot write `{path}`: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rendering the flamegraph failed: {0}")]
+    Flamegraph(String),
+}
+
+/// Options of the file outputs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileOptions {
+    /// Keep idle samples (pid 0).
+    pub include_idle: bool,
+}
+
+/// Writes `profile` to `path` in `format` (atomically: a temporary file renamed into place, so a
+/// crash never leaves half a file).
+pub fn write_file(
+    profile: &SymbolizedProfile,
+    format: OutputFormat,
+    path: &Path,
+    options: FileOptions,
+    title: &str,
+) -> Result<(), ExportError> {
+    let lines = folded::fold(profile, options);
+    let bytes = match format {
+        OutputFormat::Folded => folded::render(&lines).into_bytes(),
+        OutputFormat::Svg => svg::render(&lines, title)?,
+    };
+    let write_err = |source| ExportError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(write_err)?;
+    std::io::Write::write_all(&mut tmp, &bytes).map_err(write_err)?;
+    tmp.persist(path).map_err(|e| write_err(e.error))?;
+    Ok(())
+}

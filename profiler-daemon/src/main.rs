@@ -1,0 +1,84 @@
+//! `profiler`: parse the command line, run the subcommand, map errors to exit codes
+//! (0 success, 1 runtime failure, 2 usage or configuration error).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::Parser as _;
+use profiler_daemon::bpf::Design;
+use profiler_daemon::cli::{Cli, Command};
+use profiler_daemon::config::{RecordConfig, validate_frequency};
+use profiler_daemon::{bpf_cost, record, telemetry};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
+        }
+    };
+    telemetry::init_logging(cli.log_level.as_deref());
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(err) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("error: cannot install the signal handler: {err}");
+            return ExitCode::from(1);
+        }
+    }
+    match cli.command {
+        Command::Record(args) => {
+            let config = match RecordConfig::from_args(&args) {
+                Ok(c) => c,
+                Err(err) => return usage_error(&err),
+            };
+            match record::record(&config, &stop) {
+                Ok(summary) => {
+                    println!("{summary}; wrote {}", config.output.display());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => runtime_error(&anyhow::Error::new(err)),
+            }
+        }
+        Command::BpfCost(args) => {
+            let design = match args.design.as_str() {
+                "ringbuf" => Design::RingBuf,
+                "aggregate" => Design::Aggregate,
+                other => {
+                    eprintln!("error: --design must be `ringbuf` or `aggregate`, got `{other}`");
+                    return ExitCode::from(2);
+                }
+            };
+            let hz = match validate_frequency(args.frequency) {
+                Ok(hz) => hz,
+                Err(err) => return usage_error(&err),
+            };
+            match bpf_cost::measure(design, hz, args.duration, &stop) {
+                Ok(cost) => {
+                    println!(
+                        "design={} runs={} emitted={} run_time_ns={} ns_per_sample={:.0}",
+                        args.design,
+                        cost.runs,
+                        cost.emitted,
+                        cost.run_time.as_nanos(),
+                        cost.ns_per_run()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => runtime_error(&anyhow::Error::new(err)),
+            }
+        }
+    }
+}
+
+fn usage_error(err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {err}");
+    ExitCode::from(2)
+}
+
+fn runtime_error(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {err:#}");
+    ExitCode::from(1)
+}

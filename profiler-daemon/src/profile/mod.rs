@@ -1,0 +1,134 @@
+//! The in-memory profile model: sample counts per (process, thread, stack), bounded by the number
+//! of distinct stacks. Stacks hold addresses; `symbolized` turns them into named frames.
+
+mod symbolized;
+
+pub use symbolized::{Stack, SymbolizedProfile};
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+/// Identity of one aggregated stack. Addresses are leaf first; return addresses (every frame but
+/// the leaf) are already moved back one byte into the call instruction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub tgid: u32,
+    pub tid: u32,
+    pub kernel: Box<[u64]>,
+    pub user: Box<[u64]>,
+}
+
+/// Samples of one profiling window.
+#[derive(Debug)]
+pub struct Profile {
+    counts: HashMap<StackKey, u64>,
+    thread_names: HashMap<u32, String>,
+    max_stacks: usize,
+    samples: u64,
+    /// Samples dropped because `max_stacks` distinct stacks were already held.
+    pub lost_profile_full: u64,
+}
+
+impl Profile {
+    #[must_use]
+    pub fn new(max_stacks: usize) -> Self {
+        Self {
+            counts: HashMap::new(),
+            thread_names: HashMap::new(),
+            max_stacks,
+            samples: 0,
+            lost_profile_full: 0,
+        }
+    }
+
+    /// Adds one sample; returns false (and counts it) when the stack table is full.
+    pub fn add(&mut self, key: StackKey, thread_name: &str) -> bool {
+        let len = self.counts.len();
+        match self.counts.entry(key) {
+            Entry::Occupied(mut e) => *e.get_mut() += 1,
+            Entry::Vacant(e) => {
+                if len >= self.max_stacks {
+                    self.lost_profile_full += 1;
+                    return false;
+                }
+                self.thread_names
+                    .entry(e.key().tid)
+                    .or_insert_with(|| thread_name.to_owned());
+                e.insert(1);
+            }
+        }
+        self.samples += 1;
+        true
+    }
+
+    /// The bound on distinct stacks.
+    #[must_use]
+    pub fn max_stacks(&self) -> usize {
+        self.max_stacks
+    }
+
+    /// Samples held.
+    #[must_use]
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// Distinct stacks held.
+    #[must_use]
+    pub fn stacks(&self) -> usize {
+        self.counts.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&StackKey, u64)> {
+        self.counts.iter().map(|(k, &v)| (k, v))
+    }
+
+    #[must_use]
+    pub fn thread_name(&self, tid: u32) -> &str {
+        self.thread_names.get(&tid).map_or("", String::as_str)
+    }
+}
+
+/// Moves return addresses (all but the leaf) back into their call instruction, so that the
+/// caller's line and, after a `noreturn` call, the right function are named.
+#[must_use]
+pub fn call_sites(frames: &[u64]) -> Box<[u64]> {
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tid: u32, user: &[u64]) -> StackKey {
+        StackKey {
+            tgid: 1,
+            tid,
+            kernel: Box::new([]),
+            user: user.into(),
+        }
+    }
+
+    #[test]
+    fn aggregates_and_bounds() {
+        let mut p = Profile::new(2);
+        assert!(p.add(key(1, &[1, 2]), "a"));
+        assert!(p.add(key(1, &[1, 2]), "a"));
+        assert!(p.add(key(2, &[1, 2]), "b"));
+        assert!(!p.add(key(3, &[1, 2]), "c"));
+        assert!(p.add(key(2, &[1, 2]), "b"), "existing stacks still count when full");
+        assert_eq!(p.samples(), 4);
+        assert_eq!(p.stacks(), 2);
+        assert_eq!(p.lost_profile_full, 1);
+        assert_eq!(p.thread_name(2), "b");
+    }
+
+    #[test]
+    fn call_sites_adjusts_all_but_leaf() {
+        assert_eq!(&*call_sites(&[10, 20, 30]), &[10, 19, 29]);
+    }
+}

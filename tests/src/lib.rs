@@ -1,0 +1,1 @@
+//! Integration tests of the profiler on the real kernel; see `tests/`.
