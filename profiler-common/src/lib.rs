@@ -26,7 +26,7 @@ pub struct SampleHeader {
     pub tid: u32,
     /// cgroup v2 id of the task (the inode number of its cgroup directory).
     pub cgroup_id: u64,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the sample was taken.
+    /// `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) when the sample was taken.
     pub time_ns: u64,
     /// CPU the sample was taken on.
     pub cpu: u32,
@@ -40,7 +40,9 @@ pub struct SampleHeader {
     pub comm: [u8; COMM_LEN],
 }
 
-/// One sample as written into the ring buffer: a header and two frame arrays (leaf first).
+/// One sample: a header, then `kernel_len` kernel frames and `user_len` user frames (each leaf
+/// first). Only `SampleRecord::size(kernel_len, user_len)` bytes of it go into the ring buffer:
+/// typical stacks are 10-30 frames, so the variable length saves most of the ring buffer.
 ///
 /// The frames are instruction pointers, not stack ids, so that a later unwinder of our own (for
 /// code without frame pointers) fills the same record.
@@ -48,8 +50,15 @@ pub struct SampleHeader {
 #[derive(Clone, Copy, Debug)]
 pub struct SampleRecord {
     pub header: SampleHeader,
-    pub kernel: [u64; MAX_FRAMES],
-    pub user: [u64; MAX_FRAMES],
+    pub frames: [u64; 2 * MAX_FRAMES],
+}
+
+impl SampleRecord {
+    /// Bytes of a record with this many frames.
+    #[must_use]
+    pub const fn size(kernel_len: usize, user_len: usize) -> usize {
+        core::mem::size_of::<SampleHeader>() + (kernel_len + user_len) * 8
+    }
 }
 
 /// Key of the in-kernel aggregation variant (`sample_aggregate`), kept to measure it against the
@@ -109,7 +118,7 @@ impl Counter {
         Counter::StackCollision,
     ];
 
-    /// Stable snake_case name, used in logs, summaries and metrics.
+    /// Stable `snake_case` name, used in logs, summaries and metrics.
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {

@@ -49,7 +49,7 @@ pub fn measure(
         frequency,
         pids: Vec::new(),
         include_idle: false,
-        ring_buffer_bytes: 8 * 1024 * 1024,
+        ring_buffer_bytes: None,
     };
     let mut sampler = Sampler::start(&config, design)?;
     let deadline = Instant::now() + duration;

@@ -59,10 +59,11 @@ pub struct RecordArgs {
 /// Memory bounds shared by the sampling subcommands.
 #[derive(Debug, Args, Clone)]
 pub struct LimitArgs {
-    /// Size of the kernel→daemon ring buffer in bytes (a power of two, at least one page).
-    /// One sample takes about 2 KiB; the daemon drains it every 100 ms.
-    #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024 * 1024)]
-    pub ring_buffer_size: u32,
+    /// Size of the kernel→daemon ring buffer in bytes (a power of two, at least 4096).
+    /// Default: 128 KiB per CPU, rounded up to a power of two (256 KiB..64 MiB). A sample takes
+    /// 56 bytes plus 8 per frame; the daemon drains at least every 100 ms.
+    #[arg(long, value_name = "BYTES")]
+    pub ring_buffer_size: Option<u32>,
 
     /// Most distinct stacks kept in memory per profile; samples of new stacks beyond it are
     /// counted as lost (`profile_full`).
@@ -89,5 +90,6 @@ pub struct BpfCostArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|err| format!("{err} (expected e.g. `10s`, `2m`, `500ms`)"))
+    humantime::parse_duration(s)
+        .map_err(|err| format!("{err} (expected e.g. `10s`, `2m`, `500ms`)"))
 }

@@ -52,7 +52,10 @@ impl Collector {
             self.processes.observe(sample.tgid, &thread);
             let user = call_sites(&sample.user);
             let kernel = call_sites(&sample.kernel);
-            new_user.entry(sample.tgid).or_default().extend(user.iter().copied());
+            new_user
+                .entry(sample.tgid)
+                .or_default()
+                .extend(user.iter().copied());
             kernel_addrs.extend(kernel.iter().copied());
             self.profile.add(
                 StackKey {

@@ -45,18 +45,15 @@ impl OutputFormat {
 
     /// Picks the format from a path's extension.
     pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        if name.ends_with(".svg") {
-            Ok(Self::Svg)
-        } else if name.ends_with(".folded") {
-            Ok(Self::Folded)
-        } else {
-            Err(ConfigError::OutputFormat {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        match ext.as_deref() {
+            Some("svg") => Ok(Self::Svg),
+            Some("folded") => Ok(Self::Folded),
+            _ => Err(ConfigError::OutputFormat {
                 path: path.to_path_buf(),
-            })
+            }),
         }
     }
 }
@@ -64,15 +61,17 @@ impl OutputFormat {
 /// Memory bounds, validated.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    pub ring_buffer_bytes: u32,
+    /// `None`: sized by the number of CPUs (see `bpf::ring_buffer_bytes`).
+    pub ring_buffer_bytes: Option<u32>,
     pub max_stacks: usize,
     pub symbol_cache_entries: usize,
 }
 
 impl Limits {
     pub fn from_args(args: &LimitArgs) -> Result<Self, ConfigError> {
-        let ring = args.ring_buffer_size;
-        if ring < 4096 || !ring.is_power_of_two() {
+        if let Some(ring) = args.ring_buffer_size
+            && (ring < 4096 || !ring.is_power_of_two())
+        {
             return Err(ConfigError::RingBufferSize(ring));
         }
         if args.max_stacks == 0 {
@@ -84,7 +83,7 @@ impl Limits {
             });
         }
         Ok(Self {
-            ring_buffer_bytes: ring,
+            ring_buffer_bytes: args.ring_buffer_size,
             max_stacks: args.max_stacks,
             symbol_cache_entries: args.symbol_cache_entries,
         })
@@ -98,7 +97,7 @@ pub struct SamplerConfig {
     /// Empty: every process.
     pub pids: Vec<u32>,
     pub include_idle: bool,
-    pub ring_buffer_bytes: u32,
+    pub ring_buffer_bytes: Option<u32>,
 }
 
 /// Validated `profiler record` configuration.
@@ -185,7 +184,7 @@ mod tests {
     #[test]
     fn durations_and_formats() {
         let cfg = parse(&["profiler", "record", "--duration", "2m", "-o", "a.FOLDED"]).unwrap();
-        assert_eq!(cfg.duration, Duration::from_secs(120));
+        assert_eq!(cfg.duration, Duration::from_mins(2));
         assert_eq!(cfg.format, OutputFormat::Folded);
         let cfg = parse(&["profiler", "record", "-d", "500ms", "-o", "a.svg"]).unwrap();
         assert_eq!(cfg.duration, Duration::from_millis(500));
@@ -209,8 +208,15 @@ mod tests {
         assert!(err.contains("idle"), "{err}");
         let err = parse(&["profiler", "record", "-o", "a.svg", "--pid", "abc"]).unwrap_err();
         assert!(err.contains("abc"), "{err}");
-        let err =
-            parse(&["profiler", "record", "-o", "a.svg", "--ring-buffer-size", "5000"]).unwrap_err();
+        let err = parse(&[
+            "profiler",
+            "record",
+            "-o",
+            "a.svg",
+            "--ring-buffer-size",
+            "5000",
+        ])
+        .unwrap_err();
         assert!(err.contains("power of two"), "{err}");
     }
 

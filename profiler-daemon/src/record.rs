@@ -62,7 +62,11 @@ impl fmt::Display for RecordSummary {
             self.processes,
             self.cpus,
             self.elapsed.as_secs_f64(),
-            if self.interrupted { " (interrupted)" } else { "" },
+            if self.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            },
         )?;
         let losses = self.losses();
         let lost: u64 = losses.iter().map(|(_, n)| n).sum();
@@ -72,7 +76,8 @@ impl fmt::Display for RecordSummary {
             let detail: Vec<String> = losses.iter().map(|(k, n)| format!("{k} {n}")).collect();
             write!(f, "; {lost} lost ({})", detail.join(", "))?;
         }
-        let partial = self.bpf.get(Counter::KernelStackFailed) + self.bpf.get(Counter::UserStackFailed);
+        let partial =
+            self.bpf.get(Counter::KernelStackFailed) + self.bpf.get(Counter::UserStackFailed);
         if partial > 0 {
             write!(
                 f,
@@ -111,7 +116,7 @@ pub fn record(config: &RecordConfig, stop: &AtomicBool) -> Result<RecordSummary,
     let cpus = sampler.cpus();
     drop(sampler);
 
-    let samples = collector.samples();
+    let sample_count = collector.samples();
     let processes = collector.processes();
     let collect = collector.stats();
     let profile = collector.finish_window();
@@ -132,7 +137,7 @@ pub fn record(config: &RecordConfig, stop: &AtomicBool) -> Result<RecordSummary,
     )?;
     Ok(RecordSummary {
         elapsed,
-        samples,
+        samples: sample_count,
         processes,
         bpf,
         collect,

@@ -7,7 +7,10 @@ pub fn init_logging(level: Option<&str>) {
     let (filter, bad) = match level {
         Some(l) => match EnvFilter::try_new(l) {
             Ok(f) => (f, None),
-            Err(e) => (EnvFilter::new("info"), Some(format!("--log-level {l}: {e}"))),
+            Err(e) => (
+                EnvFilter::new("info"),
+                Some(format!("--log-level {l}: {e}")),
+            ),
         },
         None => (
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

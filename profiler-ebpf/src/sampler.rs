@@ -8,7 +8,9 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{
+        BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack,
         generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_ns},
@@ -31,7 +33,16 @@ static INCLUDE_IDLE: u32 = 0;
 
 /// Samples for user space. The loader sizes it (`--ring-buffer-size`).
 #[map]
-static SAMPLES: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+static SAMPLES: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+/// Wake the daemon only when this many bytes wait; otherwise it drains on its own timer. A wakeup
+/// per sample (the default) costs more than the rest of the program. Set by the loader.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 256 * 1024;
+
+/// Per-CPU scratch record: the stacks are walked into it, then only the used part is copied out.
+#[map]
+static SCRATCH: PerCpuArray<SampleRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// Selected processes (tgid → 1) when `FILTER_PIDS` is set. The loader sizes it.
 #[map]
@@ -62,6 +73,12 @@ fn config(flag: &'static u32) -> bool {
     // SAFETY: a plain read of a global the loader patched; volatile so the compiler does not
     // fold the compile-time default.
     unsafe { core::ptr::read_volatile(flag) != 0 }
+}
+
+#[inline(always)]
+fn config64(value: &'static u64) -> u64 {
+    // SAFETY: as in `config`.
+    unsafe { core::ptr::read_volatile(value) }
 }
 
 /// Common admission: counts the run, idle and filtered samples; returns (tgid, tid) to sample.
@@ -98,18 +115,16 @@ pub fn sample_ringbuf(ctx: PerfEventContext) -> u32 {
 
 #[inline(always)]
 fn try_sample_ringbuf(ctx: &PerfEventContext) {
+    const STACK_BYTES: u32 = (MAX_FRAMES * 8) as u32;
     let Some((tgid, tid)) = admit() else {
         return;
     };
-    let Some(mut entry) = SAMPLES.reserve::<SampleRecord>(0) else {
-        bump(Counter::RingBufFull);
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let record = entry.as_mut_ptr();
-    const STACK_BYTES: u32 = (MAX_FRAMES * 8) as u32;
-    // SAFETY: `record` points at a reserved, writable ring buffer slot of SampleRecord's size;
-    // the helpers write at most STACK_BYTES into each frame array.
-    unsafe {
+    // SAFETY: `record` is this CPU's scratch slot (perf-event programs do not nest on a CPU); the
+    // helpers write at most STACK_BYTES at offsets that leave room for them (index masks below).
+    let size = unsafe {
         let header = &mut (*record).header;
         header.tgid = tgid;
         header.tid = tid;
@@ -119,37 +134,48 @@ fn try_sample_ringbuf(ctx: &PerfEventContext) {
         header.comm = comm();
         let mut flags = 0;
 
-        let kernel = bpf_get_stack(
-            ctx.as_ptr(),
-            (*record).kernel.as_mut_ptr().cast(),
-            STACK_BYTES,
-            0,
-        );
-        header.kernel_len = if kernel < 0 {
+        let frames = (*record).frames.as_mut_ptr();
+        let kernel = bpf_get_stack(ctx.as_ptr(), frames.cast(), STACK_BYTES, 0);
+        let kernel_len = if kernel < 0 {
             bump(Counter::KernelStackFailed);
             flags |= FLAG_KERNEL_STACK_FAILED;
             0
         } else {
-            (kernel / 8) as u32
+            // At most MAX_FRAMES (127): the mask makes that visible to the verifier.
+            ((kernel / 8) as usize) & 127
         };
 
-        // Kernel threads have no user stack: that is an empty stack, not a failure.
+        // The user frames follow the kernel frames. Kernel threads have no user stack: an
+        // empty stack, not a failure.
         let user = bpf_get_stack(
             ctx.as_ptr(),
-            (*record).user.as_mut_ptr().cast(),
+            frames.add(kernel_len).cast(),
             STACK_BYTES,
             u64::from(BPF_F_USER_STACK),
         );
-        header.user_len = if user < 0 {
+        let user_len = if user < 0 {
             bump(Counter::UserStackFailed);
             flags |= FLAG_USER_STACK_FAILED;
             0
         } else {
-            (user / 8) as u32
+            ((user / 8) as usize) & 127
         };
+        header.kernel_len = kernel_len as u32;
+        header.user_len = user_len as u32;
         header.flags = flags;
+        SampleRecord::size(kernel_len, user_len)
+    };
+    // SAFETY: `size` never exceeds size_of::<SampleRecord>() (both lengths are at most 127).
+    let bytes = unsafe { core::slice::from_raw_parts(record.cast::<u8>(), size) };
+    let wakeup = if SAMPLES.query(u64::from(BPF_RB_AVAIL_DATA)) >= config64(&WAKEUP_BYTES) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if SAMPLES.output::<[u8]>(bytes, u64::from(wakeup)).is_err() {
+        bump(Counter::RingBufFull);
+        return;
     }
-    entry.submit(0);
     bump(Counter::Emitted);
 }
 

@@ -1,1 +1,208 @@
-//! Integration tests of the profiler on the real kernel; see `tests/`.
+//! Helpers for the integration tests: privilege gate, the `profiler` binary, workloads built
+//! with clang and frame pointers, and folded-stack arithmetic.
+#![allow(clippy::missing_panics_doc)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+
+/// Privileged tests take this lock: they sample the whole machine, so running two at once on a
+/// 2-core machine would make each other's figures noisy.
+static MACHINE: Mutex<()> = Mutex::new(());
+
+/// Returns the machine lock when the test can use the kernel; `None` (after printing why) when it
+/// must skip. Under `CI=true` a missing privilege is a failure, never a skip.
+#[must_use]
+pub fn privileged(test: &str) -> Option<MutexGuard<'static, ()>> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: privileged test must run as root under CI=true"
+        );
+        eprintln!("skipping {test}: needs root (BPF, perf events); run the tests as root");
+        return None;
+    }
+    Some(
+        MACHINE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+}
+
+/// The workspace root.
+#[must_use]
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `profiler` binary under test: `$PROFILER_BIN`, else `target/release/profiler` (built by
+/// `cargo xtask test` before the tests run).
+#[must_use]
+pub fn profiler_bin() -> PathBuf {
+    let path = std::env::var_os("PROFILER_BIN").map_or_else(
+        || workspace().join("target/release/profiler"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "{} does not exist: run `cargo build --release` first (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
+/// Builds `tests/workloads/NAME.c` with clang and complete frame pointers into `dir`.
+#[must_use]
+pub fn build_workload(name: &str, dir: &Path) -> PathBuf {
+    let src = workspace()
+        .join("tests/workloads")
+        .join(format!("{name}.c"));
+    let out = dir.join(name);
+    let status = Command::new("clang")
+        .args([
+            "-O2",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-mno-omit-leaf-frame-pointer",
+            "-fno-optimize-sibling-calls",
+            // Else clang moves the frame setup of a leaf function past its hot loop.
+            "-mllvm",
+            "-enable-shrink-wrap=false",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("clang runs (cargo xtask setup installs it)");
+    assert!(status.success(), "clang failed on {}", src.display());
+    out
+}
+
+/// A child process killed when dropped.
+pub struct Workload(pub Child);
+
+impl Workload {
+    #[must_use]
+    pub fn spawn(bin: &Path, args: &[&str]) -> Self {
+        let child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("workload starts");
+        Self(child)
+    }
+
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `profiler ARGS` and returns (exit code, stdout, stderr).
+#[must_use]
+pub fn run_profiler(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(profiler_bin())
+        .args(args)
+        .output()
+        .expect("profiler runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Parses folded text into (frames root first, count).
+#[must_use]
+pub fn parse_folded(text: &str) -> Vec<(Vec<String>, u64)> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let (stack, count) = line.rsplit_once(' ').expect("`stack count`");
+            (
+                stack.split(';').map(str::to_owned).collect(),
+                count.parse().expect("count is a number"),
+            )
+        })
+        .collect()
+}
+
+/// Share (in percent) of each function among the stacks that contain one of `functions`,
+/// attributing a stack to the leaf-most of them.
+#[must_use]
+pub fn split(stacks: &[(Vec<String>, u64)], functions: &[&str]) -> (HashMap<String, f64>, u64) {
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut total = 0;
+    for (frames, count) in stacks {
+        let hit = frames.iter().rev().find_map(|f| {
+            functions
+                .iter()
+                .find(|&&name| f == name || f.starts_with(&format!("{name} ")))
+        });
+        if let Some(name) = hit {
+            *counts.entry((*name).to_owned()).or_default() += count;
+            total += count;
+        }
+    }
+    let shares = functions
+        .iter()
+        .map(|&f| {
+            let n = counts.get(f).copied().unwrap_or(0);
+            (
+                f.to_owned(),
+                if total == 0 {
+                    0.0
+                } else {
+                    100.0 * n as f64 / total as f64
+                },
+            )
+        })
+        .collect();
+    (shares, total)
+}
+
+/// Folds `perf script` output of `perf.data` with inferno, keeping only process `pid`'s stacks
+/// (with the process frame renamed to plain `comm`, like ours).
+#[must_use]
+pub fn perf_folded_for_pid(perf_data: &Path, pid: u32) -> Vec<(Vec<String>, u64)> {
+    let script = Command::new("perf")
+        .args(["script", "-F", "comm,pid,tid,time,event,ip,sym,dso", "-i"])
+        .arg(perf_data)
+        .output()
+        .expect("perf script runs");
+    assert!(
+        script.status.success(),
+        "perf script failed: {}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+    let mut options = inferno::collapse::perf::Options::default();
+    options.include_pid = true;
+    let mut folded = Vec::new();
+    inferno::collapse::Collapse::collapse(
+        &mut inferno::collapse::perf::Folder::from(options),
+        &script.stdout[..],
+        &mut folded,
+    )
+    .expect("inferno folds perf script output");
+    let text = String::from_utf8(folded).expect("utf-8");
+    let suffix = format!("-{pid}");
+    parse_folded(&text)
+        .into_iter()
+        .filter_map(|(mut frames, count)| {
+            let first = frames.first_mut()?;
+            let comm = first.strip_suffix(&suffix)?.to_owned();
+            *first = comm;
+            Some((frames, count))
+        })
+        .collect()
+}

@@ -1,1 +1,73 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | test | bench`.
+//!
+//! - `setup` installs, only when missing, what building and testing need on a fresh Debian
+//!   machine (see ../shared/ENVIRONMENT.md): LLVM 22 for bpf-linker, the nightly's rust-src,
+//!   bpf-linker 0.13.0, clang (test workloads), perf and bpftrace (cross-checks and benchmarks).
+//! - `test` is the README's test command and what `.ci/run` runs: setup, fmt, clippy, build, all
+//!   tests (privileged ones included: run it as root).
+//! - `bench` measures the sampler side by side with perf and bpftrace (see `bench.rs`).
+
+mod bench;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("setup") => setup::run(),
+        Some("test") => test(),
+        Some("bench") => {
+            setup::run()?;
+            bench::run(&args[1..])
+        }
+        _ => {
+            eprintln!("usage: cargo xtask <setup|test|bench>");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The full test run: the README's second command.
+fn test() -> Result<()> {
+    setup::run()?;
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&["build", "--release"])?;
+    cargo(&["test", "--workspace", "--release"])?;
+    Ok(())
+}
+
+/// Runs cargo with `args` from the workspace root; fails on a non-zero exit.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    run(Command::new(cargo).args(args).current_dir(workspace()))
+}
+
+/// Runs a command, echoing it; fails on a non-zero exit.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// The workspace root (xtask lives one level below it).
+#[must_use]
+pub fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}

@@ -72,7 +72,10 @@ pub enum BpfError {
         source: std::io::Error,
     },
     #[error("the eBPF object has no {kind} `{name}` (build mismatch)")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("eBPF map `{name}`: {source}")]
     Map {
         name: &'static str,
@@ -117,72 +120,13 @@ impl Sampler {
     /// Loads the programs, configures the filter and attaches on every online CPU.
     pub fn start(config: &SamplerConfig, design: Design) -> Result<Self, BpfError> {
         raise_memlock_limit();
-        let filter = u32::from(!config.pids.is_empty());
-        let include_idle = u32::from(config.include_idle);
-        let pid_slots = (config.pids.len() as u32).max(1);
-        let mut loader = EbpfLoader::new();
-        loader
-            .override_global("FILTER_PIDS", &filter, true)
-            .override_global("INCLUDE_IDLE", &include_idle, true)
-            .map_max_entries("PIDS", pid_slots);
-        match design {
-            Design::RingBuf => {
-                // The aggregation maps are unused: don't spend kernel memory on them.
-                loader
-                    .map_max_entries("SAMPLES", config.ring_buffer_bytes)
-                    .map_max_entries("STACKS", 1)
-                    .map_max_entries("COUNTS", 1);
-            }
-            Design::Aggregate => {
-                loader.map_max_entries("SAMPLES", 4096);
-            }
-        }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .map_err(|source| BpfError::Load { source })?;
-
-        if !config.pids.is_empty() {
-            let map = ebpf.map_mut("PIDS").ok_or(BpfError::Missing {
-                kind: "map",
-                name: "PIDS",
-            })?;
-            let mut pids = BpfHashMap::<_, u32, u8>::try_from(map)
-                .map_err(|source| BpfError::Map { name: "PIDS", source })?;
-            for &pid in &config.pids {
-                pids.insert(pid, 1, 0)
-                    .map_err(|source| BpfError::Map { name: "PIDS", source })?;
-            }
-        }
-
-        let program_name = design.program();
-        let program: &mut PerfEvent = ebpf
-            .program_mut(program_name)
-            .ok_or(BpfError::Missing {
-                kind: "program",
-                name: program_name,
-            })?
-            .try_into()
-            .map_err(|source| BpfError::Verify {
-                program: program_name,
-                source,
-                log: String::new(),
-            })?;
-        program.load().map_err(|source| {
-            let log = match &source {
-                aya::programs::ProgramError::LoadError { verifier_log, .. } => {
-                    verifier_log.to_string()
-                }
-                _ => String::new(),
-            };
-            BpfError::Verify {
-                program: program_name,
-                source,
-                log,
-            }
-        })?;
-
         let cpus = aya::util::online_cpus()
             .map_err(|(what, source)| BpfError::OnlineCpus { what, source })?;
+        let mut ebpf = load(config, design, cpus.len())?;
+        if !config.pids.is_empty() {
+            fill_pid_filter(&mut ebpf, &config.pids)?;
+        }
+        let program = load_program(&mut ebpf, design)?;
         // cpu-clock counts nanoseconds, so a fixed period gives exactly `frequency` samples per
         // second of CPU time (frequency mode would let the kernel adapt the period).
         let period = 1_000_000_000 / u64::from(config.frequency);
@@ -196,29 +140,30 @@ impl Sampler {
                 )
                 .map_err(|source| BpfError::Attach { cpu, source })?;
         }
-        tracing::debug!(cpus = cpus.len(), period_ns = period, program = program_name, "sampler attached");
+        tracing::debug!(
+            cpus = cpus.len(),
+            period_ns = period,
+            program = design.program(),
+            "sampler attached"
+        );
 
         let samples = match design {
             Design::RingBuf => {
-                let map = ebpf.take_map("SAMPLES").ok_or(BpfError::Missing {
-                    kind: "map",
+                let map = take_map(&mut ebpf, "SAMPLES")?;
+                Some(RingBuf::try_from(map).map_err(|source| BpfError::Map {
                     name: "SAMPLES",
-                })?;
-                Some(
-                    RingBuf::try_from(map)
-                        .map_err(|source| BpfError::Map { name: "SAMPLES", source })?,
-                )
+                    source,
+                })?)
             }
             Design::Aggregate => None,
         };
-        let map = ebpf.take_map("COUNTERS").ok_or(BpfError::Missing {
-            kind: "map",
-            name: "COUNTERS",
-        })?;
-        let counters = PerCpuArray::try_from(map).map_err(|source| BpfError::Map {
-            name: "COUNTERS",
-            source,
-        })?;
+        let counters =
+            PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?).map_err(|source| {
+                BpfError::Map {
+                    name: "COUNTERS",
+                    source,
+                }
+            })?;
         Ok(Self {
             ebpf,
             samples,
@@ -279,6 +224,7 @@ impl Sampler {
         })
     }
 
+    #[must_use]
     /// BPF run time and run count of the attached program, when `kernel.bpf_stats_enabled` is on.
     pub fn program_stats(&self) -> Option<(Duration, u64)> {
         let program = self.ebpf.program(self.design.program())?;
@@ -287,7 +233,101 @@ impl Sampler {
     }
 }
 
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so big ring buffers load.
+/// Creates the maps (sized for `design`) and patches the configuration globals.
+fn load(config: &SamplerConfig, design: Design, cpus: usize) -> Result<Ebpf, BpfError> {
+    let filter = u32::from(!config.pids.is_empty());
+    let include_idle = u32::from(config.include_idle);
+    let pid_slots = (config.pids.len() as u32).max(1);
+    let ring_bytes = config
+        .ring_buffer_bytes
+        .unwrap_or_else(|| ring_buffer_bytes(cpus));
+    // Wake the daemon early when a quarter is used; else it drains on its 100 ms timer.
+    let wakeup_bytes = u64::from(ring_bytes / 4);
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("FILTER_PIDS", &filter, true)
+        .override_global("INCLUDE_IDLE", &include_idle, true)
+        .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+        .map_max_entries("PIDS", pid_slots);
+    match design {
+        Design::RingBuf => {
+            // The aggregation maps are unused: don't spend kernel memory on them.
+            loader
+                .map_max_entries("SAMPLES", ring_bytes)
+                .map_max_entries("STACKS", 1)
+                .map_max_entries("COUNTS", 1);
+        }
+        Design::Aggregate => {
+            loader.map_max_entries("SAMPLES", 4096);
+        }
+    }
+    tracing::debug!(ring_bytes, "loading the eBPF object");
+    loader
+        .load(EBPF_OBJECT)
+        .map_err(|source| BpfError::Load { source })
+}
+
+fn fill_pid_filter(ebpf: &mut Ebpf, pids: &[u32]) -> Result<(), BpfError> {
+    let map = ebpf.map_mut("PIDS").ok_or(BpfError::Missing {
+        kind: "map",
+        name: "PIDS",
+    })?;
+    let mut map = BpfHashMap::<_, u32, u8>::try_from(map).map_err(|source| BpfError::Map {
+        name: "PIDS",
+        source,
+    })?;
+    for &pid in pids {
+        map.insert(pid, 1, 0).map_err(|source| BpfError::Map {
+            name: "PIDS",
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Loads the design's program into the kernel, with the verifier's log on rejection.
+fn load_program(ebpf: &mut Ebpf, design: Design) -> Result<&mut PerfEvent, BpfError> {
+    let name = design.program();
+    let program: &mut PerfEvent = ebpf
+        .program_mut(name)
+        .ok_or(BpfError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| BpfError::Verify {
+            program: name,
+            source,
+            log: String::new(),
+        })?;
+    program.load().map_err(|source| {
+        let log = match &source {
+            aya::programs::ProgramError::LoadError { verifier_log, .. } => verifier_log.to_string(),
+            _ => String::new(),
+        };
+        BpfError::Verify {
+            program: name,
+            source,
+            log,
+        }
+    })?;
+    Ok(program)
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, BpfError> {
+    ebpf.take_map(name)
+        .ok_or(BpfError::Missing { kind: "map", name })
+}
+
+/// Default ring buffer size: 128 KiB per CPU (about 250 typical samples, a quarter second at
+/// 999 Hz), as a power of two between 256 KiB and 64 MiB.
+#[must_use]
+pub fn ring_buffer_bytes(cpus: usize) -> u32 {
+    let wanted = (cpus.max(1) as u64 * 128 * 1024).next_power_of_two();
+    wanted.clamp(256 * 1024, 64 * 1024 * 1024) as u32
+}
+
+/// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK`; lift it so big ring buffers load.
 fn raise_memlock_limit() {
     let limit = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
@@ -302,6 +342,17 @@ fn raise_memlock_limit() {
     }
 }
 
-// The ring buffer reserves exactly one SampleRecord per sample.
+// A record must fit the smallest ring buffer allowed.
 const _: () = assert!(size_of::<SampleRecord>() < 4096);
 const _: () = assert!(COUNTER_SLOTS as usize == profiler_common::Counter::ALL.len());
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ring_buffer_scales_with_cpus_within_bounds() {
+        assert_eq!(super::ring_buffer_bytes(1), 256 * 1024);
+        assert_eq!(super::ring_buffer_bytes(2), 256 * 1024);
+        assert_eq!(super::ring_buffer_bytes(6), 1024 * 1024);
+        assert_eq!(super::ring_buffer_bytes(4096), 64 * 1024 * 1024);
+    }
+}

@@ -21,12 +21,13 @@ impl RawSample {
     /// own program; the caller counts it).
     #[must_use]
     pub fn parse(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < size_of::<SampleRecord>() {
+        if bytes.len() < size_of::<SampleHeader>() {
             return None;
         }
-        // SAFETY: the length is checked above and SampleRecord is plain old data (any bit pattern
-        // is valid); read_unaligned copes with the ring buffer's 8-byte alignment.
-        let record: SampleRecord = unsafe { bytes.as_ptr().cast::<SampleRecord>().read_unaligned() };
+        // SAFETY: the length is checked above and SampleHeader is plain old data (any bit pattern
+        // is valid); read_unaligned copes with any alignment.
+        let header: SampleHeader =
+            unsafe { bytes.as_ptr().cast::<SampleHeader>().read_unaligned() };
         let SampleHeader {
             tgid,
             tid,
@@ -37,9 +38,20 @@ impl RawSample {
             user_len,
             flags,
             comm,
-        } = record.header;
-        let kernel_len = (kernel_len as usize).min(MAX_FRAMES);
-        let user_len = (user_len as usize).min(MAX_FRAMES);
+        } = header;
+        let kernel_len = kernel_len as usize;
+        let user_len = user_len as usize;
+        if kernel_len > MAX_FRAMES
+            || user_len > MAX_FRAMES
+            || bytes.len() < SampleRecord::size(kernel_len, user_len)
+        {
+            return None;
+        }
+        let frames: Vec<u64> = bytes
+            [size_of::<SampleHeader>()..SampleRecord::size(kernel_len, user_len)]
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
+            .collect();
         Some(Self {
             tgid,
             tid,
@@ -48,8 +60,8 @@ impl RawSample {
             cpu,
             flags,
             comm,
-            kernel: record.kernel[..kernel_len].to_vec(),
-            user: record.user[..user_len].to_vec(),
+            kernel: frames[..kernel_len].to_vec(),
+            user: frames[kernel_len..].to_vec(),
         })
     }
 
@@ -71,8 +83,7 @@ pub fn comm_to_string(comm: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_a_record_and_bounds_lengths() {
+    fn record(kernel_len: u32, user_len: u32) -> SampleRecord {
         let mut record = SampleRecord {
             header: SampleHeader {
                 tgid: 10,
@@ -80,28 +91,39 @@ mod tests {
                 cgroup_id: 12,
                 time_ns: 13,
                 cpu: 1,
-                kernel_len: 2,
-                user_len: 500,
+                kernel_len,
+                user_len,
                 flags: 0,
                 comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
             },
-            kernel: [0; MAX_FRAMES],
-            user: [7; MAX_FRAMES],
+            frames: [7; 2 * MAX_FRAMES],
         };
-        record.kernel[0] = 0xffff_1;
-        record.kernel[1] = 0xffff_2;
-        // SAFETY: viewing a POD value as bytes.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&raw const record).cast::<u8>(),
-                size_of::<SampleRecord>(),
-            )
-        };
-        let sample = RawSample::parse(bytes).unwrap();
+        record.frames[0] = 0xffff_0001;
+        record.frames[1] = 0xffff_0002;
+        record
+    }
+
+    fn bytes(record: &SampleRecord, len: usize) -> &[u8] {
+        // SAFETY: viewing a POD value as bytes, within its size.
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(record).cast::<u8>(), len) }
+    }
+
+    #[test]
+    fn parses_a_variable_length_record() {
+        let r = record(2, 3);
+        let sample = RawSample::parse(bytes(&r, SampleRecord::size(2, 3))).unwrap();
         assert_eq!(sample.tgid, 10);
-        assert_eq!(sample.kernel, vec![0xffff_1, 0xffff_2]);
-        assert_eq!(sample.user.len(), MAX_FRAMES);
+        assert_eq!(sample.kernel, vec![0xffff_0001, 0xffff_0002]);
+        assert_eq!(sample.user, vec![7, 7, 7]);
         assert_eq!(sample.thread_name(), "worker");
-        assert!(RawSample::parse(&bytes[..100]).is_none());
+    }
+
+    #[test]
+    fn rejects_truncated_or_oversized_records() {
+        let r = record(2, 3);
+        assert!(RawSample::parse(bytes(&r, SampleRecord::size(2, 3) - 8)).is_none());
+        assert!(RawSample::parse(bytes(&r, 20)).is_none());
+        let r = record(2, 500);
+        assert!(RawSample::parse(bytes(&r, size_of::<SampleRecord>())).is_none());
     }
 }

@@ -86,8 +86,20 @@ mod tests {
         let profile = SymbolizedProfile {
             frequency: 99,
             stacks: vec![
-                stack(7, 7, vec![res(&["main"]), res(&["work", "inlined"])], vec![res(&["sys_write"]), res(&["vfs;write"])], 3),
-                stack(7, 8, vec![res(&["main"]), res(&["work", "inlined"])], vec![res(&["sys_write"]), res(&["vfs;write"])], 2),
+                stack(
+                    7,
+                    7,
+                    vec![res(&["main"]), res(&["work", "inlined"])],
+                    vec![res(&["sys_write"]), res(&["vfs;write"])],
+                    3,
+                ),
+                stack(
+                    7,
+                    8,
+                    vec![res(&["main"]), res(&["work", "inlined"])],
+                    vec![res(&["sys_write"]), res(&["vfs;write"])],
+                    2,
+                ),
                 stack(7, 8, vec![res(&["main"])], vec![], 1),
                 stack(0, 0, vec![], vec![res(&["do_idle"])], 9),
             ],

@@ -51,6 +51,10 @@ pub fn write_file(
     };
     let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(write_err)?;
     std::io::Write::write_all(&mut tmp, &bytes).map_err(write_err)?;
+    // tempfile creates 0600; the output is for people to open, like any file a tool writes.
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(write_err)?;
     tmp.persist(path).map_err(|e| write_err(e.error))?;
     Ok(())
 }

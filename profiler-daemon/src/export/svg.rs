@@ -5,8 +5,8 @@ use super::ExportError;
 /// Renders the flamegraph. An empty profile still gives a valid SVG that says so.
 pub fn render(lines: &[(String, u64)], title: &str) -> Result<Vec<u8>, ExportError> {
     let mut options = inferno::flamegraph::Options::default();
-    options.title = title.to_owned();
-    options.count_name = "samples".to_owned();
+    title.clone_into(&mut options.title);
+    "samples".clone_into(&mut options.count_name);
     options.hash = true;
     let text: Vec<String> = lines.iter().map(|(s, c)| format!("{s} {c}")).collect();
     let mut out = Vec::new();

@@ -56,7 +56,12 @@ impl ProcessTable {
 
     /// Normalizes, through `symbolizer`, the addresses of `tgid` not seen before. Call it as soon
     /// as samples arrive: a process that exits later keeps its locations.
-    pub fn learn(&mut self, tgid: u32, addrs: &[u64], symbolizer: &mut SymbolizerStage) -> Vec<UserLoc> {
+    pub fn learn(
+        &mut self,
+        tgid: u32,
+        addrs: &[u64],
+        symbolizer: &mut SymbolizerStage,
+    ) -> Vec<UserLoc> {
         let Some(process) = self.processes.get_mut(&tgid) else {
             return Vec::new();
         };

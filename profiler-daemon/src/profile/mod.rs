@@ -120,7 +120,10 @@ mod tests {
         assert!(p.add(key(1, &[1, 2]), "a"));
         assert!(p.add(key(2, &[1, 2]), "b"));
         assert!(!p.add(key(3, &[1, 2]), "c"));
-        assert!(p.add(key(2, &[1, 2]), "b"), "existing stacks still count when full");
+        assert!(
+            p.add(key(2, &[1, 2]), "b"),
+            "existing stacks still count when full"
+        );
         assert_eq!(p.samples(), 4);
         assert_eq!(p.stacks(), 2);
         assert_eq!(p.lost_profile_full, 1);

@@ -111,7 +111,10 @@ impl SymbolizerStage {
             Err(err) => {
                 self.stats.normalize_failed += 1;
                 tracing::debug!(pid, "normalizing addresses failed: {err}");
-                return addrs.iter().map(|&addr| UserLoc::Unmapped { addr }).collect();
+                return addrs
+                    .iter()
+                    .map(|&addr| UserLoc::Unmapped { addr })
+                    .collect();
             }
         };
         let metas: Vec<Option<(PathBuf, Option<Arc<str>>)>> = output
@@ -133,10 +136,12 @@ impl SymbolizerStage {
         outputs
             .iter()
             .zip(addrs)
-            .map(|(&(offset, meta), &addr)| match meta_modules.get(meta).copied().flatten() {
-                Some(module) => UserLoc::File { module, offset },
-                None => UserLoc::Unmapped { addr },
-            })
+            .map(
+                |(&(offset, meta), &addr)| match meta_modules.get(meta).copied().flatten() {
+                    Some(module) => UserLoc::File { module, offset },
+                    None => UserLoc::Unmapped { addr },
+                },
+            )
             .collect()
     }
 
@@ -280,10 +285,12 @@ fn frames_of(sym: &Sym<'_>) -> Resolved {
 #[must_use]
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]

@@ -1,0 +1,223 @@
+//! `cargo xtask bench`: figures for the README, measured side by side in one run (the machines
+//! are shared and noisy, so only ratios within a run mean anything).
+//!
+//! 1. BPF time per sample of the two sampler designs (ring buffer records vs in-kernel
+//!    aggregation), from the kernel's own accounting (`kernel.bpf_stats_enabled`), alternated.
+//! 2. Overhead against the peers: a fixed amount of work (the `split` workload) timed alone and
+//!    under `profiler record`, `perf record -a -g` and `bpftrace` at the same frequency; plus
+//!    each profiler's own CPU time and peak memory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cargo, workspace};
+
+const HZ: &str = "999";
+
+pub fn run(_args: &[String]) -> Result<()> {
+    cargo(&["build", "--release", "-p", "profiler-daemon"])?;
+    let dir = workspace().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let split = build_split(&dir)?;
+    let profiler = workspace().join("target/release/profiler");
+
+    bpf_cost(&profiler, &split)?;
+    overhead(&profiler, &split, &dir)?;
+    Ok(())
+}
+
+fn build_split(dir: &Path) -> Result<PathBuf> {
+    let out = dir.join("split");
+    crate::run(
+        Command::new("clang")
+            .args([
+                "-O2",
+                "-fno-omit-frame-pointer",
+                "-mno-omit-leaf-frame-pointer",
+                "-fno-optimize-sibling-calls",
+                "-mllvm",
+                "-enable-shrink-wrap=false",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(workspace().join("tests/workloads/split.c")),
+    )?;
+    Ok(out)
+}
+
+/// Keeps every CPU busy with the split workload so that nearly every perf event is a full sample.
+fn busy(split: &Path, seconds: u32) -> Result<Vec<Child>> {
+    (0..std::thread::available_parallelism().map_or(2, usize::from))
+        .map(|_| {
+            Command::new(split)
+                .arg(seconds.to_string())
+                .spawn()
+                .context("starting the split workload")
+        })
+        .collect()
+}
+
+fn bpf_cost(profiler: &Path, split: &Path) -> Result<()> {
+    println!("## BPF time per sample ({HZ} Hz, all CPUs busy, 3 alternating rounds of 4 s)");
+    let mut results: Vec<(&str, Vec<f64>)> =
+        vec![("ringbuf", Vec::new()), ("aggregate", Vec::new())];
+    let load = busy(split, 40)?;
+    for _round in 0..3 {
+        for (design, figures) in &mut results {
+            let out = Command::new(profiler)
+                .args([
+                    "bpf-cost",
+                    "--design",
+                    design,
+                    "--duration",
+                    "4s",
+                    "--frequency",
+                    HZ,
+                ])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() {
+                bail!("bpf-cost failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let ns = text
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("ns_per_sample="))
+                .and_then(|v| v.parse::<f64>().ok())
+                .context("no ns_per_sample in bpf-cost output")?;
+            println!("  {text}", text = text.trim());
+            figures.push(ns);
+        }
+    }
+    stop(load);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ring = median(&mut results[0].1);
+    let agg = median(&mut results[1].1);
+    println!("| design | median ns per sample |\n|---|---|");
+    println!("| ring buffer record (used) | {ring:.0} |");
+    println!("| in-kernel aggregation | {agg:.0} |");
+    println!("ratio ring buffer / aggregation: {:.2}\n", ring / agg);
+    Ok(())
+}
+
+struct Tool {
+    name: &'static str,
+    cmd: Option<Command>,
+}
+
+fn tools(profiler: &Path, dir: &Path) -> Vec<Tool> {
+    let mut ours = Command::new(profiler);
+    ours.args(["record", "-F", HZ, "-d", "10m", "-o"])
+        .arg(dir.join("bench.svg"));
+    let mut perf = Command::new("perf");
+    perf.args(["record", "-a", "-g", "-F", HZ, "-q", "-o"])
+        .arg(dir.join("perf.data"));
+    let mut bpftrace = Command::new("bpftrace");
+    bpftrace.args([
+        "-q",
+        "-e",
+        "profile:hz:999 { @[kstack, ustack, pid] = count(); }",
+    ]);
+    vec![
+        Tool {
+            name: "baseline (no profiler)",
+            cmd: None,
+        },
+        Tool {
+            name: "profiler record",
+            cmd: Some(ours),
+        },
+        Tool {
+            name: "perf record -a -g",
+            cmd: Some(perf),
+        },
+        Tool {
+            name: "bpftrace profile",
+            cmd: Some(bpftrace),
+        },
+    ]
+}
+
+/// Per tool: workload seconds, profiler CPU seconds, profiler peak RSS (KiB).
+fn overhead(profiler: &Path, split: &Path, dir: &Path) -> Result<()> {
+    println!(
+        "## Overhead at {HZ} Hz on every CPU (fixed work: split workload on each CPU, 2 rounds)"
+    );
+    let mut tools = tools(profiler, dir);
+    let mut rows: Vec<Vec<(f64, f64, i64)>> = vec![Vec::new(); tools.len()];
+    let iterations = "3000";
+    for _round in 0..2 {
+        for (i, tool) in tools.iter_mut().enumerate() {
+            let child = match &mut tool.cmd {
+                Some(cmd) => {
+                    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+                    // Let each tool finish attaching (bpftrace compiles its script first).
+                    std::thread::sleep(Duration::from_secs(4));
+                    Some(child)
+                }
+                None => None,
+            };
+            let start = Instant::now();
+            let workers: Vec<Child> = (0..std::thread::available_parallelism()
+                .map_or(2, usize::from))
+                .map(|_| Command::new(split).args(["0", iterations]).spawn())
+                .collect::<std::io::Result<_>>()?;
+            for mut w in workers {
+                w.wait()?;
+            }
+            let work = start.elapsed().as_secs_f64();
+            let (cpu, rss) = match child {
+                Some(child) => interrupt_and_measure(child)?,
+                None => (0.0, 0),
+            };
+            rows[i].push((work, cpu, rss));
+        }
+    }
+    let base = rows[0].iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+    println!(
+        "| configuration | workload time (best of 2) | slowdown | profiler CPU (s) | profiler peak RSS (MiB) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (tool, figures) in tools.iter().zip(&rows) {
+        let best = figures.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+        let cpu = figures.iter().map(|r| r.1).sum::<f64>() / figures.len() as f64;
+        let rss = figures.iter().map(|r| r.2).max().unwrap_or(0);
+        println!(
+            "| {} | {best:.2} s | {:+.1}% | {cpu:.2} | {:.1} |",
+            tool.name,
+            100.0 * (best / base - 1.0),
+            rss as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+/// SIGINT, wait, and read the child's CPU time and peak RSS from wait4.
+fn interrupt_and_measure(child: Child) -> Result<(f64, i64)> {
+    let pid = libc::pid_t::try_from(child.id())?;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value to be overwritten.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers for the duration of the call; the child is ours and not yet reaped.
+    let rc = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
+    if rc != pid {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    std::mem::forget(child); // already reaped
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    Ok((secs(usage.ru_utime) + secs(usage.ru_stime), usage.ru_maxrss))
+}
+
+fn stop(children: Vec<Child>) {
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
