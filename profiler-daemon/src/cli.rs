@@ -24,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Profile every CPU (or the selected processes) for a while and write one file.
     Record(RecordArgs),
+    /// Run as a daemon: sample continuously and export OTLP profiles every interval.
+    Run(RunArgs),
     /// Measure the BPF time per sample of a sampler design (used by `cargo xtask bench`).
     #[command(hide = true)]
     BpfCost(BpfCostArgs),
@@ -51,6 +53,40 @@ pub struct RecordArgs {
     /// Keep samples of idle CPUs (pid 0) in the output; they are always counted.
     #[arg(long)]
     pub include_idle: bool,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Options of `profiler run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Length of one profile window: every interval the window is exported (e.g. `10s`).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Samples per second on each CPU (1..=10000).
+    #[arg(long, short = 'F', value_name = "HZ", default_value_t = 19)]
+    pub frequency: u32,
+
+    /// Only profile this process (a tgid, with all its threads). Repeatable.
+    #[arg(long, short = 'p', value_name = "PID")]
+    pub pid: Vec<u32>,
+
+    /// Export idle-CPU samples (pid 0) too; they are always counted.
+    #[arg(long)]
+    pub include_idle: bool,
+
+    /// Most export requests waiting in memory; when full the oldest is dropped (and counted).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub export_queue_size: usize,
+
+    /// On SIGTERM/SIGINT, how long to keep trying to deliver the last windows.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    #[command(flatten)]
+    pub otlp: crate::config::otlp::OtlpArgs,
 
     #[command(flatten)]
     pub limits: LimitArgs,

@@ -3,12 +3,14 @@
 //! right away (so names survive the file too) and aggregates counts into the profile.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::bpf::RawSample;
 use crate::config::Limits;
-use crate::process::ProcessTable;
-use crate::profile::{Profile, Stack, StackKey, SymbolizedProfile, call_sites};
+use crate::process::{ProcessInfo, ProcessTable};
+use crate::profile::{Location, Profile, Stack, StackKey, SymbolizedProfile, call_sites};
 use crate::symbolize::{SymbolizeStats, SymbolizerStage, UserLoc};
 
 /// Losses and counts of the user-space stage.
@@ -104,12 +106,12 @@ impl Collector {
         self.symbolizer.stats()
     }
 
-    /// Names every stack of the window and starts a new one.
-    pub fn finish_window(&mut self) -> SymbolizedProfile {
+    /// Names every stack of the window `[start, start + duration)` and starts a new one.
+    pub fn finish_window(&mut self, start: SystemTime, duration: Duration) -> SymbolizedProfile {
         let bound = self.profile.max_stacks();
         let profile = std::mem::replace(&mut self.profile, Profile::new(bound));
         let mut stacks = Vec::with_capacity(profile.stacks());
-        let mut names: HashMap<u32, Arc<str>> = HashMap::new();
+        let unknown = Arc::new(ProcessInfo::read(Path::new("/nonexistent"), 0, ""));
         for (key, count) in profile.iter() {
             let locs: Vec<UserLoc> = key
                 .user
@@ -117,21 +119,44 @@ impl Collector {
                 .rev()
                 .map(|&addr| self.processes.loc(key.tgid, addr))
                 .collect();
-            let user = self.symbolizer.resolve_user(&locs);
-            let kernel_root_first: Vec<u64> = key.kernel.iter().rev().copied().collect();
-            let kernel = self.symbolizer.resolve_kernel(&kernel_root_first);
-            let process = names
-                .entry(key.tgid)
-                .or_insert_with(|| {
-                    self.processes
-                        .get(key.tgid)
-                        .map_or_else(|| Arc::from(""), |p| p.name.clone())
+            let names = self.symbolizer.resolve_user(&locs);
+            let user = locs
+                .iter()
+                .zip(names)
+                .map(|(loc, frames)| match *loc {
+                    UserLoc::File { module, offset } => Location {
+                        module: Some(self.symbolizer.module(module).clone()),
+                        address: offset,
+                        kernel: false,
+                        frames,
+                    },
+                    UserLoc::Unmapped { addr } => Location {
+                        module: None,
+                        address: addr,
+                        kernel: false,
+                        frames,
+                    },
                 })
-                .clone();
+                .collect();
+            let kernel_root_first: Vec<u64> = key.kernel.iter().rev().copied().collect();
+            let names = self.symbolizer.resolve_kernel(&kernel_root_first);
+            let kernel = kernel_root_first
+                .iter()
+                .zip(names)
+                .map(|(&address, frames)| Location {
+                    module: None,
+                    address,
+                    kernel: true,
+                    frames,
+                })
+                .collect();
+            let process = self
+                .processes
+                .get(key.tgid)
+                .map_or_else(|| unknown.clone(), |p| p.info.clone());
             stacks.push(Stack {
-                pid: key.tgid,
-                tid: key.tid,
                 process,
+                tid: key.tid,
                 thread: Arc::from(profile.thread_name(key.tid)),
                 user,
                 kernel,
@@ -143,6 +168,16 @@ impl Collector {
         SymbolizedProfile {
             stacks,
             frequency: self.frequency,
+            start_unix_nano: start
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            duration_nano: duration.as_nanos() as u64,
         }
+    }
+
+    /// Forgets processes that have exited (their stacks were already exported).
+    pub fn prune_exited(&mut self) {
+        self.processes
+            .retain(|pid| pid == 0 || Path::new("/proc").join(pid.to_string()).exists());
     }
 }

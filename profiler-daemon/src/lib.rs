@@ -12,6 +12,7 @@ pub mod export;
 pub mod process;
 pub mod profile;
 pub mod record;
+pub mod run;
 pub mod symbolize;
 pub mod telemetry;
 

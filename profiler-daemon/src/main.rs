@@ -8,8 +8,8 @@ use std::sync::atomic::AtomicBool;
 use clap::Parser as _;
 use profiler_daemon::bpf::Design;
 use profiler_daemon::cli::{Cli, Command};
-use profiler_daemon::config::{RecordConfig, validate_frequency};
-use profiler_daemon::{bpf_cost, record, telemetry};
+use profiler_daemon::config::{RecordConfig, RunConfig, validate_frequency};
+use profiler_daemon::{bpf_cost, record, run, telemetry};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -37,6 +37,19 @@ fn main() -> ExitCode {
             match record::record(&config, &stop) {
                 Ok(summary) => {
                     println!("{summary}; wrote {}", config.output.display());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => runtime_error(&anyhow::Error::new(err)),
+            }
+        }
+        Command::Run(args) => {
+            let config = match RunConfig::from_args(&args, &|name| std::env::var(name).ok()) {
+                Ok(c) => c,
+                Err(err) => return usage_error(&err),
+            };
+            match run::run(&config, &stop) {
+                Ok(summary) => {
+                    println!("{summary}");
                     ExitCode::SUCCESS
                 }
                 Err(err) => runtime_error(&anyhow::Error::new(err)),

@@ -95,6 +95,7 @@ pub fn record(config: &RecordConfig, stop: &AtomicBool) -> Result<RecordSummary,
     let mut sampler = Sampler::start(&config.sampler, Design::RingBuf)?;
     let mut collector = Collector::new(&config.limits, config.sampler.frequency);
     let start = Instant::now();
+    let wall_start = std::time::SystemTime::now();
     let deadline = start + config.duration;
     let mut interrupted = false;
     loop {
@@ -119,7 +120,7 @@ pub fn record(config: &RecordConfig, stop: &AtomicBool) -> Result<RecordSummary,
     let sample_count = collector.samples();
     let processes = collector.processes();
     let collect = collector.stats();
-    let profile = collector.finish_window();
+    let profile = collector.finish_window(wall_start, elapsed);
     let title = format!(
         "profiler record: {} samples, {} Hz, {:.1}s",
         profile.samples(),

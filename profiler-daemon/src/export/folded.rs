@@ -13,18 +13,18 @@ use crate::profile::SymbolizedProfile;
 pub fn fold(profile: &SymbolizedProfile, options: FileOptions) -> Vec<(String, u64)> {
     let mut lines: HashMap<String, u64> = HashMap::new();
     for stack in &profile.stacks {
-        if stack.pid == 0 && !options.include_idle {
+        if stack.process.pid == 0 && !options.include_idle {
             continue;
         }
-        let mut line = sanitize(&stack.process);
-        for resolved in &stack.user {
-            for frame in resolved.iter() {
+        let mut line = sanitize(&stack.process.name);
+        for loc in &stack.user {
+            for frame in loc.frames.iter() {
                 line.push(';');
                 line.push_str(&sanitize(&frame.name));
             }
         }
-        for resolved in &stack.kernel {
-            for frame in resolved.iter() {
+        for loc in &stack.kernel {
+            for frame in loc.frames.iter() {
                 line.push(';');
                 line.push_str(&sanitize(&frame.name));
                 line.push_str("_[k]");
@@ -55,55 +55,29 @@ fn sanitize(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::profile::Stack;
-    use crate::symbolize::{Frame, Resolved};
-
-    fn res(names: &[&str]) -> Resolved {
-        names
-            .iter()
-            .map(|n| Frame::named(n, None, None))
-            .collect::<Vec<_>>()
-            .into()
-    }
-
-    fn stack(pid: u32, tid: u32, user: Vec<Resolved>, kernel: Vec<Resolved>, count: u64) -> Stack {
-        Stack {
-            pid,
-            tid,
-            process: Arc::from(if pid == 0 { "swapper" } else { "app" }),
-            thread: Arc::from("t"),
-            user,
-            kernel,
-            count,
-        }
-    }
+    use crate::profile::test_support::{profile, stack};
 
     #[test]
     fn folds_user_then_kernel_with_suffix_and_merges_threads() {
-        let profile = SymbolizedProfile {
-            frequency: 99,
-            stacks: vec![
-                stack(
-                    7,
-                    7,
-                    vec![res(&["main"]), res(&["work", "inlined"])],
-                    vec![res(&["sys_write"]), res(&["vfs;write"])],
-                    3,
-                ),
-                stack(
-                    7,
-                    8,
-                    vec![res(&["main"]), res(&["work", "inlined"])],
-                    vec![res(&["sys_write"]), res(&["vfs;write"])],
-                    2,
-                ),
-                stack(7, 8, vec![res(&["main"])], vec![], 1),
-                stack(0, 0, vec![], vec![res(&["do_idle"])], 9),
-            ],
-        };
+        let profile = profile(vec![
+            stack(
+                7,
+                7,
+                &[&["main"], &["work", "inlined"]],
+                &[&["sys_write"], &["vfs;write"]],
+                3,
+            ),
+            stack(
+                7,
+                8,
+                &[&["main"], &["work", "inlined"]],
+                &[&["sys_write"], &["vfs;write"]],
+                2,
+            ),
+            stack(7, 8, &[&["main"]], &[], 1),
+            stack(0, 0, &[], &[&["do_idle"]], 9),
+        ]);
         let lines = fold(&profile, FileOptions::default());
         assert_eq!(
             render(&lines),
@@ -115,10 +89,7 @@ mod tests {
 
     #[test]
     fn output_parses_as_folded_for_inferno() {
-        let profile = SymbolizedProfile {
-            frequency: 99,
-            stacks: vec![stack(7, 7, vec![res(&["main"]), res(&["f"])], vec![], 4)],
-        };
+        let profile = profile(vec![stack(7, 7, &[&["main"], &["f"]], &[], 4)]);
         let text = render(&fold(&profile, FileOptions::default()));
         let mut svg = Vec::new();
         let mut opts = inferno::flamegraph::Options::default();

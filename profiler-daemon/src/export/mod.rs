@@ -1,6 +1,8 @@
-//! Sinks for a symbolized profile: folded stacks and SVG flamegraphs (more to come: OTLP, pprof).
+//! Sinks for a symbolized profile: files (folded stacks, SVG flamegraph, pprof) and OTLP.
 
 pub mod folded;
+pub mod otlp;
+pub mod pprof;
 pub mod svg;
 
 use std::path::{Path, PathBuf};
@@ -36,14 +38,14 @@ pub fn write_file(
     options: FileOptions,
     title: &str,
 ) -> Result<(), ExportError> {
-    let lines = folded::fold(profile, options);
-    let bytes = match format {
-        OutputFormat::Folded => folded::render(&lines).into_bytes(),
-        OutputFormat::Svg => svg::render(&lines, title)?,
-    };
     let write_err = |source| ExportError::Write {
         path: path.to_path_buf(),
         source,
+    };
+    let bytes = match format {
+        OutputFormat::Folded => folded::render(&folded::fold(profile, options)).into_bytes(),
+        OutputFormat::Svg => svg::render(&folded::fold(profile, options), title)?,
+        OutputFormat::Pprof => pprof::render(profile, options).map_err(write_err)?,
     };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -3,7 +3,7 @@
 
 mod symbolized;
 
-pub use symbolized::{Stack, SymbolizedProfile};
+pub use symbolized::{Location, Stack, SymbolizedProfile};
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -98,6 +98,71 @@ pub fn call_sites(frames: &[u64]) -> Box<[u64]> {
         .enumerate()
         .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
         .collect()
+}
+
+/// Builders of symbolized profiles for the exporters' unit tests.
+#[cfg(test)]
+pub mod test_support {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use super::{Location, Stack, SymbolizedProfile};
+    use crate::process::ProcessInfo;
+    use crate::symbolize::{Frame, Module};
+
+    /// A stack of process `pid` ("app", or "swapper" for 0) whose user and kernel entries are
+    /// given root first, each as its function then inlined functions.
+    #[must_use]
+    pub fn stack(pid: u32, tid: u32, user: &[&[&str]], kernel: &[&[&str]], count: u64) -> Stack {
+        let module = Arc::new(Module {
+            path: PathBuf::from("/usr/bin/app"),
+            name: Arc::from("app"),
+            build_id: Some(Arc::from("abcd")),
+        });
+        let loc = |names: &&[&str], i: usize, kernel: bool| Location {
+            module: (!kernel).then(|| module.clone()),
+            address: 0x1000 + i as u64,
+            kernel,
+            frames: names
+                .iter()
+                .map(|n| Frame::named(n, Some("app.c".into()), Some(10)))
+                .collect::<Vec<_>>()
+                .into(),
+        };
+        let name: Arc<str> = Arc::from(if pid == 0 { "swapper" } else { "app" });
+        Stack {
+            process: Arc::new(ProcessInfo {
+                pid,
+                name: name.clone(),
+                exe_path: (pid != 0).then(|| Arc::from("/usr/bin/app")),
+                exe_name: name,
+                container_id: None,
+            }),
+            tid,
+            thread: Arc::from(format!("t{tid}")),
+            user: user
+                .iter()
+                .enumerate()
+                .map(|(i, n)| loc(n, i, false))
+                .collect(),
+            kernel: kernel
+                .iter()
+                .enumerate()
+                .map(|(i, n)| loc(n, i, true))
+                .collect(),
+            count,
+        }
+    }
+
+    #[must_use]
+    pub fn profile(stacks: Vec<Stack>) -> SymbolizedProfile {
+        SymbolizedProfile {
+            stacks,
+            frequency: 99,
+            start_unix_nano: 1_700_000_000_000_000_000,
+            duration_nano: 10_000_000_000,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,20 +2,31 @@
 
 use std::sync::Arc;
 
-use crate::symbolize::Resolved;
+use crate::process::ProcessInfo;
+use crate::symbolize::{Module, Resolved};
+
+/// One stack entry: an address, where it points and its names.
+#[derive(Debug, Clone)]
+pub struct Location {
+    /// The file it is in; `None` for kernel frames and user addresses outside file mappings.
+    pub module: Option<Arc<Module>>,
+    /// Offset in `module`'s file, else the raw address.
+    pub address: u64,
+    pub kernel: bool,
+    /// The function, then the functions inlined into it (innermost last).
+    pub frames: Resolved,
+}
 
 /// One aggregated stack with names.
 #[derive(Debug, Clone)]
 pub struct Stack {
-    pub pid: u32,
+    pub process: Arc<ProcessInfo>,
     pub tid: u32,
-    /// The process's name (thread group leader's comm).
-    pub process: Arc<str>,
     pub thread: Arc<str>,
-    /// User frames, root first (each entry one address, possibly several inlined frames).
-    pub user: Vec<Resolved>,
-    /// Kernel frames, root first.
-    pub kernel: Vec<Resolved>,
+    /// User locations, root first.
+    pub user: Vec<Location>,
+    /// Kernel locations, root first.
+    pub kernel: Vec<Location>,
     pub count: u64,
 }
 
@@ -25,6 +36,10 @@ pub struct SymbolizedProfile {
     pub stacks: Vec<Stack>,
     /// Sampling frequency (Hz), for the period.
     pub frequency: u32,
+    /// Window start, real time (nanoseconds since the Unix epoch).
+    pub start_unix_nano: u64,
+    /// Window length.
+    pub duration_nano: u64,
 }
 
 impl SymbolizedProfile {

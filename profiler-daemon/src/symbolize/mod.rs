@@ -62,7 +62,7 @@ pub struct SymbolizeStats {
 pub struct SymbolizerStage {
     normalizer: Normalizer,
     symbolizer: Symbolizer,
-    modules: Vec<Module>,
+    modules: Vec<Arc<Module>>,
     module_ids: HashMap<(PathBuf, Option<Arc<str>>), ModuleId>,
     user_cache: LruCache<(ModuleId, u64), Resolved>,
     kernel_cache: LruCache<u64, Resolved>,
@@ -98,7 +98,7 @@ impl SymbolizerStage {
     }
 
     #[must_use]
-    pub fn module(&self, id: ModuleId) -> &Module {
+    pub fn module(&self, id: ModuleId) -> &Arc<Module> {
         &self.modules[id.0 as usize]
     }
 
@@ -156,11 +156,11 @@ impl SymbolizerStage {
             .file_name()
             .map_or_else(|| key.0.to_string_lossy(), |n| n.to_string_lossy())
             .into();
-        self.modules.push(Module {
+        self.modules.push(Arc::new(Module {
             path: key.0.clone(),
             name,
             build_id: key.1.clone(),
-        });
+        }));
         self.module_ids.insert(key, id);
         id
     }

@@ -1,9 +1,11 @@
 //! Validated configuration: turns parsed flags into values the stages can trust.
 
+pub mod otlp;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{LimitArgs, RecordArgs};
+use crate::cli::{LimitArgs, RecordArgs, RunArgs};
 
 /// Highest sampling frequency accepted. Past this the timer interrupts themselves dominate.
 pub const MAX_FREQUENCY: u32 = 10_000;
@@ -28,6 +30,12 @@ pub enum ConfigError {
     RingBufferSize(u32),
     #[error("--{name} must be at least 1")]
     ZeroLimit { name: &'static str },
+    #[error("{source_name}: `{value}` is not valid: expected {expected}")]
+    Invalid {
+        source_name: String,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 /// Output formats of `profiler record`, chosen by the output file's extension.
@@ -37,20 +45,27 @@ pub enum OutputFormat {
     Svg,
     /// Folded stacks, one line per unique stack.
     Folded,
+    /// gzip-compressed pprof protobuf.
+    Pprof,
 }
 
 impl OutputFormat {
     /// The extensions, for error messages.
-    pub const SUPPORTED: &'static str = "`.svg` (flamegraph), `.folded` (folded stacks)";
+    pub const SUPPORTED: &'static str =
+        "`.svg` (flamegraph), `.folded` (folded stacks), `.pb.gz` (pprof)";
 
     /// Picks the format from a path's extension.
     pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase());
-        match ext.as_deref() {
-            Some("svg") => Ok(Self::Svg),
-            Some("folded") => Ok(Self::Folded),
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        // Compare lowercased suffixes: `.pb.gz` is a double extension.
+        let stem_len = |suffix: &str| name.len().saturating_sub(suffix.len());
+        match name {
+            n if n.ends_with(".svg") && stem_len(".svg") > 0 => Ok(Self::Svg),
+            n if n.ends_with(".folded") && stem_len(".folded") > 0 => Ok(Self::Folded),
+            n if n.ends_with(".pb.gz") && stem_len(".pb.gz") > 0 => Ok(Self::Pprof),
             _ => Err(ConfigError::OutputFormat {
                 path: path.to_path_buf(),
             }),
@@ -136,6 +151,68 @@ pub fn validate_pids(pids: &[u32], proc_root: &Path) -> Result<Vec<u32>, ConfigE
     Ok(out)
 }
 
+/// Validated `profiler run` configuration.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub interval: Duration,
+    pub sampler: SamplerConfig,
+    pub limits: Limits,
+    pub otlp: otlp::OtlpConfig,
+    pub export_queue_size: usize,
+    pub shutdown_timeout: Duration,
+    /// `host.name` of every resource.
+    pub host_name: String,
+}
+
+impl RunConfig {
+    /// Validates flags; `env` reads the OpenTelemetry environment variables.
+    pub fn from_args(
+        args: &RunArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        if args.interval < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                source_name: "--interval".to_owned(),
+                value: humantime::format_duration(args.interval).to_string(),
+                expected: "at least 100ms",
+            });
+        }
+        if args.export_queue_size == 0 {
+            return Err(ConfigError::ZeroLimit {
+                name: "export-queue-size",
+            });
+        }
+        let limits = Limits::from_args(&args.limits)?;
+        Ok(Self {
+            interval: args.interval,
+            sampler: SamplerConfig {
+                frequency: validate_frequency(args.frequency)?,
+                pids: validate_pids(&args.pid, Path::new("/proc"))?,
+                include_idle: args.include_idle,
+                ring_buffer_bytes: limits.ring_buffer_bytes,
+            },
+            limits,
+            otlp: otlp::resolve(&args.otlp, env)?,
+            export_queue_size: args.export_queue_size,
+            shutdown_timeout: args.shutdown_timeout,
+            host_name: host_name(),
+        })
+    }
+}
+
+/// The machine's host name (`gethostname`), empty if unavailable.
+#[must_use]
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
 impl RecordConfig {
     pub fn from_args(args: &RecordArgs) -> Result<Self, ConfigError> {
         if args.duration.is_zero() {
@@ -186,6 +263,9 @@ mod tests {
         let cfg = parse(&["profiler", "record", "--duration", "2m", "-o", "a.FOLDED"]).unwrap();
         assert_eq!(cfg.duration, Duration::from_mins(2));
         assert_eq!(cfg.format, OutputFormat::Folded);
+        let cfg = parse(&["profiler", "record", "-o", "cpu.pb.gz"]).unwrap();
+        assert_eq!(cfg.format, OutputFormat::Pprof);
+        assert!(parse(&["profiler", "record", "-o", "cpu.gz"]).is_err());
         let cfg = parse(&["profiler", "record", "-d", "500ms", "-o", "a.svg"]).unwrap();
         assert_eq!(cfg.duration, Duration::from_millis(500));
     }

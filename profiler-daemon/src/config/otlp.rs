@@ -1,0 +1,514 @@
+//! OTLP exporter settings from flags and the standard OpenTelemetry environment variables, with
+//! the specification's precedence: flags, then `OTEL_EXPORTER_OTLP_PROFILES_*` (signal-specific),
+//! then `OTEL_EXPORTER_OTLP_*` (generic), then defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::ConfigError;
+
+/// Path of the profiles signal on an OTLP/HTTP receiver (OpenTelemetry Collector, Pyroscope).
+pub const HTTP_PROFILES_PATH: &str = "/v1development/profiles";
+const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
+const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    None,
+}
+
+/// Flags of the OTLP exporter (all optional: unset falls through to the environment).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OtlpArgs {
+    /// Collector base URL (like `OTEL_EXPORTER_OTLP_ENDPOINT`; for HTTP the signal path
+    /// `/v1development/profiles` is appended). Default `http://localhost:4317` (gRPC) or
+    /// `http://localhost:4318` (HTTP).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` (default) or `http/protobuf`.
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// Extra request header `KEY=VALUE` (e.g. authorization); repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub otlp_header: Vec<String>,
+    /// PEM file of the CA to trust for TLS (default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub otlp_ca: Option<PathBuf>,
+    /// `gzip` (default) or `none`.
+    #[arg(long, value_name = "ALGO")]
+    pub otlp_compression: Option<String>,
+    /// Time limit of one export attempt (e.g. `10s`).
+    #[arg(long, value_name = "DUR")]
+    pub otlp_timeout: Option<String>,
+}
+
+/// The resolved exporter settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// gRPC: the server URL; HTTP: the full URL requests are POSTed to.
+    pub endpoint: String,
+    pub protocol: Protocol,
+    /// Lowercase names; values may be secrets (never logged: see `Debug`).
+    pub headers: Vec<(String, String)>,
+    pub ca_file: Option<PathBuf>,
+    pub compression: Compression,
+    pub timeout: Duration,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, in order; per-process attributes win over these.
+    pub resource_attributes: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for OtlpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Header values are often credentials: show names only.
+        let headers: Vec<String> = self
+            .headers
+            .iter()
+            .map(|(k, _)| format!("{k}=***"))
+            .collect();
+        f.debug_struct("OtlpConfig")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("headers", &headers)
+            .field("ca_file", &self.ca_file)
+            .field("compression", &self.compression)
+            .field("timeout", &self.timeout)
+            .field("resource_attributes", &self.resource_attributes)
+            .finish()
+    }
+}
+
+/// Resolves the settings; `env` reads an environment variable (injectable for tests).
+pub fn resolve(
+    args: &OtlpArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<OtlpConfig, ConfigError> {
+    let pick = |flag: Option<&String>, name: &str| -> Option<(String, String)> {
+        if let Some(v) = flag {
+            return Some((v.clone(), format!("--otlp-{name}")));
+        }
+        let signal = format!("OTEL_EXPORTER_OTLP_PROFILES_{}", name.to_ascii_uppercase());
+        let generic = format!("OTEL_EXPORTER_OTLP_{}", name.to_ascii_uppercase());
+        env(&signal)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (v, signal))
+            .or_else(|| {
+                env(&generic)
+                    .filter(|v| !v.trim().is_empty())
+                    .map(|v| (v, generic))
+            })
+    };
+
+    let protocol = match pick(args.otlp_protocol.as_ref(), "protocol") {
+        None => Protocol::Grpc,
+        Some((v, source)) => match v.trim() {
+            "grpc" => Protocol::Grpc,
+            "http/protobuf" => Protocol::HttpProtobuf,
+            other => {
+                return Err(ConfigError::Invalid {
+                    source_name: source,
+                    value: other.to_owned(),
+                    expected: "`grpc` or `http/protobuf` (http/json is not supported)",
+                });
+            }
+        },
+    };
+
+    let endpoint = resolve_endpoint(args, env, protocol)?;
+    let headers = resolve_headers(args, env)?;
+
+    let compression = match pick(args.otlp_compression.as_ref(), "compression") {
+        None => Compression::Gzip,
+        Some((v, source)) => match v.trim() {
+            "gzip" => Compression::Gzip,
+            "none" => Compression::None,
+            other => {
+                return Err(ConfigError::Invalid {
+                    source_name: source,
+                    value: other.to_owned(),
+                    expected: "`gzip` or `none`",
+                });
+            }
+        },
+    };
+
+    let timeout = if let Some(v) = &args.otlp_timeout {
+        humantime::parse_duration(v).map_err(|_| ConfigError::Invalid {
+            source_name: "--otlp-timeout".to_owned(),
+            value: v.clone(),
+            expected: "a duration like `10s` or `500ms`",
+        })?
+    } else if let Some((v, source)) = pick(None, "timeout") {
+        // The specification gives the variables in milliseconds.
+        let ms: u64 = v.trim().parse().map_err(|_| ConfigError::Invalid {
+            source_name: source,
+            value: v.clone(),
+            expected: "milliseconds, e.g. `10000`",
+        })?;
+        Duration::from_millis(ms)
+    } else {
+        DEFAULT_TIMEOUT
+    };
+    if timeout.is_zero() {
+        return Err(ConfigError::Invalid {
+            source_name: "the OTLP timeout".to_owned(),
+            value: "0".to_owned(),
+            expected: "a positive duration",
+        });
+    }
+
+    let ca_file = pick(
+        args.otlp_ca
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .as_ref(),
+        "certificate",
+    )
+    .map(|(v, source)| {
+        let path = PathBuf::from(v.trim());
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(ConfigError::Invalid {
+                source_name: source.replace("--otlp-certificate", "--otlp-ca"),
+                value: v,
+                expected: "a readable PEM file",
+            })
+        }
+    })
+    .transpose()?;
+
+    let resource_attributes = match env("OTEL_RESOURCE_ATTRIBUTES") {
+        Some(text) => parse_key_values(&text, "OTEL_RESOURCE_ATTRIBUTES")?,
+        None => Vec::new(),
+    };
+
+    Ok(OtlpConfig {
+        endpoint,
+        protocol,
+        headers,
+        ca_file,
+        compression,
+        timeout,
+        resource_attributes,
+    })
+}
+
+fn resolve_endpoint(
+    args: &OtlpArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+    protocol: Protocol,
+) -> Result<String, ConfigError> {
+    let nonempty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    // (value, where it came from, whether it is a base URL that gets the signal path)
+    let (value, source, base) = if let Some(v) = &args.otlp_endpoint {
+        (v.clone(), "--otlp-endpoint", true)
+    } else if let Some(v) = nonempty("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT") {
+        (v, "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", false)
+    } else if let Some(v) = nonempty("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        (v, "OTEL_EXPORTER_OTLP_ENDPOINT", true)
+    } else {
+        let default = match protocol {
+            Protocol::Grpc => DEFAULT_GRPC_ENDPOINT,
+            Protocol::HttpProtobuf => DEFAULT_HTTP_ENDPOINT,
+        };
+        (default.to_owned(), "the default endpoint", true)
+    };
+    let value = value.trim().to_owned();
+    let invalid = |expected| ConfigError::Invalid {
+        source_name: source.to_owned(),
+        value: value.clone(),
+        expected,
+    };
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|_| invalid("a URL like `http://host:4317`"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(invalid("a URL starting with `http://` or `https://`")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("a URL with a host, like `http://host:4317`"));
+    }
+    Ok(match protocol {
+        Protocol::HttpProtobuf if base => {
+            format!("{}{HTTP_PROFILES_PATH}", value.trim_end_matches('/'))
+        }
+        _ => value,
+    })
+}
+
+fn resolve_headers(
+    args: &OtlpArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut set = |k: String, v: String| {
+        let k = k.to_ascii_lowercase();
+        headers.retain(|(old, _)| *old != k);
+        headers.push((k, v));
+    };
+    // Lowest precedence first: later entries replace earlier ones of the same name.
+    for name in [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_PROFILES_HEADERS",
+    ] {
+        if let Some(text) = env(name) {
+            for (k, v) in parse_key_values(&text, name)? {
+                set(k, v);
+            }
+        }
+    }
+    for flag in &args.otlp_header {
+        let Some((k, v)) = flag.split_once('=') else {
+            return Err(ConfigError::Invalid {
+                source_name: "--otlp-header".to_owned(),
+                value: redact(flag),
+                expected: "KEY=VALUE",
+            });
+        };
+        set(k.trim().to_owned(), v.trim().to_owned());
+    }
+    for (k, v) in &headers {
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+            || http::HeaderValue::from_str(v).is_err()
+        {
+            return Err(ConfigError::Invalid {
+                source_name: "an OTLP header".to_owned(),
+                value: format!("{k}=***"),
+                expected: "a valid HTTP header name and a printable ASCII value",
+            });
+        }
+    }
+    Ok(headers)
+}
+
+/// Parses `k1=v1,k2=v2` with percent-encoded values (the W3C Baggage form the specification
+/// uses for `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES`).
+pub fn parse_key_values(text: &str, source: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(ConfigError::Invalid {
+                source_name: source.to_owned(),
+                value: redact(item),
+                expected: "comma-separated key=value pairs",
+            });
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s.trim())
+                .decode_utf8()
+                .map(std::borrow::Cow::into_owned)
+        };
+        let (Ok(k), Ok(v)) = (decode(k), decode(v)) else {
+            return Err(ConfigError::Invalid {
+                source_name: source.to_owned(),
+                value: redact(item),
+                expected: "percent-encoded UTF-8",
+            });
+        };
+        if k.is_empty() {
+            return Err(ConfigError::Invalid {
+                source_name: source.to_owned(),
+                value: redact(item),
+                expected: "a non-empty key",
+            });
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// Shows the key of a `key=value` item but never the value (it may be a credential).
+fn redact(item: &str) -> String {
+    match item.split_once('=') {
+        Some((k, _)) => format!("{k}=***"),
+        None if item.len() > 12 => format!("{}...", &item[..item.floor_char_boundary(12)]),
+        None => item.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn with_env(vars: &[(&str, &str)], args: &OtlpArgs) -> Result<OtlpConfig, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        resolve(args, &|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = with_env(&[], &OtlpArgs::default()).unwrap();
+        assert_eq!(c.endpoint, "http://localhost:4317");
+        assert_eq!(c.protocol, Protocol::Grpc);
+        assert_eq!(c.compression, Compression::Gzip);
+        assert_eq!(c.timeout, Duration::from_secs(10));
+        let http = OtlpArgs {
+            otlp_protocol: Some("http/protobuf".into()),
+            ..OtlpArgs::default()
+        };
+        let c = with_env(&[], &http).unwrap();
+        assert_eq!(c.endpoint, "http://localhost:4318/v1development/profiles");
+    }
+
+    #[test]
+    fn precedence_flags_then_signal_then_generic() {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+            ("OTEL_EXPORTER_OTLP_PROFILES_TIMEOUT", "3000"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=generic,b=generic"),
+            (
+                "OTEL_EXPORTER_OTLP_PROFILES_HEADERS",
+                "b=signal,c=sig%20nal",
+            ),
+        ];
+        let c = with_env(&env, &OtlpArgs::default()).unwrap();
+        // Generic endpoint is a base: the signal path is appended.
+        assert_eq!(c.endpoint, "http://generic:4318/v1development/profiles");
+        assert_eq!(c.timeout, Duration::from_secs(3));
+        assert_eq!(c.compression, Compression::None);
+        assert_eq!(
+            c.headers,
+            vec![
+                ("a".to_owned(), "generic".to_owned()),
+                ("b".to_owned(), "signal".to_owned()),
+                ("c".to_owned(), "sig nal".to_owned()),
+            ]
+        );
+        // The signal-specific endpoint is used as given.
+        let mut env2 = env.to_vec();
+        env2.push((
+            "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT",
+            "https://sig:443/custom",
+        ));
+        assert_eq!(
+            with_env(&env2, &OtlpArgs::default()).unwrap().endpoint,
+            "https://sig:443/custom"
+        );
+        // Flags win over everything.
+        let flags = OtlpArgs {
+            otlp_endpoint: Some("http://flag:4040".into()),
+            otlp_protocol: Some("grpc".into()),
+            otlp_header: vec!["B=flag".into()],
+            otlp_timeout: Some("500ms".into()),
+            otlp_compression: Some("gzip".into()),
+            otlp_ca: None,
+        };
+        let c = with_env(&env2, &flags).unwrap();
+        assert_eq!(c.endpoint, "http://flag:4040");
+        assert_eq!(c.protocol, Protocol::Grpc);
+        assert_eq!(c.timeout, Duration::from_millis(500));
+        assert_eq!(c.compression, Compression::Gzip);
+        assert!(c.headers.contains(&("b".to_owned(), "flag".to_owned())));
+    }
+
+    #[test]
+    fn malformed_values_are_rejected_with_their_source() {
+        let bad =
+            |vars: &[(&str, &str)], args: OtlpArgs| with_env(vars, &args).unwrap_err().to_string();
+        let e = bad(
+            &[],
+            OtlpArgs {
+                otlp_endpoint: Some("localhost:4317".into()),
+                ..Default::default()
+            },
+        );
+        assert!(
+            e.contains("--otlp-endpoint") && e.contains("http://"),
+            "{e}"
+        );
+        let e = bad(
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://x")],
+            OtlpArgs::default(),
+        );
+        assert!(e.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
+        let e = bad(
+            &[],
+            OtlpArgs {
+                otlp_header: vec!["novalue".into()],
+                ..Default::default()
+            },
+        );
+        assert!(e.contains("KEY=VALUE"), "{e}");
+        let e = bad(
+            &[],
+            OtlpArgs {
+                otlp_header: vec!["authorization=Bearer s3\u{1}cret".into()],
+                ..Default::default()
+            },
+        );
+        assert!(!e.contains("s3cret"), "secrets must not be echoed: {e}");
+        let e = bad(
+            &[("OTEL_EXPORTER_OTLP_HEADERS", "token")],
+            OtlpArgs::default(),
+        );
+        assert!(e.contains("key=value"), "{e}");
+        let e = bad(
+            &[("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")],
+            OtlpArgs::default(),
+        );
+        assert!(e.contains("milliseconds"), "{e}");
+        let e = bad(
+            &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
+            OtlpArgs::default(),
+        );
+        assert!(e.contains("not supported"), "{e}");
+        let e = bad(
+            &[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent.pem")],
+            OtlpArgs::default(),
+        );
+        assert!(e.contains("PEM"), "{e}");
+    }
+
+    #[test]
+    fn resource_attributes_are_percent_decoded() {
+        let c = with_env(
+            &[(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=prod,team=a%2Cb",
+            )],
+            &OtlpArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.resource_attributes,
+            vec![
+                ("deployment.environment".to_owned(), "prod".to_owned()),
+                ("team".to_owned(), "a,b".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_header_values() {
+        let c = with_env(
+            &[(
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Basic%20c2VjcmV0",
+            )],
+            &OtlpArgs::default(),
+        )
+        .unwrap();
+        let text = format!("{c:?}");
+        assert!(
+            text.contains("authorization=***") && !text.contains("c2VjcmV0"),
+            "{text}"
+        );
+    }
+}

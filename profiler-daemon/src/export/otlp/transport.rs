@@ -1,0 +1,237 @@
+//! The two OTLP transports: gRPC (tonic, `ProfilesService/Export`) and HTTP/protobuf (POST to
+//! `.../v1development/profiles`), with gzip, TLS (system roots or a given CA), custom headers and
+//! a per-attempt timeout. Failures are classified as retryable or not, per the OTLP specification.
+
+use std::str::FromStr as _;
+
+use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_client::ProfilesServiceClient;
+use opentelemetry_proto::tonic::collector::profiles::v1development::{
+    ExportProfilesPartialSuccess, ExportProfilesServiceRequest, ExportProfilesServiceResponse,
+};
+use prost::Message as _;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::config::otlp::{Compression, OtlpConfig, Protocol};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot read the CA file `{path}`: {source}")]
+    Ca {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("OTLP endpoint `{endpoint}`: {message}")]
+    Setup { endpoint: String, message: String },
+}
+
+/// Why one attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Worth another try later (unavailable, overloaded, timed out, connection refused).
+    Retryable(String),
+    /// The receiver refused the data; retrying would not help.
+    Permanent(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Retryable(m) => write!(f, "{m} (will retry)"),
+            SendError::Permanent(m) => write!(f, "{m} (not retryable)"),
+        }
+    }
+}
+
+pub enum Transport {
+    Grpc {
+        client: ProfilesServiceClient<Channel>,
+        metadata: MetadataMap,
+    },
+    Http {
+        client: reqwest::Client,
+        url: String,
+        headers: reqwest::header::HeaderMap,
+        gzip: bool,
+    },
+}
+
+impl Transport {
+    /// Builds the client; connects lazily, so a collector that is down at start is not an error.
+    pub fn new(config: &OtlpConfig) -> Result<Self, TransportError> {
+        let setup = |message: String| TransportError::Setup {
+            endpoint: config.endpoint.clone(),
+            message,
+        };
+        let ca = match &config.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| TransportError::Ca {
+                path: path.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        match config.protocol {
+            Protocol::Grpc => {
+                let mut endpoint = Endpoint::from_str(&config.endpoint)
+                    .map_err(|e| setup(e.to_string()))?
+                    .timeout(config.timeout)
+                    .connect_timeout(config.timeout);
+                if config.endpoint.starts_with("https://") {
+                    let mut tls = ClientTlsConfig::new().with_native_roots();
+                    if let Some(pem) = &ca {
+                        tls = tls.ca_certificate(Certificate::from_pem(pem));
+                    }
+                    endpoint = endpoint.tls_config(tls).map_err(|e| setup(e.to_string()))?;
+                }
+                let mut client = ProfilesServiceClient::new(endpoint.connect_lazy())
+                    .max_encoding_message_size(64 * 1024 * 1024);
+                if config.compression == Compression::Gzip {
+                    client = client.send_compressed(CompressionEncoding::Gzip);
+                }
+                let mut metadata = MetadataMap::new();
+                for (k, v) in &config.headers {
+                    let key = MetadataKey::from_bytes(k.as_bytes())
+                        .map_err(|_| setup(format!("invalid header name `{k}`")))?;
+                    let value = MetadataValue::try_from(v.as_str())
+                        .map_err(|_| setup(format!("invalid value for header `{k}`")))?;
+                    metadata.insert(key, value);
+                }
+                Ok(Self::Grpc { client, metadata })
+            }
+            Protocol::HttpProtobuf => {
+                let mut builder = reqwest::Client::builder()
+                    .timeout(config.timeout)
+                    .connect_timeout(config.timeout);
+                if let Some(pem) = &ca {
+                    let cert = reqwest::Certificate::from_pem(pem)
+                        .map_err(|e| setup(format!("CA file: {e}")))?;
+                    builder = builder.add_root_certificate(cert);
+                }
+                let client = builder.build().map_err(|e| setup(e.to_string()))?;
+                let mut headers = reqwest::header::HeaderMap::new();
+                for (k, v) in &config.headers {
+                    let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|_| setup(format!("invalid header name `{k}`")))?;
+                    let mut value = reqwest::header::HeaderValue::from_str(v)
+                        .map_err(|_| setup(format!("invalid value for header `{k}`")))?;
+                    value.set_sensitive(true);
+                    headers.insert(name, value);
+                }
+                Ok(Self::Http {
+                    client,
+                    url: config.endpoint.clone(),
+                    headers,
+                    gzip: config.compression == Compression::Gzip,
+                })
+            }
+        }
+    }
+
+    /// One attempt. Returns the receiver's partial success, if it reported one.
+    pub async fn send(
+        &mut self,
+        request: &ExportProfilesServiceRequest,
+    ) -> Result<Option<ExportProfilesPartialSuccess>, SendError> {
+        match self {
+            Transport::Grpc { client, metadata } => {
+                let mut req = tonic::Request::new(request.clone());
+                *req.metadata_mut() = metadata.clone();
+                match client.export(req).await {
+                    Ok(response) => Ok(response.into_inner().partial_success),
+                    Err(status) => Err(classify_grpc(&status)),
+                }
+            }
+            Transport::Http {
+                client,
+                url,
+                headers,
+                gzip,
+            } => {
+                let mut body = request.encode_to_vec();
+                let mut builder = client
+                    .post(url.as_str())
+                    .headers(headers.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf");
+                if *gzip {
+                    body = gzip_bytes(&body)
+                        .map_err(|e| SendError::Permanent(format!("gzip failed: {e}")))?;
+                    builder = builder.header(reqwest::header::CONTENT_ENCODING, "gzip");
+                }
+                let response = builder.body(body).send().await.map_err(|e| {
+                    // Connection refused, DNS, TLS handshake, timeout: the receiver may come back.
+                    SendError::Retryable(format!("HTTP request failed: {}", error_chain(&e)))
+                })?;
+                let status = response.status();
+                let bytes = response.bytes().await.unwrap_or_default();
+                if status.is_success() {
+                    let decoded = ExportProfilesServiceResponse::decode(bytes.as_ref()).ok();
+                    return Ok(decoded.and_then(|r| r.partial_success));
+                }
+                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+                let message = format!("HTTP {status}: {}", text.trim());
+                Err(match status.as_u16() {
+                    429 | 502 | 503 | 504 => SendError::Retryable(message),
+                    _ => SendError::Permanent(message),
+                })
+            }
+        }
+    }
+}
+
+/// Retryable gRPC codes per the OTLP specification (`RESOURCE_EXHAUSTED` included: receivers use
+/// it for back-pressure).
+fn classify_grpc(status: &tonic::Status) -> SendError {
+    use tonic::Code;
+    let message = format!("gRPC {:?}: {}", status.code(), status.message());
+    match status.code() {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss
+        | Code::ResourceExhausted => SendError::Retryable(message),
+        _ => SendError::Permanent(message),
+    }
+}
+
+fn gzip_bytes(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data)?;
+    encoder.finish()
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_are_classified_per_the_specification() {
+        let retry = |code| {
+            matches!(
+                classify_grpc(&tonic::Status::new(code, "x")),
+                SendError::Retryable(_)
+            )
+        };
+        assert!(retry(tonic::Code::Unavailable));
+        assert!(retry(tonic::Code::ResourceExhausted));
+        assert!(retry(tonic::Code::DeadlineExceeded));
+        assert!(!retry(tonic::Code::InvalidArgument));
+        assert!(!retry(tonic::Code::Unauthenticated));
+        assert!(!retry(tonic::Code::Unimplemented));
+    }
+}

@@ -1,0 +1,311 @@
+//! pprof output (`.pb.gz`: gzip-compressed `perftools.profiles.Profile`), for `go tool pprof`
+//! and speedscope. The message types are declared here with prost's derive: the schema is eight
+//! small, frozen messages, and no maintained crate publishes them without a profiler attached.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+
+use prost::Message as _;
+
+use super::FileOptions;
+use crate::profile::{Location, SymbolizedProfile};
+
+/// `perftools.profiles` messages (field numbers from pprof's `profile.proto`).
+mod proto {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Profile {
+        #[prost(message, repeated, tag = "1")]
+        pub sample_type: Vec<ValueType>,
+        #[prost(message, repeated, tag = "2")]
+        pub sample: Vec<Sample>,
+        #[prost(message, repeated, tag = "3")]
+        pub mapping: Vec<Mapping>,
+        #[prost(message, repeated, tag = "4")]
+        pub location: Vec<Location>,
+        #[prost(message, repeated, tag = "5")]
+        pub function: Vec<Function>,
+        #[prost(string, repeated, tag = "6")]
+        pub string_table: Vec<String>,
+        #[prost(int64, tag = "9")]
+        pub time_nanos: i64,
+        #[prost(int64, tag = "10")]
+        pub duration_nanos: i64,
+        #[prost(message, optional, tag = "11")]
+        pub period_type: Option<ValueType>,
+        #[prost(int64, tag = "12")]
+        pub period: i64,
+    }
+    #[derive(Clone, Copy, PartialEq, prost::Message)]
+    pub struct ValueType {
+        #[prost(int64, tag = "1")]
+        pub r#type: i64,
+        #[prost(int64, tag = "2")]
+        pub unit: i64,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        #[prost(uint64, repeated, tag = "1")]
+        pub location_id: Vec<u64>,
+        #[prost(int64, repeated, tag = "2")]
+        pub value: Vec<i64>,
+        #[prost(message, repeated, tag = "3")]
+        pub label: Vec<Label>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Label {
+        #[prost(int64, tag = "1")]
+        pub key: i64,
+        #[prost(int64, tag = "2")]
+        pub str: i64,
+        #[prost(int64, tag = "3")]
+        pub num: i64,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Mapping {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        #[prost(int64, tag = "5")]
+        pub filename: i64,
+        #[prost(int64, tag = "6")]
+        pub build_id: i64,
+        #[prost(bool, tag = "7")]
+        pub has_functions: bool,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Location {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        #[prost(uint64, tag = "2")]
+        pub mapping_id: u64,
+        #[prost(uint64, tag = "3")]
+        pub address: u64,
+        #[prost(message, repeated, tag = "4")]
+        pub line: Vec<Line>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Line {
+        #[prost(uint64, tag = "1")]
+        pub function_id: u64,
+        #[prost(int64, tag = "2")]
+        pub line: i64,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Function {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        #[prost(int64, tag = "2")]
+        pub name: i64,
+        #[prost(int64, tag = "3")]
+        pub system_name: i64,
+        #[prost(int64, tag = "4")]
+        pub filename: i64,
+    }
+}
+
+pub use proto::Profile as PprofProfile;
+
+#[derive(Default)]
+struct Builder {
+    profile: proto::Profile,
+    strings: HashMap<String, i64>,
+    functions: HashMap<(i64, i64), u64>,
+    mappings: HashMap<(String, bool), u64>,
+    locations: HashMap<(u64, u64, i64), u64>,
+}
+
+impl Builder {
+    fn string(&mut self, s: &str) -> i64 {
+        if let Some(&i) = self.strings.get(s) {
+            return i;
+        }
+        let i = self.profile.string_table.len() as i64;
+        self.profile.string_table.push(s.to_owned());
+        self.strings.insert(s.to_owned(), i);
+        i
+    }
+
+    fn mapping(&mut self, loc: &Location) -> u64 {
+        let (name, build_id) = match (&loc.module, loc.kernel) {
+            (_, true) => ("[kernel.kallsyms]".to_owned(), None),
+            (Some(m), false) => (m.path.to_string_lossy().into_owned(), m.build_id.clone()),
+            (None, false) => return 0,
+        };
+        if let Some(&id) = self.mappings.get(&(name.clone(), loc.kernel)) {
+            return id;
+        }
+        let id = self.profile.mapping.len() as u64 + 1;
+        let filename = self.string(&name);
+        let build_id = build_id.map_or(0, |b| self.string(&b));
+        self.profile.mapping.push(proto::Mapping {
+            id,
+            filename,
+            build_id,
+            has_functions: true,
+        });
+        self.mappings.insert((name, loc.kernel), id);
+        id
+    }
+
+    fn location(&mut self, loc: &Location) -> u64 {
+        let mapping_id = self.mapping(loc);
+        let name = self.string(loc.frames.first().map_or("", |f| &f.name));
+        let key = (mapping_id, loc.address, name);
+        if let Some(&id) = self.locations.get(&key) {
+            return id;
+        }
+        let id = self.profile.location.len() as u64 + 1;
+        // pprof, like OTLP: innermost inlined function first.
+        let line = loc
+            .frames
+            .iter()
+            .rev()
+            .map(|frame| {
+                let name = self.string(&frame.name);
+                let file = frame.file.as_deref().map_or(0, |f| self.string(f));
+                let next = self.profile.function.len() as u64 + 1;
+                let function_id = *self.functions.entry((name, file)).or_insert(next);
+                if function_id == next {
+                    self.profile.function.push(proto::Function {
+                        id: function_id,
+                        name,
+                        system_name: name,
+                        filename: file,
+                    });
+                }
+                proto::Line {
+                    function_id,
+                    line: frame.line.map_or(0, i64::from),
+                }
+            })
+            .collect();
+        self.profile.location.push(proto::Location {
+            id,
+            mapping_id,
+            address: loc.address,
+            line,
+        });
+        self.locations.insert(key, id);
+        id
+    }
+}
+
+/// Builds the pprof message: sample types `samples/count` and `cpu/nanoseconds`, labels `pid`,
+/// `tid`, `comm` (process) and `thread`.
+#[must_use]
+pub fn build(profile: &SymbolizedProfile, options: FileOptions) -> PprofProfile {
+    let mut b = Builder::default();
+    b.string("");
+    let period = 1_000_000_000 / i64::from(profile.frequency.max(1));
+    let samples = proto::ValueType {
+        r#type: b.string("samples"),
+        unit: b.string("count"),
+    };
+    let cpu = proto::ValueType {
+        r#type: b.string("cpu"),
+        unit: b.string("nanoseconds"),
+    };
+    b.profile.sample_type = vec![samples, cpu];
+    b.profile.period_type = Some(cpu);
+    b.profile.period = period;
+    b.profile.time_nanos = profile.start_unix_nano as i64;
+    b.profile.duration_nanos = profile.duration_nano as i64;
+    for stack in &profile.stacks {
+        if stack.process.pid == 0 && !options.include_idle {
+            continue;
+        }
+        let location_id = stack
+            .kernel
+            .iter()
+            .rev()
+            .chain(stack.user.iter().rev())
+            .map(|loc| b.location(loc))
+            .collect();
+        let count = i64::try_from(stack.count).unwrap_or(i64::MAX);
+        let label = vec![
+            proto::Label {
+                key: b.string("pid"),
+                str: 0,
+                num: i64::from(stack.process.pid),
+            },
+            proto::Label {
+                key: b.string("tid"),
+                str: 0,
+                num: i64::from(stack.tid),
+            },
+            proto::Label {
+                key: b.string("comm"),
+                str: b.string(&stack.process.name),
+                num: 0,
+            },
+            proto::Label {
+                key: b.string("thread"),
+                str: b.string(&stack.thread),
+                num: 0,
+            },
+        ];
+        b.profile.sample.push(proto::Sample {
+            location_id,
+            value: vec![count, count.saturating_mul(period)],
+            label,
+        });
+    }
+    b.profile
+}
+
+/// The gzip-compressed encoding, as `go tool pprof` reads it.
+pub fn render(profile: &SymbolizedProfile, options: FileOptions) -> std::io::Result<Vec<u8>> {
+    let bytes = build(profile, options).encode_to_vec();
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(&bytes)?;
+    encoder.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+    use crate::profile::test_support::{profile, stack};
+
+    #[test]
+    fn round_trips_with_names_inlined_lines_and_cpu_time() {
+        let p = profile(vec![
+            stack(
+                7,
+                7,
+                &[&["main"], &["work", "inlined"]],
+                &[&["sys_write"]],
+                3,
+            ),
+            stack(0, 0, &[], &[&["do_idle"]], 9),
+        ]);
+        let gz = render(&p, FileOptions::default()).unwrap();
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(gz.as_slice())
+            .read_to_end(&mut raw)
+            .unwrap();
+        let decoded = PprofProfile::decode(raw.as_slice()).unwrap();
+        let s = |i: i64| decoded.string_table[i as usize].as_str();
+        assert_eq!(decoded.string_table[0], "");
+        assert_eq!(decoded.sample.len(), 1, "idle left out");
+        let sample = &decoded.sample[0];
+        assert_eq!(sample.value, vec![3, 3 * (1_000_000_000 / 99)]);
+        let names: Vec<Vec<&str>> = sample
+            .location_id
+            .iter()
+            .map(|&id| {
+                decoded.location[id as usize - 1]
+                    .line
+                    .iter()
+                    .map(|l| s(decoded.function[l.function_id as usize - 1].name))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            vec![vec!["sys_write"], vec!["inlined", "work"], vec!["main"]]
+        );
+        let labels: Vec<&str> = sample.label.iter().map(|l| s(l.key)).collect();
+        assert_eq!(labels, vec!["pid", "tid", "comm", "thread"]);
+    }
+}
