@@ -130,7 +130,7 @@ fn pipeline(
         resource_attributes: config.otlp.resource_attributes.clone(),
         include_idle: config.sampler.include_idle,
     };
-    let (mut windows, mut samples) = (0u64, 0u64);
+    let (mut windows, mut sample_total) = (0u64, 0u64);
     loop {
         let wall_start = SystemTime::now();
         let start = Instant::now();
@@ -143,7 +143,7 @@ fn pipeline(
         let profile = collector.finish_window(wall_start, start.elapsed());
         collector.prune_exited();
         windows += 1;
-        samples += profile.samples();
+        sample_total += profile.samples();
         let requests = encode(&profile, &options);
         tracing::debug!(
             samples = profile.samples(),
@@ -159,7 +159,7 @@ fn pipeline(
         }
     }
     let counters = sampler.counters()?;
-    Ok((windows, samples, counters))
+    Ok((windows, sample_total, counters))
 }
 
 fn drain_into(sampler: &mut Sampler, collector: &mut Collector) {

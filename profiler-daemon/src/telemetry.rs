@@ -19,6 +19,8 @@ pub fn init_logging(level: Option<&str>) {
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colors only for a person at a terminal, never in journald or a log pipeline.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
     if let Some(msg) = bad {

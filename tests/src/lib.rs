@@ -1,6 +1,10 @@
 //! Helpers for the integration tests: privilege gate, the `profiler` binary, workloads built
 //! with clang and frame pointers, and folded-stack arithmetic.
-#![allow(clippy::missing_panics_doc)]
+// Test support: failing loudly (panics, unwraps) is the point here.
+#![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
+
+pub mod otlp;
+pub mod receiver;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -119,6 +123,33 @@ pub fn run_profiler(args: &[&str]) -> (i32, String, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Starts `profiler ARGS` with extra environment variables, output captured.
+#[must_use]
+pub fn spawn_profiler(args: &[&str], envs: &[(&str, &str)]) -> Child {
+    Command::new(profiler_bin())
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("profiler starts")
+}
+
+/// Sends SIGTERM and waits; returns (exit code, stdout, stderr, time from signal to exit).
+#[must_use]
+pub fn terminate(child: Child) -> (i32, String, String, std::time::Duration) {
+    let start = std::time::Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(libc::pid_t::try_from(child.id()).unwrap(), libc::SIGTERM) };
+    let out = child.wait_with_output().expect("profiler exits");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        start.elapsed(),
     )
 }
 

@@ -7,18 +7,24 @@ use anyhow::{Context as _, Result, bail};
 use crate::run as exec;
 
 /// Debian packages: LLVM 22 (bpf-linker links against it), clang (test workloads with frame
-/// pointers), perf and bpftrace (the peers the tests and benchmarks compare against).
+/// pointers), perf and bpftrace (the peers the tests and benchmarks compare against), protoc
+/// (an independent decoder of our pprof output).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "clang",
     "linux-perf",
     "bpftrace",
+    "protobuf-compiler",
 ];
+
+/// Python packages for the tests: the official OpenTelemetry protobuf bindings (proto v1.10).
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("opentelemetry-proto", ">=1.43")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> Result<()> {
     apt_packages()?;
+    python_packages()?;
     rust_src()?;
     bpf_linker()?;
     eprintln!("setup: all prerequisites present");
@@ -52,6 +58,21 @@ fn apt_packages() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+fn python_packages() -> Result<()> {
+    // pip itself skips a requirement that is already satisfied (no download).
+    for (name, spec) in PYTHON_PACKAGES {
+        exec(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            &format!("{name}{spec}"),
+        ]))?;
+    }
+    Ok(())
 }
 
 fn rust_src() -> Result<()> {

@@ -55,6 +55,7 @@ impl OutputFormat {
         "`.svg` (flamegraph), `.folded` (folded stacks), `.pb.gz` (pprof)";
 
     /// Picks the format from a path's extension.
+    #[allow(clippy::case_sensitive_file_extension_comparisons)] // `name` is lowercased
     pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
         let name = path
             .file_name()

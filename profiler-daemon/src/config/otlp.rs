@@ -53,7 +53,7 @@ pub struct OtlpArgs {
 /// The resolved exporter settings.
 #[derive(Clone, PartialEq, Eq)]
 pub struct OtlpConfig {
-    /// gRPC: the server URL; HTTP: the full URL requests are POSTed to.
+    /// gRPC: the server URL; HTTP: the full URL of the `POST` requests.
     pub endpoint: String,
     pub protocol: Protocol,
     /// Lowercase names; values may be secrets (never logged: see `Debug`).
@@ -139,30 +139,7 @@ pub fn resolve(
         },
     };
 
-    let timeout = if let Some(v) = &args.otlp_timeout {
-        humantime::parse_duration(v).map_err(|_| ConfigError::Invalid {
-            source_name: "--otlp-timeout".to_owned(),
-            value: v.clone(),
-            expected: "a duration like `10s` or `500ms`",
-        })?
-    } else if let Some((v, source)) = pick(None, "timeout") {
-        // The specification gives the variables in milliseconds.
-        let ms: u64 = v.trim().parse().map_err(|_| ConfigError::Invalid {
-            source_name: source,
-            value: v.clone(),
-            expected: "milliseconds, e.g. `10000`",
-        })?;
-        Duration::from_millis(ms)
-    } else {
-        DEFAULT_TIMEOUT
-    };
-    if timeout.is_zero() {
-        return Err(ConfigError::Invalid {
-            source_name: "the OTLP timeout".to_owned(),
-            value: "0".to_owned(),
-            expected: "a positive duration",
-        });
-    }
+    let timeout = resolve_timeout(args, &pick)?;
 
     let ca_file = pick(
         args.otlp_ca
@@ -199,6 +176,37 @@ pub fn resolve(
         timeout,
         resource_attributes,
     })
+}
+
+type Pick<'a> = dyn Fn(Option<&String>, &str) -> Option<(String, String)> + 'a;
+
+fn resolve_timeout(args: &OtlpArgs, pick: &Pick<'_>) -> Result<Duration, ConfigError> {
+    let timeout = if let Some(v) = &args.otlp_timeout {
+        humantime::parse_duration(v).map_err(|_| ConfigError::Invalid {
+            source_name: "--otlp-timeout".to_owned(),
+            value: v.clone(),
+            expected: "a duration like `10s` or `500ms`",
+        })?
+    } else if let Some((v, source)) = pick(None, "timeout") {
+        // The specification gives the variables in milliseconds.
+        let ms: u64 = v.trim().parse().map_err(|_| ConfigError::Invalid {
+            source_name: source,
+            value: v.clone(),
+            expected: "milliseconds, e.g. `10000`",
+        })?;
+        Duration::from_millis(ms)
+    } else {
+        DEFAULT_TIMEOUT
+    };
+    if timeout.is_zero() {
+        return Err(ConfigError::Invalid {
+            source_name: "the OTLP timeout".to_owned(),
+            value: "0".to_owned(),
+            expected: "a positive duration",
+        });
+    }
+
+    Ok(timeout)
 }
 
 fn resolve_endpoint(

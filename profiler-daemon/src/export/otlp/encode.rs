@@ -400,12 +400,17 @@ impl Dictionary {
                 .enumerate()
                 .map(|(i, (key, value))| pb::KeyValueAndUnit {
                     key_strindex: key,
-                    value: (i != 0).then(|| AnyValue {
-                        value: Some(match value {
-                            AttrValue::Str(s) => any_value::Value::StringValue(s),
-                            AttrValue::Int(n) => any_value::Value::IntValue(n),
-                        }),
-                    }),
+                    // Index 0 is the zero value: no value at all.
+                    value: if i == 0 {
+                        None
+                    } else {
+                        Some(AnyValue {
+                            value: Some(match value {
+                                AttrValue::Str(s) => any_value::Value::StringValue(s),
+                                AttrValue::Int(n) => any_value::Value::IntValue(n),
+                            }),
+                        })
+                    },
                     unit_strindex: 0,
                 })
                 .collect(),

@@ -102,7 +102,10 @@ mod tests {
 
     fn req(n: usize) -> ExportProfilesServiceRequest {
         ExportProfilesServiceRequest {
-            resource_profiles: vec![Default::default(); n],
+            resource_profiles: vec![
+                opentelemetry_proto::tonic::profiles::v1development::ResourceProfiles::default();
+                n
+            ],
             dictionary: None,
         }
     }

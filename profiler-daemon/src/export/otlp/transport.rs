@@ -45,10 +45,14 @@ impl std::fmt::Display for SendError {
     }
 }
 
+// One value per daemon: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Transport {
     Grpc {
+        endpoint: Endpoint,
         client: ProfilesServiceClient<Channel>,
         metadata: MetadataMap,
+        gzip: bool,
     },
     Http {
         client: reqwest::Client,
@@ -85,11 +89,8 @@ impl Transport {
                     }
                     endpoint = endpoint.tls_config(tls).map_err(|e| setup(e.to_string()))?;
                 }
-                let mut client = ProfilesServiceClient::new(endpoint.connect_lazy())
-                    .max_encoding_message_size(64 * 1024 * 1024);
-                if config.compression == Compression::Gzip {
-                    client = client.send_compressed(CompressionEncoding::Gzip);
-                }
+                let gzip = config.compression == Compression::Gzip;
+                let client = grpc_client(&endpoint, gzip);
                 let mut metadata = MetadataMap::new();
                 for (k, v) in &config.headers {
                     let key = MetadataKey::from_bytes(k.as_bytes())
@@ -98,7 +99,12 @@ impl Transport {
                         .map_err(|_| setup(format!("invalid value for header `{k}`")))?;
                     metadata.insert(key, value);
                 }
-                Ok(Self::Grpc { client, metadata })
+                Ok(Self::Grpc {
+                    endpoint,
+                    client,
+                    metadata,
+                    gzip,
+                })
             }
             Protocol::HttpProtobuf => {
                 let mut builder = reqwest::Client::builder()
@@ -135,12 +141,25 @@ impl Transport {
         request: &ExportProfilesServiceRequest,
     ) -> Result<Option<ExportProfilesPartialSuccess>, SendError> {
         match self {
-            Transport::Grpc { client, metadata } => {
+            Transport::Grpc {
+                endpoint,
+                client,
+                metadata,
+                gzip,
+            } => {
                 let mut req = tonic::Request::new(request.clone());
                 *req.metadata_mut() = metadata.clone();
                 match client.export(req).await {
                     Ok(response) => Ok(response.into_inner().partial_success),
-                    Err(status) => Err(classify_grpc(&status)),
+                    Err(status) => {
+                        let err = classify_grpc(&status);
+                        if matches!(err, SendError::Retryable(_)) {
+                            // A fresh channel per retry: a lazy channel whose first connection
+                            // failed does not reliably reconnect by itself.
+                            *client = grpc_client(endpoint, *gzip);
+                        }
+                        Err(err)
+                    }
                 }
             }
             Transport::Http {
@@ -177,6 +196,16 @@ impl Transport {
                 })
             }
         }
+    }
+}
+
+fn grpc_client(endpoint: &Endpoint, gzip: bool) -> ProfilesServiceClient<Channel> {
+    let client = ProfilesServiceClient::new(endpoint.connect_lazy())
+        .max_encoding_message_size(64 * 1024 * 1024);
+    if gzip {
+        client.send_compressed(CompressionEncoding::Gzip)
+    } else {
+        client
     }
 }
 

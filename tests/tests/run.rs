@@ -1,0 +1,316 @@
+//! `profiler run` exporting OTLP profiles to real receivers (gRPC and HTTP, built from the
+//! official generated code), decoded here and by the official Python bindings.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use profiler_tests::otlp::{resource_attr, samples_of};
+use profiler_tests::receiver::{self, free_addr};
+use profiler_tests::{
+    Workload, build_workload, privileged, run_profiler, spawn_profiler, split, terminate,
+};
+
+const HOT: [&str; 3] = ["hot_a", "hot_b", "hot_c"];
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one end-to-end scenario, checked field by field
+fn grpc_export_carries_named_stacks_the_split_and_every_field() {
+    let Some(_machine) = privileged("grpc_export_carries_named_stacks_the_split_and_every_field")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_workload("split", dir.path());
+    let workload = Workload::spawn(&bin, &["30"]);
+    let recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
+    let endpoint = format!("http://{}", recv.addr);
+    let started = now_ns();
+    let daemon = spawn_profiler(
+        &[
+            "run",
+            "--otlp-endpoint",
+            &endpoint,
+            "--interval",
+            "2s",
+            "-F",
+            "499",
+            "--otlp-header",
+            "authorization=Bearer t0ken",
+        ],
+        &[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment=test,service.name=ignored",
+        )],
+    );
+    let captures = recv.wait_for(3, Duration::from_secs(20));
+    let (code, stdout, stderr, took) = terminate(daemon);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    assert!(stdout.contains("exported"), "{stdout}");
+    assert!(
+        captures.len() >= 3,
+        "{} exports; stderr: {stderr}",
+        captures.len()
+    );
+    assert!(
+        !stderr.contains("t0ken"),
+        "a secret header reached the logs"
+    );
+
+    let mut stacks = Vec::new();
+    let mut found_resource = false;
+    for capture in &captures {
+        assert!(
+            capture
+                .headers
+                .contains(&("authorization".into(), "Bearer t0ken".into()))
+        );
+        assert_eq!(capture.encoding.as_deref(), Some("gzip"));
+        for rp in &capture.request.resource_profiles {
+            if resource_attr(rp, "process.executable.name").as_deref() != Some("split") {
+                continue;
+            }
+            found_resource = true;
+            assert_eq!(resource_attr(rp, "service.name").as_deref(), Some("split"));
+            assert_eq!(
+                resource_attr(rp, "process.executable.path").as_deref(),
+                bin.to_str()
+            );
+            assert!(resource_attr(rp, "host.name").is_some_and(|h| !h.is_empty()));
+            assert_eq!(
+                resource_attr(rp, "deployment.environment").as_deref(),
+                Some("test")
+            );
+            assert_eq!(resource_attr(rp, "process.pid"), None);
+        }
+        for (profile, sample) in samples_of(&capture.request, "split") {
+            let dict = capture.request.dictionary.as_ref().unwrap();
+            let st = profile.sample_type.unwrap();
+            assert_eq!(dict.string_table[st.type_strindex as usize], "samples");
+            assert_eq!(dict.string_table[st.unit_strindex as usize], "count");
+            let pt = profile.period_type.unwrap();
+            assert_eq!(dict.string_table[pt.type_strindex as usize], "cpu");
+            assert_eq!(dict.string_table[pt.unit_strindex as usize], "nanoseconds");
+            assert_eq!(profile.period, 1_000_000_000 / 499);
+            assert!(
+                profile.time_unix_nano + 1_000_000_000 >= started
+                    && profile.time_unix_nano <= now_ns()
+            );
+            assert!(profile.duration_nano > 0 && profile.duration_nano <= 3_000_000_000);
+            let attrs: HashMap<_, _> = sample.attributes.iter().cloned().collect();
+            assert_eq!(attrs["process.pid"], workload.pid().to_string());
+            assert!(attrs["thread.id"].parse::<u32>().is_ok());
+            assert_eq!(attrs["thread.name"], "split");
+            if let Some(i) = sample.frames.iter().position(|f| HOT.contains(&f.as_str())) {
+                assert!(sample.frame_types[..=i].iter().all(|t| t == "native"));
+                // The executable's mapping carries its GNU build id, lowercase hex.
+                let (file, build_id) = sample
+                    .mappings
+                    .iter()
+                    .find(|(f, _)| f == bin.to_str().unwrap())
+                    .expect("the executable's mapping");
+                assert_eq!(file, bin.to_str().unwrap());
+                let id = build_id.as_deref().expect("a build id");
+                assert!(
+                    id.len() == 40
+                        && id
+                            .chars()
+                            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+                );
+            }
+            stacks.push((sample.frames, u64::try_from(sample.value).unwrap()));
+        }
+    }
+    assert!(found_resource, "no resource for the workload");
+    let (shares, total) = split(&stacks, &HOT);
+    println!("{total} samples: {shares:?}");
+    assert!(total > 1500, "{total}");
+    for (f, designed) in HOT.iter().zip([60.0, 30.0, 10.0]) {
+        assert!(
+            (shares[*f] - designed).abs() <= 4.0,
+            "{f}: {:.1}% vs {designed}%",
+            shares[*f]
+        );
+    }
+}
+
+#[test]
+fn http_export_decodes_with_the_official_python_bindings() {
+    let Some(_machine) = privileged("http_export_decodes_with_the_official_python_bindings") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_workload("split", dir.path());
+    let _workload = Workload::spawn(&bin, &["30"]);
+    let recv = receiver::http("127.0.0.1:0".parse().unwrap());
+    let daemon = spawn_profiler(
+        &["run", "--interval", "2s", "-F", "299"],
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &format!("http://{}", recv.addr),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-scope-orgid=tenant%201"),
+        ],
+    );
+    let captures = recv.wait_for(2, Duration::from_secs(20));
+    let (code, _, stderr, _) = terminate(daemon);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(captures.len() >= 2, "{stderr}");
+    let capture = &captures[1];
+    assert_eq!(capture.encoding.as_deref(), Some("gzip"));
+    assert!(
+        capture
+            .headers
+            .contains(&("x-scope-orgid".into(), "tenant 1".into()))
+    );
+    let path = dir.path().join("request.bin");
+    std::fs::write(&path, &capture.bytes).unwrap();
+    let script = profiler_tests::workspace().join("tests/python/decode_otlp.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python decoder failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    // The Python summary names the workload's resource and functions and the zero values.
+    assert!(
+        text.contains(r#""process.executable.name": "split""#),
+        "{text}"
+    );
+    for f in HOT {
+        assert!(text.contains(&format!(r#""{f}""#)), "{f} missing: {text}");
+    }
+    assert!(
+        text.contains(r#""sample_type": ["samples", "count"]"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""period_type": ["cpu", "nanoseconds"]"#),
+        "{text}"
+    );
+    assert!(!text.contains("false"), "a zero value is missing: {text}");
+}
+
+#[test]
+fn receiver_down_at_start_then_up_gets_the_profiles() {
+    let Some(_machine) = privileged("receiver_down_at_start_then_up_gets_the_profiles") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_workload("split", dir.path());
+    // Busy, so that every window has samples to export.
+    let _workload = Workload::spawn(&bin, &["40"]);
+    let addr = free_addr();
+    let daemon = spawn_profiler(
+        &[
+            "run",
+            "--otlp-endpoint",
+            &format!("http://{addr}"),
+            "--interval",
+            "1s",
+            "-F",
+            "99",
+            "--export-queue-size",
+            "3",
+        ],
+        &[],
+    );
+    // Several windows fail while nobody listens; the queue (3) bounds what is kept.
+    std::thread::sleep(Duration::from_secs(6));
+    let recv = receiver::grpc(addr, true);
+    let captures = recv.wait_for(2, Duration::from_secs(30));
+    let (code, stdout, stderr, _) = terminate(daemon);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        captures.len() >= 2,
+        "nothing delivered after the receiver came up: {stderr}"
+    );
+    assert!(
+        stderr.contains("export failed"),
+        "failures are logged: {stderr}"
+    );
+    assert!(
+        stderr.contains("partially"),
+        "partial success is logged: {stderr}"
+    );
+    // "N windows, ...; exported E requests, F failed attempts, D dropped; ..."
+    let number_before = |word: &str| -> u64 {
+        let i = stdout
+            .find(word)
+            .unwrap_or_else(|| panic!("{word} in {stdout}"));
+        stdout[..i]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(number_before(" failed attempts") >= 2, "{stdout}");
+    assert!(
+        number_before(" dropped") >= 1,
+        "6 windows cannot fit a queue of 3: {stdout}"
+    );
+    assert!(number_before(" requests") >= 2, "{stdout}");
+}
+
+#[test]
+fn sigterm_exports_the_open_window() {
+    let Some(_machine) = privileged("sigterm_exports_the_open_window") else {
+        return;
+    };
+    let recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
+    let daemon = spawn_profiler(
+        &[
+            "run",
+            "--otlp-endpoint",
+            &format!("http://{}", recv.addr),
+            "--interval",
+            "10m",
+            "-F",
+            "999",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(recv.captures().is_empty());
+    let (code, stdout, stderr, took) = terminate(daemon);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let captures = recv.captures();
+    assert_eq!(captures.len(), 1, "{stdout}");
+    assert!(!captures[0].request.resource_profiles.is_empty());
+}
+
+#[test]
+fn malformed_exporter_settings_fail_at_start_with_code_2() {
+    let (code, _, stderr) = run_profiler(&["run", "--otlp-endpoint", "localhost:4317"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--otlp-endpoint") && stderr.contains("http://"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_profiler(&["run", "--otlp-header", "novalue"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("KEY=VALUE"), "{stderr}");
+    let out = std::process::Command::new(profiler_tests::profiler_bin())
+        .arg("run")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OTEL_EXPORTER_OTLP_PROTOCOL"));
+}
