@@ -16,7 +16,14 @@ pub const FLAG_KERNEL_STACK_FAILED: u32 = 1;
 /// `SampleHeader::flags`: the user stack walk failed (the sample is still delivered).
 pub const FLAG_USER_STACK_FAILED: u32 = 1 << 1;
 
-/// Fixed part of one sample sent from the kernel.
+/// `SampleHeader::flags`: not a sample but a process event: the process (tgid) replaced its image
+/// with `execve`. Sent in the same ring buffer as the samples, so user space sees it in order:
+/// samples before it belong to the old image, samples after it to the new one.
+pub const FLAG_EVENT_EXEC: u32 = 1 << 8;
+/// `SampleHeader::flags`: not a sample but a process event: the thread group leader exited.
+pub const FLAG_EVENT_EXIT: u32 = 1 << 9;
+
+/// Fixed part of one sample sent from the kernel (also the whole of a process event).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SampleHeader {
@@ -99,10 +106,14 @@ pub enum Counter {
     AggregateMapFull = 7,
     /// Aggregation variant: a stack id collided in the stack map; that stack is lost.
     StackCollision = 8,
+    /// Process events (exec, exit) sent.
+    Events = 9,
+    /// Process events lost because the ring buffer was full.
+    EventsLost = 10,
 }
 
 /// Number of `Counter` slots.
-pub const COUNTER_SLOTS: u32 = 9;
+pub const COUNTER_SLOTS: u32 = 11;
 
 impl Counter {
     /// Every counter, in index order.
@@ -116,6 +127,8 @@ impl Counter {
         Counter::UserStackFailed,
         Counter::AggregateMapFull,
         Counter::StackCollision,
+        Counter::Events,
+        Counter::EventsLost,
     ];
 
     /// Stable `snake_case` name, used in logs, summaries and metrics.
@@ -131,6 +144,8 @@ impl Counter {
             Counter::UserStackFailed => "user_stack_failed",
             Counter::AggregateMapFull => "aggregate_map_full",
             Counter::StackCollision => "stack_collision",
+            Counter::Events => "events",
+            Counter::EventsLost => "events_lost",
         }
     }
 }

@@ -5,6 +5,9 @@
 //!   a `STACK_TRACE` map. Kept only so `cargo xtask bench` can measure it against the first.
 //!
 //! Both filter by process in the kernel and count every outcome in `COUNTERS`.
+//!
+//! `on_exec` / `on_exit` (BTF tracepoints) put process events in the same ring buffer, so user
+//! space snapshots a new image's mappings right away and tells images and reused pids apart.
 
 use aya_ebpf::{
     EbpfContext,
@@ -15,13 +18,13 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack,
         generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     },
-    macros::{map, perf_event},
+    macros::{btf_tracepoint, map, perf_event},
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{PerfEventContext, tracing::StackIdContext},
+    programs::{BtfTracePointContext, PerfEventContext, tracing::StackIdContext},
 };
 use profiler_common::{
-    AggregateKey, COMM_LEN, COUNTER_SLOTS, Counter, FLAG_KERNEL_STACK_FAILED,
-    FLAG_USER_STACK_FAILED, MAX_FRAMES, SampleRecord,
+    AggregateKey, COMM_LEN, COUNTER_SLOTS, Counter, FLAG_EVENT_EXEC, FLAG_EVENT_EXIT,
+    FLAG_KERNEL_STACK_FAILED, FLAG_USER_STACK_FAILED, MAX_FRAMES, SampleHeader, SampleRecord,
 };
 
 /// 1 when only the processes in `PIDS` are sampled (set by the loader).
@@ -222,4 +225,55 @@ fn try_sample_aggregate(ctx: &PerfEventContext) {
         return;
     }
     bump(Counter::Emitted);
+}
+
+/// Sends a process event (header only), waking user space at once: it must read the new image's
+/// mappings while the process still runs.
+#[inline(always)]
+fn send_event(flags: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    if config(&FILTER_PIDS) {
+        // SAFETY: the value is a plain u8 and is only read.
+        if unsafe { PIDS.get(&tgid) }.is_none() {
+            return;
+        }
+    }
+    let Some(mut entry) = SAMPLES.reserve::<SampleHeader>(0) else {
+        bump(Counter::EventsLost);
+        return;
+    };
+    // SAFETY: writes a whole header into the reserved slot; helpers without arguments.
+    unsafe {
+        entry.as_mut_ptr().write(SampleHeader {
+            tgid,
+            tid,
+            cgroup_id: bpf_get_current_cgroup_id(),
+            time_ns: bpf_ktime_get_ns(),
+            cpu: bpf_get_smp_processor_id(),
+            kernel_len: 0,
+            user_len: 0,
+            flags,
+            comm: comm(),
+        });
+    }
+    entry.submit(u64::from(BPF_RB_FORCE_WAKEUP));
+    bump(Counter::Events);
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn on_exec(_ctx: BtfTracePointContext) -> i32 {
+    send_event(FLAG_EVENT_EXEC);
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn on_exit(_ctx: BtfTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Only the thread group leader's exit ends the process (its pid may then be reused).
+    if (pid_tgid >> 32) as u32 == pid_tgid as u32 {
+        send_event(FLAG_EVENT_EXIT);
+    }
+    0
 }

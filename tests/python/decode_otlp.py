@@ -49,7 +49,15 @@ def main(path):
         "stack": d.stack_table[0].ByteSize() == 0,
         "attribute": d.attribute_table[0].ByteSize() == 0,
     }
-    print(json.dumps({"resources": resources, "zero_values": zero_values}))
+    print(
+        json.dumps(
+            {
+                "resources": resources,
+                "zero_values": zero_values,
+                "zero_values_ok": all(zero_values.values()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ mod counters;
 mod record;
 
 pub use counters::BpfCounters;
-pub use record::RawSample;
+pub use record::{ProcessEvent, RawSample};
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::time::Duration;
@@ -114,6 +114,7 @@ pub struct Sampler {
     counters: PerCpuArray<MapData, u64>,
     design: Design,
     cpus: usize,
+    process_events: bool,
 }
 
 impl Sampler {
@@ -146,6 +147,7 @@ impl Sampler {
             program = design.program(),
             "sampler attached"
         );
+        let process_events = design == Design::RingBuf && attach_process_events(&mut ebpf);
 
         let samples = match design {
             Design::RingBuf => {
@@ -170,7 +172,14 @@ impl Sampler {
             counters,
             design,
             cpus: cpus.len(),
+            process_events,
         })
+    }
+
+    /// Whether exec/exit events are delivered (they need kernel BTF).
+    #[must_use]
+    pub fn process_events(&self) -> bool {
+        self.process_events
     }
 
     /// Number of CPUs sampled.
@@ -312,6 +321,36 @@ fn load_program(ebpf: &mut Ebpf, design: Design) -> Result<&mut PerfEvent, BpfEr
         }
     })?;
     Ok(program)
+}
+
+/// Attaches the exec/exit BTF tracepoints. Without kernel BTF (or on a refusal) the profiler still
+/// works, but cannot tell an `exec`'s images apart nor catch processes that exit before their
+/// first samples are read: say so once.
+fn attach_process_events(ebpf: &mut Ebpf) -> bool {
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(err) => {
+            tracing::warn!("no kernel BTF ({err}): exec/exit tracking is off");
+            return false;
+        }
+    };
+    for (program, event) in [("on_exec", "sched_process_exec"), ("on_exit", "sched_process_exit")] {
+        let result = (|| -> Result<(), String> {
+            let prog: &mut aya::programs::BtfTracePoint = ebpf
+                .program_mut(program)
+                .ok_or("missing from the object")?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            prog.load(event, &btf).map_err(|e| e.to_string())?;
+            prog.attach().map_err(|e| e.to_string())?;
+            Ok(())
+        })();
+        if let Err(err) = result {
+            tracing::warn!("cannot attach to {event} ({err}): exec/exit tracking is off");
+            return false;
+        }
+    }
+    true
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, BpfError> {

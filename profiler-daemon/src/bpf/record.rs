@@ -2,6 +2,13 @@
 
 use profiler_common::{COMM_LEN, MAX_FRAMES, SampleHeader, SampleRecord};
 
+/// Process lifecycle events delivered in the sample stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessEvent {
+    Exec,
+    Exit,
+}
+
 /// One sample as the kernel took it: frames are leaf first, as raw instruction pointers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawSample {
@@ -63,6 +70,18 @@ impl RawSample {
             kernel: frames[..kernel_len].to_vec(),
             user: frames[kernel_len..].to_vec(),
         })
+    }
+
+    /// A process event (exec or exit), not a sample.
+    #[must_use]
+    pub fn event(&self) -> Option<ProcessEvent> {
+        if self.flags & profiler_common::FLAG_EVENT_EXEC != 0 {
+            Some(ProcessEvent::Exec)
+        } else if self.flags & profiler_common::FLAG_EVENT_EXIT != 0 {
+            Some(ProcessEvent::Exit)
+        } else {
+            None
+        }
     }
 
     /// The thread's name (comm) as text.
