@@ -109,6 +109,16 @@ pub struct LimitArgs {
     /// Most symbolized addresses cached (per unique binary and offset, shared by processes).
     #[arg(long, value_name = "N", default_value_t = 200_000)]
     pub symbol_cache_entries: usize,
+
+    /// Most executables and libraries kept open with their parsed symbols, beyond those that
+    /// running processes map (those are always kept, so their names survive an exit).
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub open_modules: usize,
+
+    /// Extra directory searched for split debug info (by build id under `.build-id/`, then by
+    /// debug link), before `/usr/lib/debug` and `/lib/debug`. Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub debug_dir: Vec<std::path::PathBuf>,
 }
 
 /// Options of the hidden `profiler bpf-cost`.

@@ -1,17 +1,17 @@
-//! The user-space stage between the ring buffer and the exporters: takes raw samples, registers
-//! their processes, normalizes new user addresses while the process lives, names new addresses
-//! right away (so names survive the file too) and aggregates counts into the profile.
+//! The user-space stage between the ring buffer and the exporters: takes raw samples and process
+//! events in order, keeps the process table current (exec and exit split images), works out where
+//! new user addresses point while the process lives, names new addresses right away (so names
+//! survive the process and its files) and aggregates counts into the profile.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::bpf::RawSample;
+use crate::bpf::{ProcessEvent, RawSample};
 use crate::config::Limits;
-use crate::process::{ProcessInfo, ProcessTable};
+use crate::process::{ImageId, ProcessInfo, ProcessStats, ProcessTable};
 use crate::profile::{Location, Profile, Stack, StackKey, SymbolizedProfile, call_sites};
-use crate::symbolize::{SymbolizeStats, SymbolizerStage, UserLoc};
+use crate::symbolize::{SymbolizeStats, SymbolizerStage};
 
 /// Losses and counts of the user-space stage.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,16 +34,21 @@ impl Collector {
     pub fn new(limits: &Limits, frequency: u32) -> Self {
         Self {
             processes: ProcessTable::default(),
-            symbolizer: SymbolizerStage::new(limits.symbol_cache_entries),
+            symbolizer: SymbolizerStage::new(
+                limits.symbol_cache_entries,
+                limits.open_modules,
+                &limits.debug_dirs,
+            ),
             profile: Profile::new(limits.max_stacks),
             malformed: 0,
             frequency,
         }
     }
 
-    /// Takes one drained batch. Records that failed to decode arrive as `None` and are counted.
+    /// Takes one drained batch, in ring buffer order. Records that failed to decode arrive as
+    /// `None` and are counted.
     pub fn ingest(&mut self, batch: Vec<Option<RawSample>>) {
-        let mut new_user: HashMap<u32, Vec<u64>> = HashMap::new();
+        let mut new_user: HashMap<ImageId, Vec<u64>> = HashMap::new();
         let mut kernel_addrs: HashSet<u64> = HashSet::new();
         for sample in batch {
             let Some(sample) = sample else {
@@ -51,17 +56,32 @@ impl Collector {
                 continue;
             };
             let thread = sample.thread_name();
-            self.processes.observe(sample.tgid, &thread);
+            match sample.event() {
+                Some(ProcessEvent::Exec) => {
+                    // Addresses of the old image seen so far in this batch: learn them before
+                    // the mappings change under them.
+                    self.learn(&mut new_user);
+                    self.processes
+                        .exec(sample.tgid, sample.time_ns, &thread, &mut self.symbolizer);
+                    continue;
+                }
+                Some(ProcessEvent::Exit) => {
+                    self.learn(&mut new_user);
+                    self.processes.exit(sample.tgid, sample.time_ns);
+                    continue;
+                }
+                None => {}
+            }
+            let image =
+                self.processes
+                    .image_for(sample.tgid, sample.time_ns, &thread, &mut self.symbolizer);
             let user = call_sites(&sample.user);
             let kernel = call_sites(&sample.kernel);
-            new_user
-                .entry(sample.tgid)
-                .or_default()
-                .extend(user.iter().copied());
+            new_user.entry(image).or_default().extend(user.iter().copied());
             kernel_addrs.extend(kernel.iter().copied());
             self.profile.add(
                 StackKey {
-                    tgid: sample.tgid,
+                    image,
                     tid: sample.tid,
                     kernel,
                     user,
@@ -69,17 +89,18 @@ impl Collector {
                 &thread,
             );
         }
-        // Normalize while the processes are alive, then name what is new.
-        let mut locs: Vec<UserLoc> = Vec::new();
-        for (tgid, addrs) in new_user {
-            locs.extend(self.processes.learn(tgid, &addrs, &mut self.symbolizer));
-        }
-        if !locs.is_empty() {
-            let _ = self.symbolizer.resolve_user(&locs);
-        }
+        self.learn(&mut new_user);
         if !kernel_addrs.is_empty() {
             let addrs: Vec<u64> = kernel_addrs.into_iter().collect();
             let _ = self.symbolizer.resolve_kernel(&addrs);
+        }
+    }
+
+    /// Normalizes the pending user addresses and names them now (fills the caches).
+    fn learn(&mut self, pending: &mut HashMap<ImageId, Vec<u64>>) {
+        for (image, addrs) in pending.drain() {
+            self.processes.learn(image, &addrs, &mut self.symbolizer);
+            let _ = self.processes.resolve(image, &addrs, &mut self.symbolizer);
         }
     }
 
@@ -106,38 +127,29 @@ impl Collector {
         self.symbolizer.stats()
     }
 
+    #[must_use]
+    pub fn process_stats(&self) -> ProcessStats {
+        self.processes.stats()
+    }
+
+    /// (user name cache, kernel name cache, open modules, distinct stacks held).
+    #[must_use]
+    pub fn cache_sizes(&self) -> (usize, usize, usize, usize) {
+        let (user, kernel, modules) = self.symbolizer.cache_sizes();
+        (user, kernel, modules, self.profile.stacks())
+    }
+
     /// Names every stack of the window `[start, start + duration)` and starts a new one.
     pub fn finish_window(&mut self, start: SystemTime, duration: Duration) -> SymbolizedProfile {
         let bound = self.profile.max_stacks();
         let profile = std::mem::replace(&mut self.profile, Profile::new(bound));
         let mut stacks = Vec::with_capacity(profile.stacks());
-        let unknown = Arc::new(ProcessInfo::read(Path::new("/nonexistent"), 0, ""));
+        let unknown = Arc::new(ProcessInfo::read(std::path::Path::new("/nonexistent"), 0, ""));
         for (key, count) in profile.iter() {
-            let locs: Vec<UserLoc> = key
-                .user
-                .iter()
-                .rev()
-                .map(|&addr| self.processes.loc(key.tgid, addr))
-                .collect();
-            let names = self.symbolizer.resolve_user(&locs);
-            let user = locs
-                .iter()
-                .zip(names)
-                .map(|(loc, frames)| match *loc {
-                    UserLoc::File { module, offset } => Location {
-                        module: Some(self.symbolizer.module(module).clone()),
-                        address: offset,
-                        kernel: false,
-                        frames,
-                    },
-                    UserLoc::Unmapped { addr } => Location {
-                        module: None,
-                        address: addr,
-                        kernel: false,
-                        frames,
-                    },
-                })
-                .collect();
+            let root_first: Vec<u64> = key.user.iter().rev().copied().collect();
+            let user = self
+                .processes
+                .resolve(key.image, &root_first, &mut self.symbolizer);
             let kernel_root_first: Vec<u64> = key.kernel.iter().rev().copied().collect();
             let names = self.symbolizer.resolve_kernel(&kernel_root_first);
             let kernel = kernel_root_first
@@ -152,8 +164,8 @@ impl Collector {
                 .collect();
             let process = self
                 .processes
-                .get(key.tgid)
-                .map_or_else(|| unknown.clone(), |p| p.info.clone());
+                .image(key.image)
+                .map_or_else(|| unknown.clone(), |i| i.info.clone());
             stacks.push(Stack {
                 process,
                 tid: key.tid,
@@ -175,9 +187,8 @@ impl Collector {
         }
     }
 
-    /// Forgets processes that have exited (their stacks were already exported).
+    /// Forgets process images that ended or whose process is gone (their stacks were exported).
     pub fn prune_exited(&mut self) {
-        self.processes
-            .retain(|pid| pid == 0 || Path::new("/proc").join(pid.to_string()).exists());
+        self.processes.prune();
     }
 }

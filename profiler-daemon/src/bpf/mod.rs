@@ -121,6 +121,7 @@ impl Sampler {
     /// Loads the programs, configures the filter and attaches on every online CPU.
     pub fn start(config: &SamplerConfig, design: Design) -> Result<Self, BpfError> {
         raise_memlock_limit();
+        raise_nofile_limit();
         let cpus = aya::util::online_cpus()
             .map_err(|(what, source)| BpfError::OnlineCpus { what, source })?;
         let mut ebpf = load(config, design, cpus.len())?;
@@ -364,6 +365,22 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, BpfEr
 pub fn ring_buffer_bytes(cpus: usize) -> u32 {
     let wanted = (cpus.max(1) as u64 * 128 * 1024).next_power_of_two();
     wanted.clamp(256 * 1024, 64 * 1024 * 1024) as u32
+}
+
+/// Every executable and library in use is kept open (so names survive exits and namespaces):
+/// lift the soft open-files limit to the hard one (1024 is the usual soft default).
+fn raise_nofile_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
+        }
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK`; lift it so big ring buffers load.

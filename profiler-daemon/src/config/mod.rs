@@ -75,12 +75,16 @@ impl OutputFormat {
 }
 
 /// Memory bounds, validated.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// `None`: sized by the number of CPUs (see `bpf::ring_buffer_bytes`).
     pub ring_buffer_bytes: Option<u32>,
     pub max_stacks: usize,
     pub symbol_cache_entries: usize,
+    /// Executables and libraries kept open (and parsed) at most, beyond those in use.
+    pub open_modules: usize,
+    /// Extra directories searched for split debug info (before `/usr/lib/debug`).
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 impl Limits {
@@ -93,6 +97,9 @@ impl Limits {
         if args.max_stacks == 0 {
             return Err(ConfigError::ZeroLimit { name: "max-stacks" });
         }
+        if args.open_modules == 0 {
+            return Err(ConfigError::ZeroLimit { name: "open-modules" });
+        }
         if args.symbol_cache_entries == 0 {
             return Err(ConfigError::ZeroLimit {
                 name: "symbol-cache-entries",
@@ -102,6 +109,8 @@ impl Limits {
             ring_buffer_bytes: args.ring_buffer_size,
             max_stacks: args.max_stacks,
             symbol_cache_entries: args.symbol_cache_entries,
+            open_modules: args.open_modules,
+            debug_dirs: args.debug_dir.clone(),
         })
     }
 }

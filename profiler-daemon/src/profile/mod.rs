@@ -12,7 +12,8 @@ use std::collections::hash_map::Entry;
 /// the leaf) are already moved back one byte into the call instruction.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StackKey {
-    pub tgid: u32,
+    /// The process image (a pid between exec/first sight and exec/exit).
+    pub image: crate::process::ImageId,
     pub tid: u32,
     pub kernel: Box<[u64]>,
     pub user: Box<[u64]>,
@@ -108,17 +109,17 @@ pub mod test_support {
 
     use super::{Location, Stack, SymbolizedProfile};
     use crate::process::ProcessInfo;
-    use crate::symbolize::{Frame, Module};
+    use crate::symbolize::{Frame, Module, ModuleId};
 
     /// A stack of process `pid` ("app", or "swapper" for 0) whose user and kernel entries are
     /// given root first, each as its function then inlined functions.
     #[must_use]
     pub fn stack(pid: u32, tid: u32, user: &[&[&str]], kernel: &[&[&str]], count: u64) -> Stack {
-        let module = Arc::new(Module {
-            path: PathBuf::from("/usr/bin/app"),
-            name: Arc::from("app"),
-            build_id: Some(Arc::from("abcd")),
-        });
+        let module = Arc::new(Module::at_path(
+            ModuleId(1),
+            PathBuf::from("/usr/bin/app"),
+            Some(Arc::from("abcd")),
+        ));
         let loc = |names: &&[&str], i: usize, kernel: bool| Location {
             module: (!kernel).then(|| module.clone()),
             address: 0x1000 + i as u64,
@@ -171,7 +172,7 @@ mod tests {
 
     fn key(tid: u32, user: &[u64]) -> StackKey {
         StackKey {
-            tgid: 1,
+            image: crate::process::ImageId(1),
             tid,
             kernel: Box::new([]),
             user: user.into(),

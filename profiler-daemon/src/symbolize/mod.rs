@@ -1,91 +1,88 @@
 //! Names addresses, in two steps so that names outlive processes and caches are shared:
-//! 1. *normalize* a process's user address to (ELF file, file offset, build id) while the process
-//!    is alive (`normalize`);
-//! 2. *symbolize* per (module, file offset) with one long-lived blazesym symbolizer, cached by
-//!    (build id or path, offset) in a bounded LRU (`resolve_user`, `resolve_kernel`).
+//! 1. *normalize*: the process table turns a user address into (module, file offset) against a
+//!    snapshot of the process's mappings taken while it was alive (`crate::process`), with the
+//!    module's file kept open (`modules`);
+//! 2. *symbolize* per (module, file offset) with one long-lived blazesym symbolizer, cached in a
+//!    bounded LRU keyed by module (build id) and offset, so every process running the same binary
+//!    shares it (`resolve_user`). Addresses outside file mappings (JIT code, the vDSO) are named
+//!    through the live process (`resolve_process`: perf maps, vDSO). Kernel addresses are named
+//!    from kallsyms (`resolve_kernel`).
 //!
-//! Kernel addresses are named from kallsyms. Names are demangled (Rust, C++); with DWARF, inlined
-//! functions become frames of their own and carry file and line.
+//! Names are demangled (Rust, C++); with DWARF, inlined functions become frames of their own and
+//! carry file and line. Split debug info is found by build id or debug link under the debug
+//! directories.
 
 mod frame;
+pub mod modules;
 
 pub use frame::{Frame, Resolved};
+pub use modules::{Module, ModuleId, ModuleRegistry};
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use blazesym::normalize::{Normalizer, UserMeta};
-use blazesym::symbolize::source::{Elf, Kernel, Source};
+use blazesym::symbolize::source::{Elf, Kernel, Process, Source};
 use blazesym::symbolize::{Input, Sym, Symbolized, Symbolizer};
 use lru::LruCache;
 
-/// Index of a module (an ELF file identified by build id, else by path) in `Modules`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ModuleId(u32);
-
-/// One executable or shared library seen in some process.
-#[derive(Debug, Clone)]
-pub struct Module {
-    /// Path as the process mapped it (host path for now).
-    pub path: PathBuf,
-    /// File name, for `[unknown] name+0x..` frames.
-    pub name: Arc<str>,
-    /// GNU build id, lowercase hex, when the file has one.
-    pub build_id: Option<Arc<str>>,
-}
+use crate::process::maps::MapsLine;
 
 /// Where a user address points, decided while its process was alive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UserLoc {
-    /// In a file-backed mapping: the module and the offset in the file.
+    /// In a file mapping: the module and the offset in the file.
     File { module: ModuleId, offset: u64 },
-    /// Not in any file mapping (anonymous memory, or the process was gone): the raw address.
+    /// In an executable mapping without a file (JIT code, the vDSO): named through the process.
+    Process { addr: u64 },
+    /// In no executable mapping (or the process was gone before it could be read).
     Unmapped { addr: u64 },
 }
 
 /// Counts of the symbolization stage, for summaries and metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SymbolizeStats {
-    pub normalize_calls: u64,
-    /// Normalization failed for a whole batch (the process had exited, /proc unreadable).
-    pub normalize_failed: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
-    /// blazesym returned an error for a whole batch (unreadable or corrupt file).
+    /// blazesym returned an error for a whole batch (unreadable or corrupt file, process gone).
     pub symbolize_errors: u64,
+    /// Addresses named through a live process (perf map, vDSO).
+    pub process_named: u64,
 }
+
+/// The default directories searched for split debug information (by build id, then debug link).
+pub const DEFAULT_DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
 
 /// The long-lived symbolizer with its caches. `!Send` (blazesym's `Symbolizer` is): it lives on
 /// the pipeline's own thread.
 pub struct SymbolizerStage {
-    normalizer: Normalizer,
     symbolizer: Symbolizer,
-    modules: Vec<Arc<Module>>,
-    module_ids: HashMap<(PathBuf, Option<Arc<str>>), ModuleId>,
+    modules: ModuleRegistry,
     user_cache: LruCache<(ModuleId, u64), Resolved>,
     kernel_cache: LruCache<u64, Resolved>,
     stats: SymbolizeStats,
 }
 
 impl SymbolizerStage {
-    /// `cache_entries` bounds each of the user and kernel name caches.
+    /// `cache_entries` bounds each of the user and kernel name caches, `modules` the files kept
+    /// open; `debug_dirs` are searched for split debug info before the defaults.
     #[must_use]
-    pub fn new(cache_entries: usize) -> Self {
+    pub fn new(cache_entries: usize, modules: usize, debug_dirs: &[PathBuf]) -> Self {
         let cap = NonZeroUsize::new(cache_entries).unwrap_or(NonZeroUsize::MIN);
+        let dirs: Vec<PathBuf> = debug_dirs
+            .iter()
+            .cloned()
+            .chain(DEFAULT_DEBUG_DIRS.iter().map(PathBuf::from))
+            .collect();
         Self {
-            normalizer: Normalizer::builder()
-                .enable_build_ids(true)
-                .enable_build_id_caching(true)
-                .build(),
             symbolizer: Symbolizer::builder()
                 .enable_code_info(true)
                 .enable_inlined_fns(true)
                 .enable_demangling(true)
+                .set_debug_dirs(Some(dirs))
                 .build(),
-            modules: Vec::new(),
-            module_ids: HashMap::new(),
+            modules: ModuleRegistry::new(modules),
             user_cache: LruCache::new(cap),
             kernel_cache: LruCache::new(cap),
             stats: SymbolizeStats::default(),
@@ -97,120 +94,103 @@ impl SymbolizerStage {
         self.stats
     }
 
+    /// (user cache entries, kernel cache entries, open modules).
     #[must_use]
-    pub fn module(&self, id: ModuleId) -> &Arc<Module> {
-        &self.modules[id.0 as usize]
+    pub fn cache_sizes(&self) -> (usize, usize, usize) {
+        (self.user_cache.len(), self.kernel_cache.len(), self.modules.len())
     }
 
-    /// Normalizes `addrs` of live process `pid`; one location per address, in order. When the
-    /// process is gone the addresses stay `Unmapped` (and are counted), never dropped.
-    pub fn normalize(&mut self, pid: u32, addrs: &[u64]) -> Vec<UserLoc> {
-        self.stats.normalize_calls += 1;
-        let output = match self.normalizer.normalize_user_addrs(pid.into(), addrs) {
-            Ok(output) => output,
-            Err(err) => {
-                self.stats.normalize_failed += 1;
-                tracing::debug!(pid, "normalizing addresses failed: {err}");
-                return addrs
-                    .iter()
-                    .map(|&addr| UserLoc::Unmapped { addr })
-                    .collect();
-            }
-        };
-        let metas: Vec<Option<(PathBuf, Option<Arc<str>>)>> = output
-            .meta
-            .iter()
-            .map(|meta| match meta {
-                UserMeta::Elf(elf) => Some((
-                    elf.path.clone(),
-                    elf.build_id.as_ref().map(|b| Arc::from(hex(b))),
-                )),
-                _ => None,
-            })
-            .collect();
-        let outputs = output.outputs;
-        let meta_modules: Vec<Option<ModuleId>> = metas
-            .into_iter()
-            .map(|m| m.map(|(path, build_id)| self.intern(path, build_id)))
-            .collect();
-        outputs
-            .iter()
-            .zip(addrs)
-            .map(
-                |(&(offset, meta), &addr)| match meta_modules.get(meta).copied().flatten() {
-                    Some(module) => UserLoc::File { module, offset },
-                    None => UserLoc::Unmapped { addr },
-                },
-            )
-            .collect()
+    #[must_use]
+    pub fn module(&self, id: ModuleId) -> Option<&Arc<Module>> {
+        self.modules.get(id)
     }
 
-    fn intern(&mut self, path: PathBuf, build_id: Option<Arc<str>>) -> ModuleId {
-        let key = (path, build_id);
-        if let Some(&id) = self.module_ids.get(&key) {
-            return id;
+    /// The module behind a file mapping of live process `pid` (see `ModuleRegistry::open`).
+    pub fn open_module(&mut self, pid: u32, line: &MapsLine) -> Arc<Module> {
+        let (module, evicted) = self.modules.open(pid, line);
+        for path in evicted {
+            // The fd number will be reused by another file: forget what blazesym parsed.
+            let evict = blazesym::symbolize::evict::Evict::Elf(blazesym::symbolize::evict::Elf {
+                path,
+                _non_exhaustive: (),
+            });
+            let _ = self.symbolizer.evict(&evict);
         }
-        let id = ModuleId(self.modules.len() as u32);
-        let name: Arc<str> = key
-            .0
-            .file_name()
-            .map_or_else(|| key.0.to_string_lossy(), |n| n.to_string_lossy())
-            .into();
-        self.modules.push(Arc::new(Module {
-            path: key.0.clone(),
-            name,
-            build_id: key.1.clone(),
-        }));
-        self.module_ids.insert(key, id);
-        id
+        module
     }
 
-    /// Names user locations, symbolizing the ones not cached (batched per module).
-    pub fn resolve_user(&mut self, locs: &[UserLoc]) -> Vec<Resolved> {
+    /// Names (module, offset) pairs, symbolizing the ones not cached (batched per module).
+    pub fn resolve_user(&mut self, locs: &[(ModuleId, u64)]) -> Vec<Resolved> {
         let mut missing: HashMap<ModuleId, Vec<u64>> = HashMap::new();
-        for loc in locs {
-            if let UserLoc::File { module, offset } = *loc {
-                if self.user_cache.get(&(module, offset)).is_some() {
-                    self.stats.cache_hits += 1;
-                } else {
-                    missing.entry(module).or_default().push(offset);
-                }
+        for &key in locs {
+            if self.user_cache.get(&key).is_some() {
+                self.stats.cache_hits += 1;
+            } else {
+                missing.entry(key.0).or_default().push(key.1);
             }
         }
         let mut fresh: HashMap<(ModuleId, u64), Resolved> = HashMap::new();
-        for (module, mut offsets) in missing {
+        for (id, mut offsets) in missing {
             offsets.sort_unstable();
             offsets.dedup();
             self.stats.cache_misses += offsets.len() as u64;
-            let path = self.modules[module.0 as usize].path.clone();
-            let src = Source::Elf(Elf::new(path));
+            let Some(module) = self.modules.get(id).cloned() else {
+                continue;
+            };
+            let src = Source::Elf(Elf::new(module.read_path.clone()));
             let results = match self.symbolizer.symbolize(&src, Input::FileOffset(&offsets)) {
                 Ok(results) => results,
                 Err(err) => {
                     self.stats.symbolize_errors += 1;
-                    tracing::debug!(module = %self.modules[module.0 as usize].path.display(), "symbolization failed: {err}");
+                    tracing::debug!(module = %module.path.display(), "symbolization failed: {err}");
                     Vec::new()
                 }
             };
             for (i, &offset) in offsets.iter().enumerate() {
                 let resolved = match results.get(i) {
                     Some(Symbolized::Sym(sym)) => frames_of(sym),
-                    _ => frame::unknown_in_module(&self.modules[module.0 as usize].name, offset),
+                    _ => frame::unknown_in_module(&module.name, offset),
                 };
-                self.user_cache.put((module, offset), resolved.clone());
-                fresh.insert((module, offset), resolved);
+                self.user_cache.put((id, offset), resolved.clone());
+                fresh.insert((id, offset), resolved);
             }
         }
         locs.iter()
-            .map(|loc| match *loc {
-                UserLoc::File { module, offset } => fresh
-                    .get(&(module, offset))
+            .map(|key| {
+                fresh
+                    .get(key)
                     .cloned()
-                    .or_else(|| self.user_cache.get(&(module, offset)).cloned())
+                    .or_else(|| self.user_cache.get(key).cloned())
                     .unwrap_or_else(|| {
-                        frame::unknown_in_module(&self.modules[module.0 as usize].name, offset)
-                    }),
-                UserLoc::Unmapped { addr } => frame::unknown_addr(addr),
+                        let name = self.modules.get(key.0).map_or_else(|| Arc::from("?"), |m| m.name.clone());
+                        frame::unknown_in_module(&name, key.1)
+                    })
+            })
+            .collect()
+    }
+
+    /// Names addresses of live process `pid` that are outside file mappings: JIT code from its
+    /// perf map (`/tmp/perf-PID.map` in its own mount namespace), the vDSO. Unnamed ones come
+    /// back as `[unknown] 0x...`.
+    pub fn resolve_process(&mut self, pid: u32, addrs: &[u64]) -> Vec<Resolved> {
+        let src = Source::Process(Process::new(pid.into()));
+        let results = match self.symbolizer.symbolize(&src, Input::AbsAddr(addrs)) {
+            Ok(results) => results,
+            Err(err) => {
+                self.stats.symbolize_errors += 1;
+                tracing::debug!(pid, "process symbolization failed: {err}");
+                Vec::new()
+            }
+        };
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| match results.get(i) {
+                Some(Symbolized::Sym(sym)) => {
+                    self.stats.process_named += 1;
+                    frames_of(sym)
+                }
+                _ => frame::unknown_addr(addr),
             })
             .collect()
     }
@@ -281,6 +261,12 @@ fn frames_of(sym: &Sym<'_>) -> Resolved {
     Arc::from(frames)
 }
 
+/// A bare `[unknown] 0x...` frame.
+#[must_use]
+pub fn frame_unknown(addr: u64) -> Resolved {
+    frame::unknown_addr(addr)
+}
+
 /// Lowercase hex of a build id.
 #[must_use]
 pub fn hex(bytes: &[u8]) -> String {
@@ -296,6 +282,7 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::maps::parse_maps;
 
     #[inline(never)]
     fn marker_function_for_symbolization() -> u64 {
@@ -303,24 +290,28 @@ mod tests {
     }
 
     #[test]
-    fn names_an_address_of_this_test_binary() {
+    fn names_an_address_of_this_test_binary_through_its_open_module() {
         let addr = marker_function_for_symbolization as *const () as u64;
         assert_eq!(marker_function_for_symbolization(), 42);
-        let mut stage = SymbolizerStage::new(16);
-        let locs = stage.normalize(std::process::id(), &[addr, 8]);
-        assert!(matches!(locs[0], UserLoc::File { .. }), "{locs:?}");
-        assert_eq!(locs[1], UserLoc::Unmapped { addr: 8 });
-        let names = stage.resolve_user(&locs);
-        let outer = &names[0][0];
-        assert!(
-            outer.name.contains("marker_function_for_symbolization"),
-            "{names:?}"
-        );
-        assert_eq!(&*names[1][0].name, "[unknown] 0x8");
-        // Second lookup is served from the cache.
+        let pid = std::process::id();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let line = parse_maps(&maps)
+            .into_iter()
+            .find(|l| l.start <= addr && addr < l.end)
+            .unwrap();
+        let mut stage = SymbolizerStage::new(16, 8, &[]);
+        let module = stage.open_module(pid, &line);
+        assert!(module.build_id.is_some(), "cargo links with a build id");
+        let offset = addr - line.start + line.offset;
+        let names = stage.resolve_user(&[(module.id, offset)]);
+        assert!(names[0][0].name.contains("marker_function_for_symbolization"), "{names:?}");
+        // Second lookup is served from the cache; the same file opens as the same module.
         let before = stage.stats().cache_hits;
-        let _ = stage.resolve_user(&locs[..1]);
+        let _ = stage.resolve_user(&[(module.id, offset)]);
         assert_eq!(stage.stats().cache_hits, before + 1);
+        assert_eq!(stage.open_module(pid, &line).id, module.id);
+        // Outside any mapping: named `[unknown] 0x..`, never dropped.
+        assert_eq!(&*stage.resolve_process(pid, &[8])[0][0].name, "[unknown] 0x8");
     }
 
     #[test]

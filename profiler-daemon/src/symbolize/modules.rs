@@ -33,6 +33,25 @@ pub struct Module {
     _file: Option<File>,
 }
 
+impl Module {
+    /// A module read through its path (no open handle): for tests and tools.
+    #[must_use]
+    pub fn at_path(id: ModuleId, path: PathBuf, build_id: Option<Arc<str>>) -> Self {
+        let name: Arc<str> = path
+            .file_name()
+            .map_or_else(|| path.to_string_lossy(), |n| n.to_string_lossy())
+            .into();
+        Self {
+            id,
+            read_path: path.clone(),
+            path,
+            name,
+            build_id,
+            _file: None,
+        }
+    }
+}
+
 /// All modules, bounded: beyond `capacity`, modules no live process references are closed.
 pub struct ModuleRegistry {
     modules: HashMap<ModuleId, Arc<Module>>,
