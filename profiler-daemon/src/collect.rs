@@ -72,12 +72,18 @@ impl Collector {
                 }
                 None => {}
             }
-            let image =
-                self.processes
-                    .image_for(sample.tgid, sample.time_ns, &thread, &mut self.symbolizer);
+            let image = self.processes.image_for(
+                sample.tgid,
+                sample.time_ns,
+                &thread,
+                &mut self.symbolizer,
+            );
             let user = call_sites(&sample.user);
             let kernel = call_sites(&sample.kernel);
-            new_user.entry(image).or_default().extend(user.iter().copied());
+            new_user
+                .entry(image)
+                .or_default()
+                .extend(user.iter().copied());
             kernel_addrs.extend(kernel.iter().copied());
             self.profile.add(
                 StackKey {
@@ -144,7 +150,11 @@ impl Collector {
         let bound = self.profile.max_stacks();
         let profile = std::mem::replace(&mut self.profile, Profile::new(bound));
         let mut stacks = Vec::with_capacity(profile.stacks());
-        let unknown = Arc::new(ProcessInfo::read(std::path::Path::new("/nonexistent"), 0, ""));
+        let unknown = Arc::new(ProcessInfo::read(
+            std::path::Path::new("/nonexistent"),
+            0,
+            "",
+        ));
         for (key, count) in profile.iter() {
             let root_first: Vec<u64> = key.user.iter().rev().copied().collect();
             let user = self

@@ -58,14 +58,23 @@ pub fn profiler_bin() -> PathBuf {
     path
 }
 
-/// Builds `tests/workloads/NAME.c` with clang and complete frame pointers into `dir`.
+/// Builds `tests/workloads/NAME.c` (or `.cpp`) with clang (clang++) and complete frame pointers
+/// into `dir`.
 #[must_use]
 pub fn build_workload(name: &str, dir: &Path) -> PathBuf {
-    let src = workspace()
+    let c = workspace()
         .join("tests/workloads")
         .join(format!("{name}.c"));
+    let (src, compiler) = if c.exists() {
+        (c, "clang")
+    } else {
+        let cpp = workspace()
+            .join("tests/workloads")
+            .join(format!("{name}.cpp"));
+        (cpp, "clang++")
+    };
     let out = dir.join(name);
-    let status = Command::new("clang")
+    let status = Command::new(compiler)
         .args([
             "-O2",
             "-g",
@@ -200,6 +209,38 @@ pub fn split(stacks: &[(Vec<String>, u64)], functions: &[&str]) -> (HashMap<Stri
         })
         .collect();
     (shares, total)
+}
+
+/// Samples of stacks whose first frame is `process`, and how many of them have a named leaf
+/// user frame (not `[unknown] ...`).
+#[must_use]
+pub fn named_ratio(stacks: &[(Vec<String>, u64)], process: &str) -> (u64, u64) {
+    let (mut total, mut named) = (0, 0);
+    for (frames, count) in stacks {
+        if frames.first().map(String::as_str) != Some(process) {
+            continue;
+        }
+        total += count;
+        let leaf_user = frames[1..].iter().rev().find(|f| !f.ends_with("_[k]"));
+        if leaf_user.is_some_and(|f| !f.starts_with("[unknown]")) {
+            named += count;
+        }
+    }
+    (total, named)
+}
+
+/// Records with `profiler record ARGS -o DIR/NAME.folded` and returns the parsed stacks.
+#[must_use]
+pub fn record_folded(dir: &Path, name: &str, args: &[&str]) -> Vec<(Vec<String>, u64)> {
+    let out = dir.join(format!("{name}.folded"));
+    let mut full: Vec<&str> = vec!["record"];
+    full.extend_from_slice(args);
+    let out_str = out.to_str().unwrap().to_owned();
+    full.extend_from_slice(&["-o", &out_str]);
+    let (code, stdout, stderr) = run_profiler(&full);
+    assert_eq!(code, 0, "profiler record failed: {stderr}");
+    println!("{stdout}");
+    parse_folded(&std::fs::read_to_string(&out).unwrap())
 }
 
 /// Folds `perf script` output of `perf.data` with inferno, keeping only process `pid`'s stacks

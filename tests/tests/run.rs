@@ -202,7 +202,10 @@ fn http_export_decodes_with_the_official_python_bindings() {
         text.contains(r#""period_type": ["cpu", "nanoseconds"]"#),
         "{text}"
     );
-    assert!(text.contains(r#""zero_values_ok": true"#), "a zero value is missing: {text}");
+    assert!(
+        text.contains(r#""zero_values_ok": true"#),
+        "a zero value is missing: {text}"
+    );
 }
 
 #[test]

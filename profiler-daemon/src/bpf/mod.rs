@@ -335,7 +335,10 @@ fn attach_process_events(ebpf: &mut Ebpf) -> bool {
             return false;
         }
     };
-    for (program, event) in [("on_exec", "sched_process_exec"), ("on_exit", "sched_process_exit")] {
+    for (program, event) in [
+        ("on_exec", "sched_process_exec"),
+        ("on_exit", "sched_process_exit"),
+    ] {
         let result = (|| -> Result<(), String> {
             let prog: &mut aya::programs::BtfTracePoint = ebpf
                 .program_mut(program)
@@ -376,7 +379,9 @@ fn raise_nofile_limit() {
     };
     // SAFETY: getrlimit/setrlimit read and write a valid rlimit struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0
+            && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
         }

@@ -98,7 +98,9 @@ impl Limits {
             return Err(ConfigError::ZeroLimit { name: "max-stacks" });
         }
         if args.open_modules == 0 {
-            return Err(ConfigError::ZeroLimit { name: "open-modules" });
+            return Err(ConfigError::ZeroLimit {
+                name: "open-modules",
+            });
         }
         if args.symbol_cache_entries == 0 {
             return Err(ConfigError::ZeroLimit {

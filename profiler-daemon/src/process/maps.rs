@@ -88,7 +88,11 @@ impl Snapshot {
     /// Adds mappings not yet known (by start address), e.g. libraries loaded after exec.
     pub fn merge(&mut self, fresh: Vec<Mapping>) {
         for m in fresh {
-            if !self.mappings.iter().any(|old| old.start == m.start && old.end == m.end) {
+            if !self
+                .mappings
+                .iter()
+                .any(|old| old.start == m.start && old.end == m.end)
+            {
                 self.mappings.push(m);
             }
         }
@@ -133,7 +137,12 @@ garbage line
 
     #[test]
     fn finds_and_merges() {
-        let m = |start, end| Mapping { start, end, offset: 0, backing: Backing::Other };
+        let m = |start, end| Mapping {
+            start,
+            end,
+            offset: 0,
+            backing: Backing::Other,
+        };
         let mut snap = Snapshot::new(vec![m(0x3000, 0x4000), m(0x1000, 0x2000)]);
         assert_eq!(snap.find(0x1000).unwrap().start, 0x1000);
         assert_eq!(snap.find(0x1fff).unwrap().start, 0x1000);

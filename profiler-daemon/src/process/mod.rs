@@ -171,7 +171,12 @@ impl ProcessTable {
         };
         let fresh: Vec<Mapping> = parse_maps(&text)
             .into_iter()
-            .filter(|line| image.snapshot.find(line.start).is_none_or(|m| m.start != line.start))
+            .filter(|line| {
+                image
+                    .snapshot
+                    .find(line.start)
+                    .is_none_or(|m| m.start != line.start)
+            })
             .map(|line| {
                 let backing = if line.path.starts_with('/') {
                     Backing::File(symbolizer.open_module(image.pid, &line))
@@ -286,13 +291,24 @@ impl ProcessTable {
     }
 
     /// Names one address of `image` (learnt before with `learn`).
-    pub fn resolve(&self, id: ImageId, addrs: &[u64], symbolizer: &mut SymbolizerStage) -> Vec<Location> {
+    pub fn resolve(
+        &self,
+        id: ImageId,
+        addrs: &[u64],
+        symbolizer: &mut SymbolizerStage,
+    ) -> Vec<Location> {
         let Some(image) = self.images.get(&id) else {
             return addrs.iter().map(|&a| unmapped(a)).collect();
         };
         let locs: Vec<UserLoc> = addrs
             .iter()
-            .map(|&a| image.locs.get(&a).copied().unwrap_or(UserLoc::Unmapped { addr: a }))
+            .map(|&a| {
+                image
+                    .locs
+                    .get(&a)
+                    .copied()
+                    .unwrap_or(UserLoc::Unmapped { addr: a })
+            })
             .collect();
         let files: Vec<(ModuleId, u64)> = locs
             .iter()
@@ -308,7 +324,9 @@ impl ProcessTable {
                     module: symbolizer.module(module).cloned(),
                     address: offset,
                     kernel: false,
-                    frames: names.next().unwrap_or_else(|| crate::symbolize::frame_unknown(offset)),
+                    frames: names
+                        .next()
+                        .unwrap_or_else(|| crate::symbolize::frame_unknown(offset)),
                 },
                 UserLoc::Process { addr } => Location {
                     module: None,
@@ -386,7 +404,10 @@ mod tests {
         let gone = ProcessInfo::read(Path::new("/proc"), u32::MAX, "gone");
         assert_eq!((&*gone.name, &*gone.exe_name), ("gone", "gone"));
         assert_eq!(gone.exe_path, None);
-        assert_eq!(&*ProcessInfo::read(Path::new("/proc"), 0, "swapper/1").name, "swapper");
+        assert_eq!(
+            &*ProcessInfo::read(Path::new("/proc"), 0, "swapper/1").name,
+            "swapper"
+        );
     }
 
     #[test]
@@ -399,10 +420,17 @@ mod tests {
         table.exec(me, 200, "t", &mut sym);
         let second = table.image_for(me, 250, "t", &mut sym);
         assert_ne!(second, first);
-        assert_eq!(table.image_for(me, 199, "t", &mut sym), first, "before the exec");
+        assert_eq!(
+            table.image_for(me, 199, "t", &mut sym),
+            first,
+            "before the exec"
+        );
         table.exit(me, 300);
         let reused = table.image_for(me, 400, "t", &mut sym);
-        assert!(reused != first && reused != second, "a reused pid is a new image");
+        assert!(
+            reused != first && reused != second,
+            "a reused pid is a new image"
+        );
         assert_eq!(table.len(), 1);
         assert_eq!(table.stats().execs, 1);
 
@@ -410,10 +438,24 @@ mod tests {
         let addr = images_separate_exec_and_pid_reuse as *const () as u64;
         table.learn(reused, &[addr, 8], &mut sym);
         let locs = table.resolve(reused, &[addr, 8], &mut sym);
-        assert!(locs[0].frames[0].name.contains("images_separate_exec_and_pid_reuse"), "{locs:?}");
-        assert!(locs[0].module.as_ref().is_some_and(|m| m.build_id.is_some()));
+        assert!(
+            locs[0].frames[0]
+                .name
+                .contains("images_separate_exec_and_pid_reuse"),
+            "{locs:?}"
+        );
+        assert!(
+            locs[0]
+                .module
+                .as_ref()
+                .is_some_and(|m| m.build_id.is_some())
+        );
         assert_eq!(&*locs[1].frames[0].name, "[unknown] 0x8");
         table.prune();
-        assert_eq!(table.images.len(), 1, "ended images are dropped, the live one kept");
+        assert_eq!(
+            table.images.len(),
+            1,
+            "ended images are dropped, the live one kept"
+        );
     }
 }

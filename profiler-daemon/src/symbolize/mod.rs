@@ -97,7 +97,11 @@ impl SymbolizerStage {
     /// (user cache entries, kernel cache entries, open modules).
     #[must_use]
     pub fn cache_sizes(&self) -> (usize, usize, usize) {
-        (self.user_cache.len(), self.kernel_cache.len(), self.modules.len())
+        (
+            self.user_cache.len(),
+            self.kernel_cache.len(),
+            self.modules.len(),
+        )
     }
 
     #[must_use]
@@ -162,7 +166,10 @@ impl SymbolizerStage {
                     .cloned()
                     .or_else(|| self.user_cache.get(key).cloned())
                     .unwrap_or_else(|| {
-                        let name = self.modules.get(key.0).map_or_else(|| Arc::from("?"), |m| m.name.clone());
+                        let name = self
+                            .modules
+                            .get(key.0)
+                            .map_or_else(|| Arc::from("?"), |m| m.name.clone());
                         frame::unknown_in_module(&name, key.1)
                     })
             })
@@ -304,14 +311,22 @@ mod tests {
         assert!(module.build_id.is_some(), "cargo links with a build id");
         let offset = addr - line.start + line.offset;
         let names = stage.resolve_user(&[(module.id, offset)]);
-        assert!(names[0][0].name.contains("marker_function_for_symbolization"), "{names:?}");
+        assert!(
+            names[0][0]
+                .name
+                .contains("marker_function_for_symbolization"),
+            "{names:?}"
+        );
         // Second lookup is served from the cache; the same file opens as the same module.
         let before = stage.stats().cache_hits;
         let _ = stage.resolve_user(&[(module.id, offset)]);
         assert_eq!(stage.stats().cache_hits, before + 1);
         assert_eq!(stage.open_module(pid, &line).id, module.id);
         // Outside any mapping: named `[unknown] 0x..`, never dropped.
-        assert_eq!(&*stage.resolve_process(pid, &[8])[0][0].name, "[unknown] 0x8");
+        assert_eq!(
+            &*stage.resolve_process(pid, &[8])[0][0].name,
+            "[unknown] 0x8"
+        );
     }
 
     #[test]
