@@ -50,6 +50,7 @@ pub fn measure(
         pids: Vec::new(),
         include_idle: false,
         ring_buffer_bytes: None,
+        profile_self: false,
     };
     let mut sampler = Sampler::start(&config, design)?;
     let deadline = Instant::now() + duration;

@@ -29,6 +29,9 @@ pub enum Command {
     /// Measure the BPF time per sample of a sampler design (used by `cargo xtask bench`).
     #[command(hide = true)]
     BpfCost(BpfCostArgs),
+    /// Measure symbolization throughput on a binary (used by `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchSymbolize(BenchSymbolizeArgs),
 }
 
 /// Options of `profiler record`.
@@ -115,6 +118,11 @@ pub struct LimitArgs {
     #[arg(long, value_name = "N", default_value_t = 512)]
     pub open_modules: usize,
 
+    /// Sample the profiler's own process too (left out by default: naming its own large binary
+    /// would cost more memory than anything it profiles).
+    #[arg(long)]
+    pub profile_self: bool,
+
     /// Extra directory searched for split debug info (by build id under `.build-id/`, then by
     /// debug link), before `/usr/lib/debug` and `/lib/debug`. Repeatable.
     #[arg(long, value_name = "DIR")]
@@ -133,6 +141,17 @@ pub struct BpfCostArgs {
     /// Samples per second on each CPU.
     #[arg(long, default_value_t = 999)]
     pub frequency: u32,
+}
+
+/// Options of the hidden `profiler bench-symbolize`.
+#[derive(Debug, Args)]
+pub struct BenchSymbolizeArgs {
+    /// The ELF file to look addresses up in.
+    #[arg(long)]
+    pub binary: PathBuf,
+    /// How many distinct addresses (spread over its functions).
+    #[arg(long, default_value_t = 20_000)]
+    pub addresses: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

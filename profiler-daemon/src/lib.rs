@@ -3,6 +3,7 @@
 //! perf event → eBPF sampler (`bpf`) → ring buffer → `collect` (process table, normalization,
 //! symbolization) → `profile` → `export`.
 
+pub mod bench_symbolize;
 pub mod bpf;
 pub mod bpf_cost;
 pub mod cli;

@@ -9,7 +9,7 @@ use clap::Parser as _;
 use profiler_daemon::bpf::Design;
 use profiler_daemon::cli::{Cli, Command};
 use profiler_daemon::config::{RecordConfig, RunConfig, validate_frequency};
-use profiler_daemon::{bpf_cost, record, run, telemetry};
+use profiler_daemon::{bench_symbolize, bpf_cost, record, run, telemetry};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -55,6 +55,22 @@ fn main() -> ExitCode {
                 Err(err) => runtime_error(&anyhow::Error::new(err)),
             }
         }
+        Command::BenchSymbolize(args) => match bench_symbolize::run(&args.binary, args.addresses) {
+            Ok(b) => {
+                let rate = bench_symbolize::SymbolizeBench::per_second;
+                println!(
+                    "binary={} addresses={} cold_ms={:.1} cold_per_s={:.0} warm_ms={:.2} warm_per_s={:.0}",
+                    args.binary.display(),
+                    b.addresses,
+                    b.cold.as_secs_f64() * 1e3,
+                    rate(b.addresses, b.cold),
+                    b.warm.as_secs_f64() * 1e3,
+                    rate(b.addresses, b.warm),
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => runtime_error(&anyhow::Error::new(err)),
+        },
         Command::BpfCost(args) => {
             let design = match args.design.as_str() {
                 "ringbuf" => Design::RingBuf,

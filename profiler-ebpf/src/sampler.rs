@@ -30,6 +30,10 @@ use profiler_common::{
 /// 1 when only the processes in `PIDS` are sampled (set by the loader).
 #[unsafe(no_mangle)]
 static FILTER_PIDS: u32 = 0;
+/// The daemon's own tgid: its samples are dropped (counted as filtered out) unless 0. Symbolizing
+/// itself would cost the daemon more memory than anything it profiles. Set by the loader.
+#[unsafe(no_mangle)]
+static SELF_TGID: u32 = 0;
 /// 1 when idle samples (pid 0) are delivered, not only counted (set by the loader).
 #[unsafe(no_mangle)]
 static INCLUDE_IDLE: u32 = 0;
@@ -79,6 +83,12 @@ fn config(flag: &'static u32) -> bool {
 }
 
 #[inline(always)]
+fn config32(value: &'static u32) -> u32 {
+    // SAFETY: as in `config`.
+    unsafe { core::ptr::read_volatile(value) }
+}
+
+#[inline(always)]
 fn config64(value: &'static u64) -> u64 {
     // SAFETY: as in `config`.
     unsafe { core::ptr::read_volatile(value) }
@@ -96,6 +106,9 @@ fn admit() -> Option<(u32, u32)> {
         if !config(&INCLUDE_IDLE) {
             return None;
         }
+    } else if tgid == config32(&SELF_TGID) {
+        bump(Counter::FilteredOut);
+        return None;
     } else if config(&FILTER_PIDS) {
         // SAFETY: the value is a plain u8 and is only read.
         if unsafe { PIDS.get(&tgid) }.is_none() {

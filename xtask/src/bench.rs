@@ -3,6 +3,7 @@
 //!
 //! 1. BPF time per sample of the two sampler designs (ring buffer records vs in-kernel
 //!    aggregation), from the kernel's own accounting (`kernel.bpf_stats_enabled`), alternated.
+//! 0. Symbolization throughput (cold and warm caches) on a large binary with DWARF and on libc.
 //! 2. Overhead against the peers: a fixed amount of work (the `split` workload) timed alone and
 //!    under `profiler record`, `perf record -a -g` and `bpftrace` at the same frequency; plus
 //!    each profiler's own CPU time and peak memory.
@@ -24,8 +25,49 @@ pub fn run(_args: &[String]) -> Result<()> {
     let split = build_split(&dir)?;
     let profiler = workspace().join("target/release/profiler");
 
+    symbolization(&profiler)?;
     bpf_cost(&profiler, &split)?;
     overhead(&profiler, &split, &dir)?;
+    Ok(())
+}
+
+/// Symbolization throughput, cold and warm, on large binaries with and without DWARF.
+fn symbolization(profiler: &Path) -> Result<()> {
+    println!("## Symbolization throughput (addresses spread over all functions)");
+    println!(
+        "| binary | size | addresses | cold (addr/s) | warm (addr/s) |\n|---|---|---|---|---|"
+    );
+    for binary in [profiler, Path::new("/lib/x86_64-linux-gnu/libc.so.6")] {
+        if !binary.exists() {
+            continue;
+        }
+        let out = Command::new(profiler)
+            .args(["bench-symbolize", "--binary"])
+            .arg(binary)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "bench-symbolize failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |key: &str| {
+            text.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .unwrap_or("?")
+                .to_owned()
+        };
+        let size = std::fs::metadata(binary).map_or(0, |m| m.len()) / (1024 * 1024);
+        println!(
+            "| {} | {size} MiB | {} | {} | {} |",
+            binary.display(),
+            field("addresses="),
+            field("cold_per_s="),
+            field("warm_per_s=")
+        );
+    }
+    println!();
     Ok(())
 }
 

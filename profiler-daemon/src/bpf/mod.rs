@@ -247,6 +247,11 @@ impl Sampler {
 fn load(config: &SamplerConfig, design: Design, cpus: usize) -> Result<Ebpf, BpfError> {
     let filter = u32::from(!config.pids.is_empty());
     let include_idle = u32::from(config.include_idle);
+    let self_tgid = if config.profile_self {
+        0
+    } else {
+        std::process::id()
+    };
     let pid_slots = (config.pids.len() as u32).max(1);
     let ring_bytes = config
         .ring_buffer_bytes
@@ -258,6 +263,7 @@ fn load(config: &SamplerConfig, design: Design, cpus: usize) -> Result<Ebpf, Bpf
         .override_global("FILTER_PIDS", &filter, true)
         .override_global("INCLUDE_IDLE", &include_idle, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+        .override_global("SELF_TGID", &self_tgid, true)
         .map_max_entries("PIDS", pid_slots);
     match design {
         Design::RingBuf => {

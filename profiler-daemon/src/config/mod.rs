@@ -125,6 +125,8 @@ pub struct SamplerConfig {
     pub pids: Vec<u32>,
     pub include_idle: bool,
     pub ring_buffer_bytes: Option<u32>,
+    /// Sample the profiler's own process too (off: it is left out, counted as filtered).
+    pub profile_self: bool,
 }
 
 /// Validated `profiler record` configuration.
@@ -202,6 +204,7 @@ impl RunConfig {
                 pids: validate_pids(&args.pid, Path::new("/proc"))?,
                 include_idle: args.include_idle,
                 ring_buffer_bytes: limits.ring_buffer_bytes,
+                profile_self: args.limits.profile_self,
             },
             limits,
             otlp: otlp::resolve(&args.otlp, env)?,
@@ -240,6 +243,7 @@ impl RecordConfig {
                 pids: validate_pids(&args.pid, Path::new("/proc"))?,
                 include_idle: args.include_idle,
                 ring_buffer_bytes: limits.ring_buffer_bytes,
+                profile_self: args.limits.profile_self,
             },
             limits,
         })

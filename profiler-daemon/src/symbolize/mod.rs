@@ -123,6 +123,11 @@ impl SymbolizerStage {
         module
     }
 
+    /// A module read from a host path (tools and benchmarks).
+    pub fn open_path(&mut self, path: &std::path::Path) -> Arc<Module> {
+        self.modules.open_path(path)
+    }
+
     /// Names (module, offset) pairs, symbolizing the ones not cached (batched per module).
     pub fn resolve_user(&mut self, locs: &[(ModuleId, u64)]) -> Vec<Resolved> {
         let mut missing: HashMap<ModuleId, Vec<u64>> = HashMap::new();

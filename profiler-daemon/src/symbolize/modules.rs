@@ -148,6 +148,19 @@ impl ModuleRegistry {
         (module, evicted)
     }
 
+    /// A module for a file named by path on this host (tools and benchmarks).
+    pub fn open_path(&mut self, path: &Path) -> Arc<Module> {
+        let id = ModuleId(self.next);
+        self.next += 1;
+        let build_id = blazesym::helper::read_elf_build_id(path)
+            .ok()
+            .flatten()
+            .map(|b| Arc::from(super::hex(&b)));
+        let module = Arc::new(Module::at_path(id, path.to_path_buf(), build_id));
+        self.modules.insert(id, module.clone());
+        module
+    }
+
     /// Closes modules that nothing else references until below capacity.
     fn make_room(&mut self) -> Vec<PathBuf> {
         if self.modules.len() < self.capacity {
