@@ -26,6 +26,8 @@ pub enum Command {
     Record(RecordArgs),
     /// Run as a daemon: sample continuously and export OTLP profiles every interval.
     Run(RunArgs),
+    /// Diagnose this host: kernel, BTF, perf events, capabilities, the sampler, the collector.
+    Check(CheckArgs),
     /// Measure the BPF time per sample of a sampler design (used by `cargo xtask bench`).
     #[command(hide = true)]
     BpfCost(BpfCostArgs),
@@ -88,11 +90,33 @@ pub struct RunArgs {
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// TOML configuration file: one key per flag (see deploy/profiler.toml). Flags and
+    /// environment variables win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address of the HTTP server for /metrics, /healthz and /readyz; `off` disables it.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9740")]
+    pub http_address: String,
+
+    /// Log format: `text` (for people) or `json` (for log pipelines).
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub log_format: String,
+
     #[command(flatten)]
     pub otlp: crate::config::otlp::OtlpArgs,
 
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// Options of `profiler check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also try the collector configured by these flags or the `OTEL_EXPORTER_OTLP_*` variables
+    /// (always tried when one of them is set).
+    #[command(flatten)]
+    pub otlp: crate::config::otlp::OtlpArgs,
 }
 
 /// Memory bounds shared by the sampling subcommands.

@@ -6,6 +6,7 @@
 pub mod bench_symbolize;
 pub mod bpf;
 pub mod bpf_cost;
+pub mod check;
 pub mod cli;
 pub mod collect;
 pub mod config;

@@ -5,22 +5,28 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use clap::Parser as _;
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use profiler_daemon::bpf::Design;
 use profiler_daemon::cli::{Cli, Command};
-use profiler_daemon::config::{RecordConfig, RunConfig, validate_frequency};
-use profiler_daemon::{bench_symbolize, bpf_cost, record, run, telemetry};
+use profiler_daemon::config::{LogFormat, RecordConfig, RunConfig, validate_frequency};
+use profiler_daemon::{bench_symbolize, bpf_cost, check, record, run, telemetry};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(v) => v,
         Err(err) => {
             // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
             let _ = err.print();
             return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
         }
     };
-    telemetry::init_logging(cli.log_level.as_deref());
+    if !matches!(cli.command, Command::Run(_)) {
+        telemetry::init_logging(cli.log_level.as_deref(), None, LogFormat::Text);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(err) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
@@ -43,16 +49,61 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => {
-            let config = match RunConfig::from_args(&args, &|name| std::env::var(name).ok()) {
-                Ok(c) => c,
-                Err(err) => return usage_error(&err),
-            };
+            let sub = matches.subcommand_matches("run");
+            let explicit =
+                |id: &str| sub.and_then(|m| m.value_source(id)) == Some(ValueSource::CommandLine);
+            let config =
+                match RunConfig::from_args(&args, &|name| std::env::var(name).ok(), &explicit) {
+                    Ok(c) => c,
+                    Err(err) => return usage_error(&err),
+                };
+            telemetry::init_logging(
+                cli.log_level.as_deref(),
+                config.log_level.as_deref(),
+                config.log_format,
+            );
             match run::run(&config, &stop) {
                 Ok(summary) => {
                     println!("{summary}");
                     ExitCode::SUCCESS
                 }
                 Err(err) => runtime_error(&anyhow::Error::new(err)),
+            }
+        }
+        Command::Check(args) => {
+            let env = |name: &str| std::env::var(name).ok();
+            let configured = args.otlp.otlp_endpoint.is_some()
+                || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+                || env("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT").is_some();
+            let otlp = match profiler_daemon::config::otlp::resolve(
+                &args.otlp,
+                &profiler_daemon::config::otlp::OtlpArgs::default(),
+                &env,
+            ) {
+                Ok(c) => c,
+                Err(err) => return usage_error(&err),
+            };
+            let checks = check::run(configured.then_some(&otlp));
+            for c in &checks {
+                println!("{c}");
+            }
+            let failed: Vec<&check::Check> = checks
+                .iter()
+                .filter(|c| c.status == check::Status::Fail)
+                .collect();
+            if failed.is_empty() {
+                println!("this host can run the profiler");
+                ExitCode::SUCCESS
+            } else {
+                println!(
+                    "this host cannot run the profiler: {}",
+                    failed
+                        .iter()
+                        .map(|c| c.detail.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+                ExitCode::from(1)
             }
         }
         Command::BenchSymbolize(args) => match bench_symbolize::run(&args.binary, args.addresses) {

@@ -1,6 +1,7 @@
 //! `profiler run`: the long-running daemon. The pipeline (sampler, collector, symbolizer) runs on
 //! the calling thread, since blazesym's symbolizer is `!Send`; every interval it closes the window,
-//! encodes OTLP requests into the bounded queue, and a tokio task sends them.
+//! encodes OTLP requests into the bounded queue, and a tokio task sends them. The HTTP server
+//! (metrics, health) runs on the same small runtime.
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,8 +12,11 @@ use crate::bpf::{BpfCounters, BpfError, Design, Sampler};
 use crate::collect::Collector;
 use crate::config::RunConfig;
 use crate::export::otlp::{
-    EncodeOptions, ExportStats, RequestQueue, Transport, TransportError, encode, send_loop,
+    EncodeOptions, ExportStats, Observers, RequestQueue, Transport, TransportError, encode,
+    send_loop,
 };
+use crate::telemetry::metrics::{Health, Metrics, PipelineTotals};
+use crate::telemetry::server::{self, ServerError, ServerState};
 
 /// How often the ring buffer is drained at the latest.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -23,6 +27,8 @@ pub enum RunError {
     Bpf(#[from] BpfError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }
@@ -69,21 +75,52 @@ impl fmt::Display for RunSummary {
     }
 }
 
+/// Shared observers of the daemon.
+struct Shared {
+    queue: Arc<RequestQueue>,
+    stats: Arc<ExportStats>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
 /// Runs until `stop` is set; then exports the open window and waits (bounded) for delivery.
 pub fn run(config: &RunConfig, stop: &AtomicBool) -> Result<RunSummary, RunError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .thread_name("profiler-export")
+        .thread_name("profiler-io")
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
+    let shared = Shared {
+        queue: Arc::new(RequestQueue::new(config.export_queue_size)),
+        stats: Arc::new(ExportStats::default()),
+        metrics: Arc::new(Metrics::new()),
+        health: Arc::new(Health::default()),
+    };
     let transport = {
         let _guard = runtime.enter();
         Transport::new(&config.otlp)?
     };
-    let queue = Arc::new(RequestQueue::new(config.export_queue_size));
-    let stats = Arc::new(ExportStats::default());
-    let sender = runtime.spawn(send_loop(transport, queue.clone(), stats.clone()));
+    if let Some(addr) = config.http_address {
+        let state = Arc::new(ServerState {
+            metrics: shared.metrics.clone(),
+            health: shared.health.clone(),
+            // Exports may fail for three windows (at least a minute) before /readyz fails.
+            grace_ms: (config.interval * 3)
+                .max(Duration::from_secs(60))
+                .as_millis() as u64,
+        });
+        runtime.block_on(server::start(addr, state))?;
+    }
+    let sender = runtime.spawn(send_loop(
+        transport,
+        shared.queue.clone(),
+        Observers {
+            stats: shared.stats.clone(),
+            metrics: shared.metrics.clone(),
+            health: shared.health.clone(),
+        },
+    ));
     tracing::info!(
         endpoint = %config.otlp.endpoint,
         protocol = ?config.otlp.protocol,
@@ -92,14 +129,16 @@ pub fn run(config: &RunConfig, stop: &AtomicBool) -> Result<RunSummary, RunError
         "profiler running"
     );
 
-    let pipeline = pipeline(config, stop, &queue);
+    let pipeline = pipeline(config, stop, &shared);
+    shared.health.attached.store(false, Ordering::Relaxed);
     // Whatever happened, let the sender finish what it has (bounded), then report.
-    queue.close();
+    shared.queue.close();
     let flushed = runtime
         .block_on(async { tokio::time::timeout(config.shutdown_timeout, sender).await })
         .is_ok();
+    let stats = &shared.stats;
     if !flushed {
-        let left = queue.len() as u64 + 1;
+        let left = shared.queue.len() as u64 + 1;
         stats.dropped.fetch_add(left, Ordering::Relaxed);
         tracing::warn!("shutdown timeout reached: {left} requests not delivered");
     }
@@ -111,7 +150,8 @@ pub fn run(config: &RunConfig, stop: &AtomicBool) -> Result<RunSummary, RunError
         bpf,
         sent: stats.sent.load(Ordering::Relaxed),
         failed_attempts: stats.failed_attempts.load(Ordering::Relaxed),
-        dropped: stats.dropped.load(Ordering::Relaxed) + queue.dropped.load(Ordering::Relaxed),
+        dropped: stats.dropped.load(Ordering::Relaxed)
+            + shared.queue.dropped.load(Ordering::Relaxed),
         flushed,
     })
 }
@@ -121,28 +161,38 @@ pub fn run(config: &RunConfig, stop: &AtomicBool) -> Result<RunSummary, RunError
 fn pipeline(
     config: &RunConfig,
     stop: &AtomicBool,
-    queue: &RequestQueue,
+    shared: &Shared,
 ) -> Result<(u64, u64, BpfCounters), RunError> {
     let mut sampler = Sampler::start(&config.sampler, Design::RingBuf)?;
+    shared.health.attached.store(true, Ordering::Relaxed);
     let mut collector = Collector::new(&config.limits, config.sampler.frequency);
     let options = EncodeOptions {
         host_name: config.host_name.clone(),
         resource_attributes: config.otlp.resource_attributes.clone(),
         include_idle: config.sampler.include_idle,
     };
+    let ring_bytes = sampler.ring_bytes().max(1) as f64;
     let (mut windows, mut sample_total) = (0u64, 0u64);
+    let mut received = 0u64;
     loop {
         let wall_start = SystemTime::now();
         let start = Instant::now();
         let end = start + config.interval;
-        while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+        let mut peak_fill = 0f64;
+        loop {
+            let (n, bytes) = drain_into(&mut sampler, &mut collector);
+            received += n;
+            peak_fill = peak_fill.max(bytes as f64 / ring_bytes);
+            publish(shared, &sampler, &collector, received, peak_fill, config);
+            if Instant::now() >= end || stop.load(Ordering::Relaxed) {
+                break;
+            }
             sampler.wait(DRAIN_INTERVAL.min(end.saturating_duration_since(Instant::now())))?;
-            drain_into(&mut sampler, &mut collector);
         }
-        drain_into(&mut sampler, &mut collector);
         let profile = collector.finish_window(wall_start, start.elapsed());
         collector.prune_exited();
         windows += 1;
+        shared.metrics.windows.inc();
         sample_total += profile.samples();
         let requests = encode(&profile, &options);
         tracing::debug!(
@@ -152,8 +202,11 @@ fn pipeline(
             "window closed"
         );
         for request in requests {
-            queue.push(request);
+            if shared.queue.push(request) {
+                shared.metrics.export("dropped", 1);
+            }
         }
+        shared.metrics.queue_depth.set(shared.queue.len() as i64);
         if stop.load(Ordering::Relaxed) {
             break;
         }
@@ -162,10 +215,46 @@ fn pipeline(
     Ok((windows, sample_total, counters))
 }
 
-fn drain_into(sampler: &mut Sampler, collector: &mut Collector) {
+fn publish(
+    shared: &Shared,
+    sampler: &Sampler,
+    collector: &Collector,
+    received: u64,
+    ring_fill_ratio: f64,
+    config: &RunConfig,
+) {
+    let Ok(bpf) = sampler.counters() else {
+        return;
+    };
+    let sym = collector.symbolize_stats();
+    let collect = collector.stats();
+    let (cache_user, cache_kernel, open_modules, stacks) = collector.cache_sizes();
+    shared.metrics.update(&PipelineTotals {
+        bpf,
+        samples_received: received,
+        lost_profile_full: collect.lost_profile_full,
+        malformed: collect.malformed,
+        cache_hits: sym.cache_hits,
+        cache_misses: sym.cache_misses,
+        symbolize_errors: sym.symbolize_errors,
+        processes: collector.processes(),
+        cache_user,
+        cache_kernel,
+        open_modules,
+        stacks,
+        ring_fill_ratio,
+        pid_filter_entries: config.sampler.pids.len(),
+    });
+    shared.metrics.queue_depth.set(shared.queue.len() as i64);
+}
+
+/// Drains the ring buffer; returns (records, bytes).
+fn drain_into(sampler: &mut Sampler, collector: &mut Collector) -> (u64, usize) {
     let mut batch = Vec::new();
-    sampler.drain(|s| batch.push(s));
+    let bytes = sampler.drain_counting(|s| batch.push(s));
+    let n = batch.len() as u64;
     if !batch.is_empty() {
         collector.ingest(batch);
     }
+    (n, bytes)
 }

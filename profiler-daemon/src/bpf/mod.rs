@@ -115,6 +115,7 @@ pub struct Sampler {
     design: Design,
     cpus: usize,
     process_events: bool,
+    ring_bytes: u32,
 }
 
 impl Sampler {
@@ -124,6 +125,9 @@ impl Sampler {
         raise_nofile_limit();
         let cpus = aya::util::online_cpus()
             .map_err(|(what, source)| BpfError::OnlineCpus { what, source })?;
+        let ring_bytes = config
+            .ring_buffer_bytes
+            .unwrap_or_else(|| ring_buffer_bytes(cpus.len()));
         let mut ebpf = load(config, design, cpus.len())?;
         if !config.pids.is_empty() {
             fill_pid_filter(&mut ebpf, &config.pids)?;
@@ -174,6 +178,7 @@ impl Sampler {
             design,
             cpus: cpus.len(),
             process_events,
+            ring_bytes,
         })
     }
 
@@ -224,6 +229,25 @@ impl Sampler {
             sink(RawSample::parse(&item));
         }
         n
+    }
+
+    /// Like `drain`, and returns the bytes taken (for the fill level).
+    pub fn drain_counting(&mut self, mut sink: impl FnMut(Option<RawSample>)) -> usize {
+        let Some(ring) = &mut self.samples else {
+            return 0;
+        };
+        let mut bytes = 0;
+        while let Some(item) = ring.next() {
+            bytes += item.len();
+            sink(RawSample::parse(&item));
+        }
+        bytes
+    }
+
+    /// Size of the ring buffer in bytes.
+    #[must_use]
+    pub fn ring_bytes(&self) -> u32 {
+        self.ring_bytes
     }
 
     /// Current totals of the in-kernel counters (summed over CPUs).

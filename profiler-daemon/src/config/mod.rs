@@ -1,5 +1,6 @@
 //! Validated configuration: turns parsed flags into values the stages can trust.
 
+pub mod file;
 pub mod otlp;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ pub enum ConfigError {
     RingBufferSize(u32),
     #[error("--{name} must be at least 1")]
     ZeroLimit { name: &'static str },
+    #[error("config file `{path}`: {message}")]
+    File { path: PathBuf, message: String },
     #[error("{source_name}: `{value}` is not valid: expected {expected}")]
     Invalid {
         source_name: String,
@@ -176,14 +179,35 @@ pub struct RunConfig {
     pub shutdown_timeout: Duration,
     /// `host.name` of every resource.
     pub host_name: String,
+    /// The HTTP server's address (`None`: disabled).
+    pub http_address: Option<std::net::SocketAddr>,
+    pub log_format: LogFormat,
+    /// `log-level` from the config file (below `--log-level` and `RUST_LOG`).
+    pub log_level: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl RunConfig {
-    /// Validates flags; `env` reads the OpenTelemetry environment variables.
+    /// Merges flags, environment (`env`), the `--config` file and defaults, in that order of
+    /// precedence, and validates the result. `explicit(id)` tells whether flag `id` (the field
+    /// name) was given on the command line.
     pub fn from_args(
         args: &RunArgs,
         env: &dyn Fn(&str) -> Option<String>,
+        explicit: &dyn Fn(&str) -> bool,
     ) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => Some((file::FileConfig::load(path)?, path.clone())),
+            None => None,
+        };
+        let merged = merge(args, file.as_ref(), explicit)?;
+        let args = &merged.args;
         if args.interval < Duration::from_millis(100) {
             return Err(ConfigError::Invalid {
                 source_name: "--interval".to_owned(),
@@ -207,12 +231,133 @@ impl RunConfig {
                 profile_self: args.limits.profile_self,
             },
             limits,
-            otlp: otlp::resolve(&args.otlp, env)?,
+            otlp: otlp::resolve(&args.otlp, &merged.otlp_file, env)?,
             export_queue_size: args.export_queue_size,
             shutdown_timeout: args.shutdown_timeout,
-            host_name: host_name(),
+            host_name: host_name_from(env),
+            http_address: parse_http_address(&args.http_address)?,
+            log_format: match args.log_format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        source_name: "--log-format".to_owned(),
+                        value: other.to_owned(),
+                        expected: "`text` or `json`",
+                    });
+                }
+            },
+            log_level: merged.log_level,
         })
     }
+}
+
+/// Flags with the file's values filled in where no flag was given.
+struct Merged {
+    args: RunArgs,
+    /// OTLP settings of the file: below the environment variables in precedence.
+    otlp_file: otlp::OtlpArgs,
+    log_level: Option<String>,
+}
+
+fn merge(
+    args: &RunArgs,
+    file: Option<&(file::FileConfig, PathBuf)>,
+    explicit: &dyn Fn(&str) -> bool,
+) -> Result<Merged, ConfigError> {
+    let mut out = RunArgs {
+        interval: args.interval,
+        frequency: args.frequency,
+        pid: args.pid.clone(),
+        include_idle: args.include_idle,
+        export_queue_size: args.export_queue_size,
+        shutdown_timeout: args.shutdown_timeout,
+        config: args.config.clone(),
+        http_address: args.http_address.clone(),
+        log_format: args.log_format.clone(),
+        otlp: args.otlp.clone(),
+        limits: args.limits.clone(),
+    };
+    let Some((f, path)) = file else {
+        return Ok(Merged {
+            args: out,
+            otlp_file: otlp::OtlpArgs::default(),
+            log_level: None,
+        });
+    };
+    // A file value applies when the flag was not given on the command line.
+    macro_rules! take {
+        ($field:ident, $target:expr) => {
+            if let Some(v) = &f.$field
+                && !explicit(stringify!($field))
+            {
+                $target = v.clone();
+            }
+        };
+    }
+    take!(frequency, out.frequency);
+    take!(pid, out.pid);
+    take!(include_idle, out.include_idle);
+    take!(export_queue_size, out.export_queue_size);
+    take!(http_address, out.http_address);
+    take!(log_format, out.log_format);
+    take!(max_stacks, out.limits.max_stacks);
+    take!(symbol_cache_entries, out.limits.symbol_cache_entries);
+    take!(open_modules, out.limits.open_modules);
+    take!(profile_self, out.limits.profile_self);
+    take!(debug_dir, out.limits.debug_dir);
+    if let Some(v) = f.ring_buffer_size
+        && !explicit("ring_buffer_size")
+    {
+        // 0 in the file: the automatic size.
+        out.limits.ring_buffer_size = (v != 0).then_some(v);
+    }
+    if let Some(v) = &f.interval
+        && !explicit("interval")
+    {
+        out.interval = file::duration(path, "interval", v)?;
+    }
+    if let Some(v) = &f.shutdown_timeout
+        && !explicit("shutdown_timeout")
+    {
+        out.shutdown_timeout = file::duration(path, "shutdown-timeout", v)?;
+    }
+    if let Some(v) = &f.otlp_timeout {
+        file::duration(path, "otlp-timeout", v)?;
+    }
+    let otlp_file = otlp::OtlpArgs {
+        otlp_endpoint: f.otlp_endpoint.clone(),
+        otlp_protocol: f.otlp_protocol.clone(),
+        otlp_header: f.otlp_header.clone().unwrap_or_default(),
+        otlp_ca: f.otlp_ca.clone().filter(|p| !p.as_os_str().is_empty()),
+        otlp_compression: f.otlp_compression.clone(),
+        otlp_timeout: f.otlp_timeout.clone(),
+    };
+    Ok(Merged {
+        args: out,
+        otlp_file,
+        log_level: f.log_level.clone(),
+    })
+}
+
+/// `host.name`: `NODE_NAME` (Kubernetes downward API) when set, else the host name.
+fn host_name_from(env: &dyn Fn(&str) -> Option<String>) -> String {
+    env("NODE_NAME")
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(host_name)
+}
+
+/// `off` (or empty) disables the server.
+fn parse_http_address(text: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let text = text.trim();
+    if text.is_empty() || text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| ConfigError::Invalid {
+        source_name: "--http-address".to_owned(),
+        value: text.to_owned(),
+        expected: "an address like `127.0.0.1:9740`, or `off`",
+    })
 }
 
 /// The machine's host name (`gethostname`), empty if unavailable.

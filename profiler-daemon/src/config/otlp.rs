@@ -88,6 +88,7 @@ impl std::fmt::Debug for OtlpConfig {
 /// Resolves the settings; `env` reads an environment variable (injectable for tests).
 pub fn resolve(
     args: &OtlpArgs,
+    file: &OtlpArgs,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<OtlpConfig, ConfigError> {
     let pick = |flag: Option<&String>, name: &str| -> Option<(String, String)> {
@@ -103,6 +104,17 @@ pub fn resolve(
                 env(&generic)
                     .filter(|v| !v.trim().is_empty())
                     .map(|v| (v, generic))
+            })
+            .or_else(|| {
+                // The config file comes after the environment.
+                let from_file = match name {
+                    "protocol" => file.otlp_protocol.clone(),
+                    "compression" => file.otlp_compression.clone(),
+                    "timeout" => file.otlp_timeout.clone(),
+                    "certificate" => file.otlp_ca.as_ref().map(|p| p.display().to_string()),
+                    _ => None,
+                };
+                from_file.map(|v| (v, format!("config file key `otlp-{name}`")))
             })
     };
 
@@ -121,8 +133,8 @@ pub fn resolve(
         },
     };
 
-    let endpoint = resolve_endpoint(args, env, protocol)?;
-    let headers = resolve_headers(args, env)?;
+    let endpoint = resolve_endpoint(args, file, env, protocol)?;
+    let headers = resolve_headers(args, file, env)?;
 
     let compression = match pick(args.otlp_compression.as_ref(), "compression") {
         None => Compression::Gzip,
@@ -187,6 +199,14 @@ fn resolve_timeout(args: &OtlpArgs, pick: &Pick<'_>) -> Result<Duration, ConfigE
             value: v.clone(),
             expected: "a duration like `10s` or `500ms`",
         })?
+    } else if let Some((v, source)) = pick(None, "timeout")
+        && source.starts_with("config file")
+    {
+        humantime::parse_duration(v.trim()).map_err(|_| ConfigError::Invalid {
+            source_name: source.clone(),
+            value: v.clone(),
+            expected: "a duration like `10s`",
+        })?
     } else if let Some((v, source)) = pick(None, "timeout") {
         // The specification gives the variables in milliseconds.
         let ms: u64 = v.trim().parse().map_err(|_| ConfigError::Invalid {
@@ -211,6 +231,7 @@ fn resolve_timeout(args: &OtlpArgs, pick: &Pick<'_>) -> Result<Duration, ConfigE
 
 fn resolve_endpoint(
     args: &OtlpArgs,
+    file: &OtlpArgs,
     env: &dyn Fn(&str) -> Option<String>,
     protocol: Protocol,
 ) -> Result<String, ConfigError> {
@@ -222,6 +243,8 @@ fn resolve_endpoint(
         (v, "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", false)
     } else if let Some(v) = nonempty("OTEL_EXPORTER_OTLP_ENDPOINT") {
         (v, "OTEL_EXPORTER_OTLP_ENDPOINT", true)
+    } else if let Some(v) = &file.otlp_endpoint {
+        (v.clone(), "config file key `otlp-endpoint`", true)
     } else {
         let default = match protocol {
             Protocol::Grpc => DEFAULT_GRPC_ENDPOINT,
@@ -255,6 +278,7 @@ fn resolve_endpoint(
 
 fn resolve_headers(
     args: &OtlpArgs,
+    file: &OtlpArgs,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let mut headers: Vec<(String, String)> = Vec::new();
@@ -264,6 +288,16 @@ fn resolve_headers(
         headers.push((k, v));
     };
     // Lowest precedence first: later entries replace earlier ones of the same name.
+    for item in &file.otlp_header {
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(ConfigError::Invalid {
+                source_name: "config file key `otlp-header`".to_owned(),
+                value: redact(item),
+                expected: "KEY=VALUE",
+            });
+        };
+        set(k.trim().to_owned(), v.trim().to_owned());
+    }
     for name in [
         "OTEL_EXPORTER_OTLP_HEADERS",
         "OTEL_EXPORTER_OTLP_PROFILES_HEADERS",
@@ -354,7 +388,7 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        resolve(args, &|name| map.get(name).cloned())
+        resolve(args, &OtlpArgs::default(), &|name| map.get(name).cloned())
     }
 
     #[test]

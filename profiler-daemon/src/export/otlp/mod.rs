@@ -8,5 +8,5 @@ pub mod transport;
 
 pub use encode::{EncodeOptions, encode};
 pub use queue::RequestQueue;
-pub use sender::{ExportStats, send_loop};
+pub use sender::{ExportStats, Observers, send_loop};
 pub use transport::{Transport, TransportError};

@@ -37,10 +37,11 @@ impl RequestQueue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Adds a request, dropping the oldest one when full.
-    pub fn push(&self, request: ExportProfilesServiceRequest) {
+    /// Adds a request, dropping the oldest one when full; returns whether one was dropped.
+    pub fn push(&self, request: ExportProfilesServiceRequest) -> bool {
         let mut items = self.lock();
-        if items.len() >= self.capacity {
+        let full = items.len() >= self.capacity;
+        if full {
             items.pop_front();
             self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -51,6 +52,7 @@ impl RequestQueue {
         items.push_back(request);
         drop(items);
         self.notify.notify_one();
+        full
     }
 
     /// Next request; `None` once the queue is closed and empty.
@@ -113,9 +115,9 @@ mod tests {
     #[tokio::test]
     async fn drops_the_oldest_when_full_and_ends_when_closed() {
         let q = RequestQueue::new(2);
-        q.push(req(1));
-        q.push(req(2));
-        q.push(req(3));
+        assert!(!q.push(req(1)));
+        assert!(!q.push(req(2)));
+        assert!(q.push(req(3)));
         assert_eq!(q.dropped.load(Ordering::Relaxed), 1);
         assert!(q.is_full());
         q.close();
@@ -130,7 +132,7 @@ mod tests {
         let q2 = q.clone();
         let waiter = tokio::spawn(async move { q2.pop().await.map(|r| r.resource_profiles.len()) });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        q.push(req(5));
+        let _ = q.push(req(5));
         assert_eq!(waiter.await.unwrap(), Some(5));
     }
 }

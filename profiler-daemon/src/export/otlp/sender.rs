@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::queue::RequestQueue;
 use super::transport::{SendError, Transport};
+use crate::telemetry::metrics::{Health, Metrics};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -48,19 +49,32 @@ fn samples_in(
         .sum()
 }
 
+/// Where the sender reports: counters for the summary, metrics and health for the HTTP server.
+pub struct Observers {
+    pub stats: Arc<ExportStats>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
 /// Sends until the queue is closed and empty. Stops retrying a request once the queue is closed
 /// (shutdown: the caller bounds the remaining time).
-pub async fn send_loop(
-    mut transport: Transport,
-    queue: Arc<RequestQueue>,
-    stats: Arc<ExportStats>,
-) {
+pub async fn send_loop(mut transport: Transport, queue: Arc<RequestQueue>, obs: Observers) {
+    let Observers {
+        stats,
+        metrics,
+        health,
+    } = obs;
     while let Some(request) = queue.pop().await {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let start = Instant::now();
             match transport.send(&request).await {
                 Ok(partial) => {
+                    health.export_succeeded();
+                    metrics.export("sent", 1);
+                    metrics
+                        .export_latency
+                        .observe(start.elapsed().as_secs_f64());
                     ExportStats::add(&stats.sent, 1);
                     ExportStats::add(&stats.sent_samples, samples_in(&request));
                     stats
@@ -86,14 +100,20 @@ pub async fn send_loop(
                     break;
                 }
                 Err(SendError::Permanent(message)) => {
+                    health.export_failed();
+                    metrics.export("failed_attempt", 1);
+                    metrics.export("dropped", 1);
                     ExportStats::add(&stats.failed_attempts, 1);
                     ExportStats::add(&stats.dropped, 1);
                     tracing::error!("export rejected, dropping the request: {message}");
                     break;
                 }
                 Err(SendError::Retryable(message)) => {
+                    health.export_failed();
+                    metrics.export("failed_attempt", 1);
                     ExportStats::add(&stats.failed_attempts, 1);
                     if queue.is_closed() {
+                        metrics.export("dropped", 1);
                         ExportStats::add(&stats.dropped, 1);
                         tracing::error!(
                             "export failed at shutdown, dropping the request: {message}"
@@ -101,6 +121,7 @@ pub async fn send_loop(
                         break;
                     }
                     if queue.is_full() {
+                        metrics.export("dropped", 1);
                         ExportStats::add(&stats.dropped, 1);
                         tracing::warn!(
                             "export failed and newer windows are waiting: dropping the oldest: {message}"

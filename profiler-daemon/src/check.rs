@@ -1,0 +1,378 @@
+//! `profiler check`: diagnoses the host — kernel, BTF, perf events, capabilities, bpffs, memlock,
+//! loading and attaching the real sampler, and whether the configured collector is reachable —
+//! one line per check. Exit code 0 when the daemon can run here, 1 otherwise.
+
+use std::fmt;
+use std::net::ToSocketAddrs as _;
+use std::time::Duration;
+
+use crate::bpf::{Design, Sampler};
+use crate::config::SamplerConfig;
+use crate::config::otlp::OtlpConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Runs, with something missing.
+    Warn,
+    /// Cannot run.
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        write!(f, "{tag}  {:<14} {}", self.name, self.detail)
+    }
+}
+
+fn check(name: &'static str, status: Status, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        status,
+        detail: detail.into(),
+    }
+}
+
+/// A capability the daemon uses: bit, name, what breaks without it, whether that is fatal.
+struct Cap {
+    bit: u32,
+    name: &'static str,
+    without: &'static str,
+    fatal: bool,
+    /// Another capability that covers it (CAP_SYS_ADMIN on kernels before 5.8 style checks).
+    alternative: Option<u32>,
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+
+const CAPS: &[Cap] = &[
+    Cap {
+        bit: 39,
+        name: "CAP_BPF",
+        without: "the eBPF programs and maps cannot be loaded",
+        fatal: true,
+        alternative: Some(CAP_SYS_ADMIN),
+    },
+    Cap {
+        bit: 38,
+        name: "CAP_PERFMON",
+        without: "no perf events, no stack walks",
+        fatal: true,
+        alternative: Some(CAP_SYS_ADMIN),
+    },
+    Cap {
+        bit: 19,
+        name: "CAP_SYS_PTRACE",
+        without: "other users' processes: mappings and binaries unreadable, frames unnamed",
+        fatal: false,
+        alternative: None,
+    },
+    Cap {
+        bit: 40,
+        name: "CAP_CHECKPOINT_RESTORE",
+        without: "/proc/PID/map_files closed: binaries only in containers or deleted stay unnamed",
+        fatal: false,
+        alternative: Some(CAP_SYS_ADMIN),
+    },
+    Cap {
+        bit: 2,
+        name: "CAP_DAC_READ_SEARCH",
+        without: "binaries the daemon's user may not read stay unnamed",
+        fatal: false,
+        alternative: None,
+    },
+    Cap {
+        bit: 34,
+        name: "CAP_SYSLOG",
+        without: "kallsyms shows zero addresses: kernel frames unnamed",
+        fatal: false,
+        alternative: None,
+    },
+];
+
+/// The effective capability set of this process.
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Parses "6.18.44-foo" into (6, 18).
+#[must_use]
+pub fn major_minor(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+const PERF_TYPE_HARDWARE: u32 = 0;
+const PERF_TYPE_SOFTWARE: u32 = 1;
+const PERF_COUNT_HW_CPU_CYCLES: u64 = 0;
+const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
+
+/// The first version of `struct perf_event_attr` (`PERF_ATTR_SIZE_VER0`, 64 bytes): every kernel
+/// accepts it, and it has all this check sets. (libc does not carry the struct.)
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttrV0 {
+    type_: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    /// Bit 0: `disabled`.
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+}
+
+const _: () = assert!(size_of::<PerfEventAttrV0>() == 64);
+
+/// Opens a perf event of `type_`/`config` on CPU 0 for all processes; `Ok` if the kernel allows.
+fn perf_event(type_: u32, config: u64) -> std::io::Result<()> {
+    let attr = PerfEventAttrV0 {
+        type_,
+        size: size_of::<PerfEventAttrV0>() as u32,
+        config,
+        flags: 1,
+        ..PerfEventAttrV0::default()
+    };
+    // SAFETY: the syscall reads `attr`; the returned fd is closed right away.
+    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, &raw const attr, -1, 0, -1, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: closing the fd we own.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// Runs every check. `otlp`: the collector to try, if configured.
+#[must_use]
+pub fn run(otlp: Option<&OtlpConfig>) -> Vec<Check> {
+    let mut out = Vec::new();
+    let release = kernel_release();
+    out.push(match major_minor(&release) {
+        Some(v) if v >= (5, 8) => check(
+            "kernel",
+            Status::Ok,
+            format!("{release} (needs ≥ 5.8: BPF ring buffer)"),
+        ),
+        Some(_) => check(
+            "kernel",
+            Status::Fail,
+            format!("{release}: the BPF ring buffer needs Linux ≥ 5.8"),
+        ),
+        None => check(
+            "kernel",
+            Status::Warn,
+            format!("cannot tell the version of `{release}`"),
+        ),
+    });
+    out.push(if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        check("btf", Status::Ok, "/sys/kernel/btf/vmlinux present (exec/exit tracking)")
+    } else {
+        check("btf", Status::Warn, "no /sys/kernel/btf/vmlinux: exec/exit tracking off (short-lived processes lose names)")
+    });
+    out.push(
+        match perf_event(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK) {
+            Ok(()) => check(
+                "perf events",
+                Status::Ok,
+                "software cpu-clock available (the event sampled)",
+            ),
+            Err(e) => check(
+                "perf events",
+                Status::Fail,
+                format!("cpu-clock refused: {e}"),
+            ),
+        },
+    );
+    out.push(
+        match perf_event(PERF_TYPE_HARDWARE, PERF_COUNT_HW_CPU_CYCLES) {
+            Ok(()) => check(
+                "hardware PMU",
+                Status::Ok,
+                "cpu-cycles available (not needed)",
+            ),
+            Err(e) => check(
+                "hardware PMU",
+                Status::Ok,
+                format!("cpu-cycles unavailable ({e}); not needed: cpu-clock is used"),
+            ),
+        },
+    );
+    let caps = effective_caps().unwrap_or(0);
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    for cap in CAPS {
+        let held = has(cap.bit) || cap.alternative.is_some_and(has);
+        out.push(if held {
+            check("capability", Status::Ok, format!("{} held", cap.name))
+        } else {
+            check(
+                "capability",
+                if cap.fatal {
+                    Status::Fail
+                } else {
+                    Status::Warn
+                },
+                format!("{} missing: {}", cap.name, cap.without),
+            )
+        });
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    out.push(
+        if mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+        {
+            check(
+                "bpffs",
+                Status::Ok,
+                "mounted (not needed: nothing is pinned)",
+            )
+        } else {
+            check(
+                "bpffs",
+                Status::Ok,
+                "not mounted (not needed: nothing is pinned)",
+            )
+        },
+    );
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes a valid rlimit struct.
+    let memlock = if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut limit) } == 0 {
+        if limit.rlim_cur == libc::RLIM_INFINITY {
+            "unlimited".to_owned()
+        } else {
+            format!("{} KiB", limit.rlim_cur / 1024)
+        }
+    } else {
+        "unknown".to_owned()
+    };
+    let charged_to_memcg = major_minor(&release).is_some_and(|v| v >= (5, 11));
+    out.push(check(
+        "memlock",
+        Status::Ok,
+        if charged_to_memcg {
+            format!("{memlock} (Linux ≥ 5.11 charges BPF memory to the cgroup instead)")
+        } else {
+            format!("{memlock} (raised to unlimited at start when allowed)")
+        },
+    ));
+    out.push(sampler_check());
+    if let Some(otlp) = otlp {
+        out.push(collector_check(otlp));
+    }
+    out
+}
+
+/// Loads and attaches the real sampler for a moment.
+fn sampler_check() -> Check {
+    let config = SamplerConfig {
+        frequency: 1,
+        pids: Vec::new(),
+        include_idle: false,
+        ring_buffer_bytes: Some(4096 * 16),
+        profile_self: false,
+    };
+    match Sampler::start(&config, Design::RingBuf) {
+        Ok(sampler) => check(
+            "sampler",
+            Status::Ok,
+            format!(
+                "eBPF sampler loaded and attached on {} CPUs{}",
+                sampler.cpus(),
+                if sampler.process_events() {
+                    ", exec/exit tracking on"
+                } else {
+                    ", exec/exit tracking off"
+                }
+            ),
+        ),
+        Err(e) => check("sampler", Status::Fail, e.to_string().replace('\n', " | ")),
+    }
+}
+
+/// TCP reachability of the collector's host and port.
+fn collector_check(otlp: &OtlpConfig) -> Check {
+    let Ok(uri) = otlp.endpoint.parse::<http::Uri>() else {
+        return check(
+            "collector",
+            Status::Warn,
+            format!("cannot parse `{}`", otlp.endpoint),
+        );
+    };
+    let host = uri.host().unwrap_or("localhost").trim_matches(['[', ']']);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    for addr in &addrs {
+        if std::net::TcpStream::connect_timeout(addr, Duration::from_secs(2)).is_ok() {
+            return check(
+                "collector",
+                Status::Ok,
+                format!("{} reachable ({addr})", otlp.endpoint),
+            );
+        }
+    }
+    check(
+        "collector",
+        Status::Warn,
+        format!(
+            "{} not reachable: the daemon will run, queue and retry",
+            otlp.endpoint
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(major_minor("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(major_minor("5.10.0"), Some((5, 10)));
+        assert_eq!(major_minor("weird"), None);
+    }
+
+    #[test]
+    fn lines_are_tagged() {
+        let c = check("kernel", Status::Fail, "too old");
+        assert_eq!(c.to_string(), "FAIL  kernel         too old");
+    }
+}

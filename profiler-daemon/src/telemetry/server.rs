@@ -1,0 +1,71 @@
+//! The built-in HTTP server: `/metrics` (Prometheus text), `/healthz` (alive) and `/readyz`
+//! (sampler attached and exports not failing for too long).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+
+use super::metrics::{Health, Metrics};
+
+/// What the handlers read.
+pub struct ServerState {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// How long exports may fail before `/readyz` says not ready.
+    pub grace_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot listen on {addr} for /metrics and health checks: {source} (set --http-address, or `off`)"
+)]
+pub struct ServerError {
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Binds now (so a busy port is reported at start) and serves in the background.
+pub async fn start(addr: SocketAddr, state: Arc<ServerState>) -> Result<SocketAddr, ServerError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServerError { addr, source })?;
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/readyz", axum::routing::get(readyz))
+        .with_state(state);
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!("the HTTP server stopped: {err}");
+        }
+    });
+    tracing::info!(address = %local, "serving /metrics, /healthz, /readyz");
+    Ok(local)
+}
+
+async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+async fn readyz(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
+    match state.health.ready(state.grace_ms) {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
