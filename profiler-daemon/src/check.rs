@@ -51,7 +51,7 @@ struct Cap {
     name: &'static str,
     without: &'static str,
     fatal: bool,
-    /// Another capability that covers it (CAP_SYS_ADMIN on kernels before 5.8 style checks).
+    /// Another capability that covers it (`CAP_SYS_ADMIN` covers the newer, narrower ones).
     alternative: Option<u32>,
 }
 
@@ -169,6 +169,7 @@ fn perf_event(type_: u32, config: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_lines)] // a flat list of independent checks
 /// Runs every check. `otlp`: the collector to try, if configured.
 #[must_use]
 pub fn run(otlp: Option<&OtlpConfig>) -> Vec<Check> {

@@ -21,6 +21,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Profile every CPU (or the selected processes) for a while and write one file.
     Record(RecordArgs),

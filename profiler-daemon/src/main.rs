@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use clap::parser::ValueSource;
-use clap::{CommandFactory as _, FromArgMatches as _};
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _};
 use profiler_daemon::bpf::Design;
-use profiler_daemon::cli::{Cli, Command};
+use profiler_daemon::cli::{
+    BenchSymbolizeArgs, BpfCostArgs, CheckArgs, Cli, Command, RecordArgs, RunArgs,
+};
+use profiler_daemon::config::otlp::{OtlpArgs, resolve};
 use profiler_daemon::config::{LogFormat, RecordConfig, RunConfig, validate_frequency};
 use profiler_daemon::{bench_symbolize, bpf_cost, check, record, run, telemetry};
 
@@ -35,121 +38,124 @@ fn main() -> ExitCode {
         }
     }
     match cli.command {
-        Command::Record(args) => {
-            let config = match RecordConfig::from_args(&args) {
-                Ok(c) => c,
-                Err(err) => return usage_error(&err),
-            };
-            match record::record(&config, &stop) {
-                Ok(summary) => {
-                    println!("{summary}; wrote {}", config.output.display());
-                    ExitCode::SUCCESS
-                }
-                Err(err) => runtime_error(&anyhow::Error::new(err)),
-            }
+        Command::Record(args) => record_cmd(&args, &stop),
+        Command::Run(args) => run_cmd(&args, cli.log_level.as_deref(), &matches, &stop),
+        Command::Check(args) => check_cmd(&args),
+        Command::BenchSymbolize(args) => bench_symbolize_cmd(&args),
+        Command::BpfCost(args) => bpf_cost_cmd(&args, &stop),
+    }
+}
+
+fn record_cmd(args: &RecordArgs, stop: &AtomicBool) -> ExitCode {
+    let config = match RecordConfig::from_args(args) {
+        Ok(c) => c,
+        Err(err) => return usage_error(&err),
+    };
+    match record::record(&config, stop) {
+        Ok(summary) => {
+            println!("{summary}; wrote {}", config.output.display());
+            ExitCode::SUCCESS
         }
-        Command::Run(args) => {
-            let sub = matches.subcommand_matches("run");
-            let explicit =
-                |id: &str| sub.and_then(|m| m.value_source(id)) == Some(ValueSource::CommandLine);
-            let config =
-                match RunConfig::from_args(&args, &|name| std::env::var(name).ok(), &explicit) {
-                    Ok(c) => c,
-                    Err(err) => return usage_error(&err),
-                };
-            telemetry::init_logging(
-                cli.log_level.as_deref(),
-                config.log_level.as_deref(),
-                config.log_format,
+        Err(err) => runtime_error(&anyhow::Error::new(err)),
+    }
+}
+
+fn run_cmd(
+    args: &RunArgs,
+    log_level: Option<&str>,
+    matches: &ArgMatches,
+    stop: &AtomicBool,
+) -> ExitCode {
+    let sub = matches.subcommand_matches("run");
+    // Which flags were given on the command line (they win over environment and file).
+    let explicit =
+        |id: &str| sub.and_then(|m| m.value_source(id)) == Some(ValueSource::CommandLine);
+    let config = match RunConfig::from_args(args, &|name| std::env::var(name).ok(), &explicit) {
+        Ok(c) => c,
+        Err(err) => return usage_error(&err),
+    };
+    telemetry::init_logging(log_level, config.log_level.as_deref(), config.log_format);
+    match run::run(&config, stop) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => runtime_error(&anyhow::Error::new(err)),
+    }
+}
+
+fn check_cmd(args: &CheckArgs) -> ExitCode {
+    let env = |name: &str| std::env::var(name).ok();
+    let configured = args.otlp.otlp_endpoint.is_some()
+        || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || env("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT").is_some();
+    let otlp = match resolve(&args.otlp, &OtlpArgs::default(), &env) {
+        Ok(c) => c,
+        Err(err) => return usage_error(&err),
+    };
+    let checks = check::run(configured.then_some(&otlp));
+    for c in &checks {
+        println!("{c}");
+    }
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.status == check::Status::Fail)
+        .map(|c| c.detail.as_str())
+        .collect();
+    if failed.is_empty() {
+        println!("this host can run the profiler");
+        ExitCode::SUCCESS
+    } else {
+        println!("this host cannot run the profiler: {}", failed.join("; "));
+        ExitCode::from(1)
+    }
+}
+
+fn bench_symbolize_cmd(args: &BenchSymbolizeArgs) -> ExitCode {
+    match bench_symbolize::run(&args.binary, args.addresses) {
+        Ok(b) => {
+            let rate = bench_symbolize::SymbolizeBench::per_second;
+            println!(
+                "binary={} addresses={} cold_ms={:.1} cold_per_s={:.0} warm_ms={:.2} warm_per_s={:.0}",
+                args.binary.display(),
+                b.addresses,
+                b.cold.as_secs_f64() * 1e3,
+                rate(b.addresses, b.cold),
+                b.warm.as_secs_f64() * 1e3,
+                rate(b.addresses, b.warm),
             );
-            match run::run(&config, &stop) {
-                Ok(summary) => {
-                    println!("{summary}");
-                    ExitCode::SUCCESS
-                }
-                Err(err) => runtime_error(&anyhow::Error::new(err)),
-            }
+            ExitCode::SUCCESS
         }
-        Command::Check(args) => {
-            let env = |name: &str| std::env::var(name).ok();
-            let configured = args.otlp.otlp_endpoint.is_some()
-                || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
-                || env("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT").is_some();
-            let otlp = match profiler_daemon::config::otlp::resolve(
-                &args.otlp,
-                &profiler_daemon::config::otlp::OtlpArgs::default(),
-                &env,
-            ) {
-                Ok(c) => c,
-                Err(err) => return usage_error(&err),
-            };
-            let checks = check::run(configured.then_some(&otlp));
-            for c in &checks {
-                println!("{c}");
-            }
-            let failed: Vec<&check::Check> = checks
-                .iter()
-                .filter(|c| c.status == check::Status::Fail)
-                .collect();
-            if failed.is_empty() {
-                println!("this host can run the profiler");
-                ExitCode::SUCCESS
-            } else {
-                println!(
-                    "this host cannot run the profiler: {}",
-                    failed
-                        .iter()
-                        .map(|c| c.detail.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                );
-                ExitCode::from(1)
-            }
+        Err(err) => runtime_error(&anyhow::Error::new(err)),
+    }
+}
+
+fn bpf_cost_cmd(args: &BpfCostArgs, stop: &AtomicBool) -> ExitCode {
+    let design = match args.design.as_str() {
+        "ringbuf" => Design::RingBuf,
+        "aggregate" => Design::Aggregate,
+        other => {
+            eprintln!("error: --design must be `ringbuf` or `aggregate`, got `{other}`");
+            return ExitCode::from(2);
         }
-        Command::BenchSymbolize(args) => match bench_symbolize::run(&args.binary, args.addresses) {
-            Ok(b) => {
-                let rate = bench_symbolize::SymbolizeBench::per_second;
-                println!(
-                    "binary={} addresses={} cold_ms={:.1} cold_per_s={:.0} warm_ms={:.2} warm_per_s={:.0}",
-                    args.binary.display(),
-                    b.addresses,
-                    b.cold.as_secs_f64() * 1e3,
-                    rate(b.addresses, b.cold),
-                    b.warm.as_secs_f64() * 1e3,
-                    rate(b.addresses, b.warm),
-                );
-                ExitCode::SUCCESS
-            }
-            Err(err) => runtime_error(&anyhow::Error::new(err)),
-        },
-        Command::BpfCost(args) => {
-            let design = match args.design.as_str() {
-                "ringbuf" => Design::RingBuf,
-                "aggregate" => Design::Aggregate,
-                other => {
-                    eprintln!("error: --design must be `ringbuf` or `aggregate`, got `{other}`");
-                    return ExitCode::from(2);
-                }
-            };
-            let hz = match validate_frequency(args.frequency) {
-                Ok(hz) => hz,
-                Err(err) => return usage_error(&err),
-            };
-            match bpf_cost::measure(design, hz, args.duration, &stop) {
-                Ok(cost) => {
-                    println!(
-                        "design={} runs={} emitted={} run_time_ns={} ns_per_sample={:.0}",
-                        args.design,
-                        cost.runs,
-                        cost.emitted,
-                        cost.run_time.as_nanos(),
-                        cost.ns_per_run()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(err) => runtime_error(&anyhow::Error::new(err)),
-            }
+    };
+    let hz = match validate_frequency(args.frequency) {
+        Ok(hz) => hz,
+        Err(err) => return usage_error(&err),
+    };
+    match bpf_cost::measure(design, hz, args.duration, stop) {
+        Ok(cost) => {
+            println!(
+                "design={} runs={} emitted={} run_time_ns={} ns_per_sample={:.0}",
+                args.design,
+                cost.runs,
+                cost.emitted,
+                cost.run_time.as_nanos(),
+                cost.ns_per_run()
+            );
+            ExitCode::SUCCESS
         }
+        Err(err) => runtime_error(&anyhow::Error::new(err)),
     }
 }
 

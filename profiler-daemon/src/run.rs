@@ -105,10 +105,8 @@ pub fn run(config: &RunConfig, stop: &AtomicBool) -> Result<RunSummary, RunError
         let state = Arc::new(ServerState {
             metrics: shared.metrics.clone(),
             health: shared.health.clone(),
-            // Exports may fail for three windows (at least a minute) before /readyz fails.
-            grace_ms: (config.interval * 3)
-                .max(Duration::from_secs(60))
-                .as_millis() as u64,
+            // Exports may fail for three windows before /readyz says not ready.
+            grace_ms: (config.interval * 3).as_millis() as u64,
         });
         runtime.block_on(server::start(addr, state))?;
     }
@@ -171,7 +169,7 @@ fn pipeline(
         resource_attributes: config.otlp.resource_attributes.clone(),
         include_idle: config.sampler.include_idle,
     };
-    let ring_bytes = sampler.ring_bytes().max(1) as f64;
+    let ring_bytes = f64::from(sampler.ring_bytes().max(1));
     let (mut windows, mut sample_total) = (0u64, 0u64);
     let mut received = 0u64;
     loop {

@@ -19,7 +19,11 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// Python packages for the tests: the official OpenTelemetry protobuf bindings (proto v1.10).
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("opentelemetry-proto", ">=1.43")];
+/// `kubernetes-validate` checks the manifests against the Kubernetes API schemas.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("opentelemetry-proto", ">=1.43"),
+    ("kubernetes-validate", ">=1.30"),
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> Result<()> {

@@ -52,7 +52,7 @@ impl FileConfig {
         toml::from_str(text).map_err(|e| {
             let mut message = e.message().replace('\n', " ");
             if let Some(span) = e.span() {
-                let line_no = text[..span.start.min(text.len())].lines().count().max(1);
+                let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
                 let line = text.lines().nth(line_no - 1).unwrap_or("");
                 let key = line.split('=').next().unwrap_or("").trim();
                 message = if key.is_empty() || !line.contains('=') {

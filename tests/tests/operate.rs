@@ -1,0 +1,213 @@
+//! Operating the daemon: the metrics endpoint while sampling a real workload, health
+//! transitions as the collector goes away and comes back, JSON logs, configuration precedence.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use profiler_tests::receiver::{self, free_addr};
+use profiler_tests::{Workload, build_workload, privileged, spawn_profiler, terminate};
+
+/// A plain HTTP/1.0 GET: (status code, body).
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// Polls `path` until `want` status or `timeout`.
+fn wait_status(addr: SocketAddr, path: &str, want: u16, timeout: Duration) -> (u16, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = get(addr, path).unwrap_or((0, String::new()));
+        if got.0 == want || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn metric(text: &str, line_prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no `{line_prefix}` in:\n{text}"))
+}
+
+#[test]
+fn metrics_describe_a_real_workload_and_its_exports() {
+    let Some(_machine) = privileged("metrics_describe_a_real_workload_and_its_exports") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_workload("split", dir.path());
+    let _workload = Workload::spawn(&bin, &["20"]);
+    let recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
+    let http = free_addr();
+    let daemon = spawn_profiler(
+        &[
+            "run",
+            "--otlp-endpoint",
+            &format!("http://{}", recv.addr),
+            "--interval",
+            "1s",
+            "-F",
+            "199",
+            "--http-address",
+            &http.to_string(),
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    let _ = recv.wait_for(2, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, text) = get(http, "/metrics").expect("the metrics endpoint answers");
+    let (code, _, stderr, _) = terminate(daemon);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(status, 200);
+    assert!(metric(&text, "profiler_samples_total") >= 199.0, "{text}");
+    assert!(metric(&text, "profiler_bpf_events_total{outcome=\"emitted\"}") >= 199.0);
+    assert!(metric(&text, "profiler_exports_total{result=\"sent\"}") >= 1.0);
+    assert!(
+        metric(
+            &text,
+            "profiler_samples_lost_total{reason=\"ringbuf_full\"}"
+        ) < 0.5
+    );
+    assert!(metric(&text, "profiler_processes_tracked") >= 1.0);
+    assert!(metric(&text, "profiler_cache_entries{cache=\"user_names\"}") >= 1.0);
+    assert!(metric(&text, "profiler_symbolize_total{result=\"miss\"}") >= 1.0);
+    assert!(metric(&text, "profiler_windows_total") >= 2.0);
+    assert!(text.contains("profiler_export_latency_seconds_bucket"));
+    assert!(text.contains("profiler_ring_buffer_fill_ratio"));
+    assert!(text.contains("profiler_export_queue_depth"));
+    // JSON logs: every stderr line is one JSON object.
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            line.starts_with('{') && line.ends_with('}'),
+            "not JSON: {line}"
+        );
+    }
+}
+
+#[test]
+fn readiness_follows_the_collector() {
+    let Some(_machine) = privileged("readiness_follows_the_collector") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_workload("split", dir.path());
+    let _workload = Workload::spawn(&bin, &["30"]);
+    let collector = free_addr();
+    let http = free_addr();
+    let daemon = spawn_profiler(
+        &[
+            "run",
+            "--otlp-endpoint",
+            &format!("http://{collector}"),
+            "--interval",
+            "1s",
+            "-F",
+            "99",
+            "--http-address",
+            &http.to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        wait_status(http, "/healthz", 200, Duration::from_secs(10)).0,
+        200
+    );
+    // Attached, nothing failed for long yet: ready.
+    assert_eq!(
+        wait_status(http, "/readyz", 200, Duration::from_secs(10)).0,
+        200
+    );
+    // Nobody listens: after three intervals of failures, not ready (and still alive).
+    let (status, body) = wait_status(http, "/readyz", 503, Duration::from_secs(20));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("failing"), "{body}");
+    assert_eq!(get(http, "/healthz").unwrap().0, 200);
+    // The collector comes up: ready again.
+    let recv = receiver::grpc(collector, false);
+    let (status, body) = wait_status(http, "/readyz", 200, Duration::from_secs(40));
+    assert_eq!(status, 200, "{body}");
+    assert!(!recv.captures().is_empty());
+    let (code, _, stderr, _) = terminate(daemon);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// Arguments and environment of one daemon run.
+type Run<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+
+#[test]
+fn flags_beat_environment_beat_config_file() {
+    let Some(_machine) = privileged("flags_beat_environment_beat_config_file") else {
+        return;
+    };
+    // The file names one receiver, the environment another: the environment wins; a flag wins
+    // over both. Each run sends its final window to the winner only.
+    let work = tempfile::tempdir().unwrap();
+    let bin = build_workload("split", work.path());
+    let _workload = Workload::spawn(&bin, &["30"]);
+    let file_recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
+    let env_recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
+    let flag_recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("profiler.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "otlp-endpoint = \"http://{}\"\ninterval = \"1s\"\nhttp-address = \"off\"\n",
+            file_recv.addr
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let env_endpoint = format!("http://{}", env_recv.addr);
+    let flag_endpoint = format!("http://{}", flag_recv.addr);
+    let runs: [Run<'_>; 3] = [
+        (&["run", "--config", cfg], &[]),
+        (
+            &["run", "--config", cfg],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", env_endpoint.as_str())],
+        ),
+        (
+            &[
+                "run",
+                "--config",
+                cfg,
+                "--otlp-endpoint",
+                flag_endpoint.as_str(),
+            ],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", env_endpoint.as_str())],
+        ),
+    ];
+    for (args, envs) in runs {
+        let daemon = spawn_profiler(args, envs);
+        std::thread::sleep(Duration::from_millis(2500));
+        let (code, _, stderr, _) = terminate(daemon);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let n = |r: &receiver::Receiver| r.captures().len();
+    println!(
+        "file {} env {} flag {}",
+        n(&file_recv),
+        n(&env_recv),
+        n(&flag_recv)
+    );
+    assert!(n(&file_recv) >= 1 && n(&env_recv) >= 1 && n(&flag_recv) >= 1);
+    assert!(
+        n(&env_recv) <= 3 && n(&flag_recv) <= 3,
+        "each receiver got only its own run"
+    );
+    // The file's interval (1s) applied: a 2.5 s run sends at least two windows.
+    assert!(n(&file_recv) >= 2, "the file's interval was not used");
+}
