@@ -19,12 +19,13 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("setup") => setup::run(),
         Some("test") => test(),
+        Some("install") => install(),
         Some("bench") => {
             setup::run()?;
             bench::run(&args[1..])
         }
         _ => {
-            eprintln!("usage: cargo xtask <setup|test|bench>");
+            eprintln!("usage: cargo xtask <setup|test|bench|install>");
             std::process::exit(2);
         }
     }
@@ -45,6 +46,31 @@ fn test() -> Result<()> {
     ])?;
     cargo(&["build", "--release"])?;
     cargo(&["test", "--workspace", "--release"])?;
+    Ok(())
+}
+
+/// Puts the release binary, the example configuration (unless one exists) and the systemd unit
+/// in place. Run `systemctl daemon-reload` afterwards.
+fn install() -> Result<()> {
+    let root = workspace();
+    let binary = root.join("target/release/profiler");
+    if !binary.exists() {
+        bail!("{} is missing: run `cargo build --release` first", binary.display());
+    }
+    std::fs::create_dir_all("/etc/profiler").context("creating /etc/profiler (run as root)")?;
+    std::fs::copy(&binary, "/usr/local/bin/profiler").context("installing /usr/local/bin/profiler")?;
+    let config = std::path::Path::new("/etc/profiler/profiler.toml");
+    if config.exists() {
+        eprintln!("keeping the existing {}", config.display());
+    } else {
+        std::fs::copy(root.join("deploy/profiler.toml"), config)?;
+    }
+    std::fs::copy(
+        root.join("deploy/systemd/profiler.service"),
+        "/etc/systemd/system/profiler.service",
+    )
+    .context("installing the systemd unit")?;
+    eprintln!("installed; now: systemctl daemon-reload && systemctl enable --now profiler");
     Ok(())
 }
 
