@@ -55,10 +55,14 @@ fn install() -> Result<()> {
     let root = workspace();
     let binary = root.join("target/release/profiler");
     if !binary.exists() {
-        bail!("{} is missing: run `cargo build --release` first", binary.display());
+        bail!(
+            "{} is missing: run `cargo build --release` first",
+            binary.display()
+        );
     }
     std::fs::create_dir_all("/etc/profiler").context("creating /etc/profiler (run as root)")?;
-    std::fs::copy(&binary, "/usr/local/bin/profiler").context("installing /usr/local/bin/profiler")?;
+    std::fs::copy(&binary, "/usr/local/bin/profiler")
+        .context("installing /usr/local/bin/profiler")?;
     let config = std::path::Path::new("/etc/profiler/profiler.toml");
     if config.exists() {
         eprintln!("keeping the existing {}", config.display());

@@ -73,6 +73,7 @@ fn python_packages() -> Result<()> {
             "install",
             "-q",
             "--disable-pip-version-check",
+            "--root-user-action=ignore",
             &format!("{name}{spec}"),
         ]))?;
     }

@@ -88,6 +88,8 @@ pub struct Limits {
     pub open_modules: usize,
     /// Extra directories searched for split debug info (before `/usr/lib/debug`).
     pub debug_dirs: Vec<PathBuf>,
+    /// Sample the profiler's own process too.
+    pub profile_self: bool,
 }
 
 impl Limits {
@@ -116,6 +118,7 @@ impl Limits {
             symbol_cache_entries: args.symbol_cache_entries,
             open_modules: args.open_modules,
             debug_dirs: args.debug_dir.clone(),
+            profile_self: args.profile_self,
         })
     }
 }
@@ -140,6 +143,24 @@ pub struct RecordConfig {
     pub format: OutputFormat,
     pub sampler: SamplerConfig,
     pub limits: Limits,
+}
+
+impl SamplerConfig {
+    /// Validates the sampling flags shared by `record` and `run`.
+    pub fn validated(
+        frequency: u32,
+        pids: &[u32],
+        include_idle: bool,
+        limits: &Limits,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            frequency: validate_frequency(frequency)?,
+            pids: validate_pids(pids, Path::new("/proc"))?,
+            include_idle,
+            ring_buffer_bytes: limits.ring_buffer_bytes,
+            profile_self: limits.profile_self,
+        })
+    }
 }
 
 /// Checks a sampling frequency.
@@ -223,13 +244,12 @@ impl RunConfig {
         let limits = Limits::from_args(&args.limits)?;
         Ok(Self {
             interval: args.interval,
-            sampler: SamplerConfig {
-                frequency: validate_frequency(args.frequency)?,
-                pids: validate_pids(&args.pid, Path::new("/proc"))?,
-                include_idle: args.include_idle,
-                ring_buffer_bytes: limits.ring_buffer_bytes,
-                profile_self: args.limits.profile_self,
-            },
+            sampler: SamplerConfig::validated(
+                args.frequency,
+                &args.pid,
+                args.include_idle,
+                &limits,
+            )?,
             limits,
             otlp: otlp::resolve(&args.otlp, &merged.otlp_file, env)?,
             export_queue_size: args.export_queue_size,
@@ -383,13 +403,12 @@ impl RecordConfig {
             duration: args.duration,
             format: OutputFormat::from_path(&args.output)?,
             output: args.output.clone(),
-            sampler: SamplerConfig {
-                frequency: validate_frequency(args.frequency)?,
-                pids: validate_pids(&args.pid, Path::new("/proc"))?,
-                include_idle: args.include_idle,
-                ring_buffer_bytes: limits.ring_buffer_bytes,
-                profile_self: args.limits.profile_self,
-            },
+            sampler: SamplerConfig::validated(
+                args.frequency,
+                &args.pid,
+                args.include_idle,
+                &limits,
+            )?,
             limits,
         })
     }
