@@ -158,7 +158,7 @@ pub struct LimitArgs {
 /// Options of the hidden `profiler bpf-cost`.
 #[derive(Debug, Args)]
 pub struct BpfCostArgs {
-    /// Which sampler program to measure: `ringbuf` or `aggregate`.
+    /// Which sampler program to measure: `ringbuf`, `aggregate` or `buildid`.
     #[arg(long, default_value = "ringbuf")]
     pub design: String,
     /// How long to sample.

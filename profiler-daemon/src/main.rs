@@ -134,8 +134,9 @@ fn bpf_cost_cmd(args: &BpfCostArgs, stop: &AtomicBool) -> ExitCode {
     let design = match args.design.as_str() {
         "ringbuf" => Design::RingBuf,
         "aggregate" => Design::Aggregate,
+        "buildid" => Design::BuildId,
         other => {
-            eprintln!("error: --design must be `ringbuf` or `aggregate`, got `{other}`");
+            eprintln!("error: --design must be `ringbuf`, `aggregate` or `buildid`, got `{other}`");
             return ExitCode::from(2);
         }
     };

@@ -171,6 +171,7 @@ fn pipeline(
     };
     let ring_bytes = f64::from(sampler.ring_bytes().max(1));
     let (mut windows, mut sample_total) = (0u64, 0u64);
+    let mut reported = Losses::default();
     let mut received = 0u64;
     loop {
         let wall_start = SystemTime::now();
@@ -189,6 +190,7 @@ fn pipeline(
         }
         let profile = collector.finish_window(wall_start, start.elapsed());
         collector.prune_exited();
+        log_losses(&sampler, &collector, &mut reported);
         windows += 1;
         shared.metrics.windows.inc();
         sample_total += profile.samples();
@@ -211,6 +213,49 @@ fn pipeline(
     }
     let counters = sampler.counters()?;
     Ok((windows, sample_total, counters))
+}
+
+/// Loss totals already logged.
+#[derive(Default)]
+struct Losses {
+    lost: u64,
+    walks_failed: u64,
+}
+
+/// Logs the samples lost and the stack walks failed since the last window (also in /metrics).
+fn log_losses(sampler: &Sampler, collector: &Collector, reported: &mut Losses) {
+    let Ok(bpf) = sampler.counters() else {
+        return;
+    };
+    let collect = collector.stats();
+    let mut reasons = bpf.losses();
+    reasons.push(("profile_full", collect.lost_profile_full));
+    reasons.push(("malformed", collect.malformed));
+    let lost: u64 = reasons.iter().map(|(_, n)| n).sum();
+    let walks = bpf.get(profiler_common::Counter::KernelStackFailed)
+        + bpf.get(profiler_common::Counter::UserStackFailed);
+    if lost > reported.lost {
+        let detail: Vec<String> = reasons
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        tracing::warn!(
+            "{} samples lost in this window (totals: {})",
+            lost - reported.lost,
+            detail.join(", ")
+        );
+    }
+    if walks > reported.walks_failed {
+        tracing::info!(
+            "{} stack walks failed in this window (samples kept without that part)",
+            walks - reported.walks_failed
+        );
+    }
+    *reported = Losses {
+        lost,
+        walks_failed: walks,
+    };
 }
 
 fn publish(

@@ -3,6 +3,8 @@
 //!   buffer; user space aggregates. This is the one the daemon uses.
 //! - `sample_aggregate`: counts per (task, kernel stack id, user stack id) in a hash map, stacks in
 //!   a `STACK_TRACE` map. Kept only so `cargo xtask bench` can measure it against the first.
+//! - `sample_buildid`: like `sample_ringbuf`, but the kernel normalizes user frames itself
+//!   (`BPF_F_USER_BUILD_ID`: build id + file offset per frame). Kept only to measure it.
 //!
 //! Both filter by process in the kernel and count every outcome in `COUNTERS`.
 //!
@@ -58,6 +60,16 @@ static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 /// Outcome counters, indexed by `Counter`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Build-id variant: one user stack as `struct bpf_stack_build_id` (32 bytes a frame).
+#[map]
+static SCRATCH_BUILD_ID: PerCpuArray<[u64; BUILD_ID_STACK_WORDS]> =
+    PerCpuArray::with_max_entries(1, 0);
+
+const BUILD_ID_FRAME_BYTES: usize = 32;
+const BUILD_ID_STACK_WORDS: usize = MAX_FRAMES * BUILD_ID_FRAME_BYTES / 8;
+/// `BPF_F_USER_BUILD_ID`.
+const F_USER_BUILD_ID: u64 = 1 << 11;
 
 /// Aggregation variant: stacks by id.
 #[map]
@@ -189,6 +201,50 @@ fn try_sample_ringbuf(ctx: &PerfEventContext) {
         BPF_RB_NO_WAKEUP
     };
     if SAMPLES.output::<[u8]>(bytes, u64::from(wakeup)).is_err() {
+        bump(Counter::RingBufFull);
+        return;
+    }
+    bump(Counter::Emitted);
+}
+
+#[perf_event]
+pub fn sample_buildid(ctx: PerfEventContext) -> u32 {
+    try_sample_buildid(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_sample_buildid(ctx: &PerfEventContext) {
+    const STACK_BYTES: u32 = (MAX_FRAMES * BUILD_ID_FRAME_BYTES) as u32;
+    if admit().is_none() {
+        return;
+    }
+    let Some(stack) = SCRATCH_BUILD_ID.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch slot, exactly STACK_BYTES long.
+    let user = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            stack.cast(),
+            STACK_BYTES,
+            u64::from(BPF_F_USER_STACK) | F_USER_BUILD_ID,
+        )
+    };
+    if user < 0 {
+        bump(Counter::UserStackFailed);
+        return;
+    }
+    let len = (user as usize) & 0xfff;
+    if len > STACK_BYTES as usize {
+        return;
+    }
+    // SAFETY: `len` bytes of the scratch slot were written by the helper.
+    let bytes = unsafe { core::slice::from_raw_parts(stack.cast::<u8>(), len) };
+    if SAMPLES
+        .output::<[u8]>(bytes, u64::from(BPF_RB_NO_WAKEUP))
+        .is_err()
+    {
         bump(Counter::RingBufFull);
         return;
     }

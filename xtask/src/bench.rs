@@ -140,10 +140,16 @@ fn bpf_cost(profiler: &Path, split: &Path) -> Result<()> {
     };
     let ring = median(&mut results[0].1);
     let agg = median(&mut results[1].1);
+    let build_id = median(&mut results[2].1);
     println!("| design | median ns per sample |\n|---|---|");
     println!("| ring buffer record (used) | {ring:.0} |");
     println!("| in-kernel aggregation | {agg:.0} |");
-    println!("ratio ring buffer / aggregation: {:.2}\n", ring / agg);
+    println!("| user frames as build id + offset (BPF_F_USER_BUILD_ID) | {build_id:.0} |");
+    println!(
+        "ratios: ring buffer / aggregation {:.2}, build id / ring buffer {:.2}\n",
+        ring / agg,
+        build_id / ring
+    );
     Ok(())
 }
 

@@ -28,6 +28,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub enum Design {
     RingBuf,
     Aggregate,
+    /// User frames normalized by the kernel (`BPF_F_USER_BUILD_ID`), for measurement only.
+    BuildId,
 }
 
 impl Design {
@@ -35,6 +37,7 @@ impl Design {
         match self {
             Design::RingBuf => "sample_ringbuf",
             Design::Aggregate => "sample_aggregate",
+            Design::BuildId => "sample_buildid",
         }
     }
 }
@@ -155,7 +158,7 @@ impl Sampler {
         let process_events = design == Design::RingBuf && attach_process_events(&mut ebpf);
 
         let samples = match design {
-            Design::RingBuf => {
+            Design::RingBuf | Design::BuildId => {
                 let map = take_map(&mut ebpf, "SAMPLES")?;
                 Some(RingBuf::try_from(map).map_err(|source| BpfError::Map {
                     name: "SAMPLES",
@@ -290,7 +293,7 @@ fn load(config: &SamplerConfig, design: Design, cpus: usize) -> Result<Ebpf, Bpf
         .override_global("SELF_TGID", &self_tgid, true)
         .map_max_entries("PIDS", pid_slots);
     match design {
-        Design::RingBuf => {
+        Design::RingBuf | Design::BuildId => {
             // The aggregation maps are unused: don't spend kernel memory on them.
             loader
                 .map_max_entries("SAMPLES", ring_bytes)
