@@ -104,9 +104,14 @@ fn busy(split: &Path, seconds: u32) -> Result<Vec<Child>> {
 
 fn bpf_cost(profiler: &Path, split: &Path) -> Result<()> {
     println!("## BPF time per sample ({HZ} Hz, all CPUs busy, 3 alternating rounds of 4 s)");
-    let mut results: Vec<(&str, Vec<f64>)> =
-        vec![("ringbuf", Vec::new()), ("aggregate", Vec::new())];
-    let load = busy(split, 40)?;
+    // The busy workload must outlive all rounds: 3 designs x 3 rounds x 4 s, plus loading.
+
+    let mut results: Vec<(&str, Vec<f64>)> = vec![
+        ("ringbuf", Vec::new()),
+        ("aggregate", Vec::new()),
+        ("buildid", Vec::new()),
+    ];
+    let load = busy(split, 60)?;
     for _round in 0..3 {
         for (design, figures) in &mut results {
             let out = Command::new(profiler)
