@@ -317,3 +317,129 @@ fn malformed_exporter_settings_fail_at_start_with_code_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("OTEL_EXPORTER_OTLP_PROTOCOL"));
 }
+
+/// A test CA and a server certificate for `localhost` / 127.0.0.1 signed by it (openssl).
+fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>, Vec<u8>) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=profiler test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        std::fs::read(dir.join("server.pem")).unwrap(),
+        std::fs::read(dir.join("server.key")).unwrap(),
+    )
+}
+
+#[test]
+fn tls_export_trusts_the_given_ca_and_nothing_else() {
+    let Some(_machine) = privileged("tls_export_trusts_the_given_ca_and_nothing_else") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_workload("split", dir.path());
+    let _workload = Workload::spawn(&bin, &["30"]);
+    let (ca, cert, key) = certificates(dir.path());
+    let recv = receiver::grpc_tls("127.0.0.1:0".parse().unwrap(), &cert, &key);
+    let endpoint = format!("https://localhost:{}", recv.addr.port());
+
+    // Without the CA (system roots only), the server's certificate is refused: nothing arrives.
+    let untrusting = spawn_profiler(
+        &[
+            "run",
+            "--otlp-endpoint",
+            &endpoint,
+            "--interval",
+            "1s",
+            "-F",
+            "99",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let (code, _, stderr, _) = terminate(untrusting);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        recv.captures().is_empty(),
+        "an untrusted server received data"
+    );
+    assert!(stderr.contains("export failed"), "{stderr}");
+
+    // With the CA: delivered over TLS.
+    let trusting = spawn_profiler(
+        &[
+            "run",
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-ca",
+            ca.to_str().unwrap(),
+            "--interval",
+            "1s",
+            "-F",
+            "99",
+        ],
+        &[],
+    );
+    let captures = recv.wait_for(1, Duration::from_secs(20));
+    let (code, _, stderr, _) = terminate(trusting);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!captures.is_empty(), "nothing delivered over TLS: {stderr}");
+    assert!(!samples_of(&captures[0].request, "split").is_empty());
+}

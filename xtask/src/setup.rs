@@ -16,6 +16,11 @@ const PACKAGES: &[&str] = &[
     "linux-perf",
     "bpftrace",
     "protobuf-compiler",
+    // Usually present already: openssl (test certificates), systemd (systemd-analyze),
+    // util-linux (setpriv, unshare).
+    "openssl",
+    "systemd",
+    "util-linux",
 ];
 
 /// Python packages for the tests: the official OpenTelemetry protobuf bindings (proto v1.10).
