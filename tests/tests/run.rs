@@ -1,5 +1,6 @@
 //! `profiler run` exporting OTLP profiles to real receivers (gRPC and HTTP, built from the
 //! official generated code), decoded here and by the official Python bindings.
+#![allow(clippy::unwrap_used)] // test helpers below fail loudly
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
