@@ -235,6 +235,7 @@ fn short_lived_processes_keep_their_names() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // three variants of one binary, side by side
 fn stripped_binaries_use_their_debug_file_and_symbolless_ones_show_offsets() {
     let Some(_machine) =
         privileged("stripped_binaries_use_their_debug_file_and_symbolless_ones_show_offsets")
@@ -312,6 +313,40 @@ fn stripped_binaries_use_their_debug_file_and_symbolless_ones_show_offsets() {
     );
     assert!((shares["hot_a"] - 60.0).abs() < 5.0);
     drop(with_debug);
+
+    // Found by build id alone, for a binary without a debug link (debuginfod-style layouts).
+    let nolink = dir.path().join("split-nolink");
+    assert!(
+        Command::new("objcopy")
+            .args(["--strip-all"])
+            .arg(&bin)
+            .arg(&nolink)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let by_build_id = Workload::spawn(&nolink, &["20"]);
+    let stacks = record_folded(
+        dir.path(),
+        "nolink",
+        &[
+            "-F",
+            "999",
+            "-d",
+            "2s",
+            "--pid",
+            &by_build_id.pid().to_string(),
+            "--debug-dir",
+            debug_root.to_str().unwrap(),
+        ],
+    );
+    let (total, named) = named_ratio(&stacks, "split-nolink");
+    println!("no debug link: {total} samples, {named} named");
+    assert!(
+        named * 10 >= total * 9,
+        "{named} of {total} named through the build-id debug file"
+    );
+    drop(by_build_id);
 
     let bare = Workload::spawn(&nosyms, &["20"]);
     let stacks = record_folded(

@@ -80,9 +80,9 @@ impl SymbolizerStage {
                 .enable_code_info(true)
                 .enable_inlined_fns(true)
                 .enable_demangling(true)
-                .set_debug_dirs(Some(dirs))
+                .set_debug_dirs(Some(dirs.clone()))
                 .build(),
-            modules: ModuleRegistry::new(modules),
+            modules: ModuleRegistry::new(modules, dirs.clone()),
             user_cache: LruCache::new(cap),
             kernel_cache: LruCache::new(cap),
             stats: SymbolizeStats::default(),
@@ -146,8 +146,22 @@ impl SymbolizerStage {
             let Some(module) = self.modules.get(id).cloned() else {
                 continue;
             };
-            let src = Source::Elf(Elf::new(module.read_path.clone()));
-            let results = match self.symbolizer.symbolize(&src, Input::FileOffset(&offsets)) {
+            let results = match &module.debug_file {
+                // A debug file found by build id: look up virtual addresses in it.
+                Some(debug) => {
+                    let addrs: Vec<u64> = offsets
+                        .iter()
+                        .map(|&o| debug.virtual_address(o).unwrap_or(0))
+                        .collect();
+                    let src = Source::Elf(Elf::new(debug.path.clone()));
+                    self.symbolizer.symbolize(&src, Input::VirtOffset(&addrs))
+                }
+                None => {
+                    let src = Source::Elf(Elf::new(module.read_path.clone()));
+                    self.symbolizer.symbolize(&src, Input::FileOffset(&offsets))
+                }
+            };
+            let results = match results {
                 Ok(results) => results,
                 Err(err) => {
                     self.stats.symbolize_errors += 1;

@@ -29,8 +29,56 @@ pub struct Module {
     pub build_id: Option<Arc<str>>,
     /// Where blazesym reads the file: `/proc/self/fd/N` of `_file`, else the path itself.
     pub read_path: PathBuf,
+    /// A separate debug file found by build id (`DIR/.build-id/ab/cdef....debug`), with the
+    /// binary's loadable segments to turn file offsets into the addresses it is indexed by.
+    pub debug_file: Option<DebugFile>,
     /// Keeps the file readable after the process is gone; closed with the last reference.
     _file: Option<File>,
+}
+
+/// A debug-only ELF file for a module (its own segments carry no file data).
+#[derive(Debug, Clone)]
+pub struct DebugFile {
+    pub path: PathBuf,
+    /// The binary's `PT_LOAD` segments: (file offset, file size, virtual address).
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl DebugFile {
+    /// The virtual address (as the debug file indexes it) of a file offset of the binary.
+    #[must_use]
+    pub fn virtual_address(&self, offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|&&(start, size, _)| offset >= start && offset < start + size)
+            .map(|&(start, _, vaddr)| vaddr + (offset - start))
+    }
+}
+
+/// Looks for `DIR/.build-id/ab/cdef....debug` in `dirs` and reads the loadable segments of the
+/// binary at `binary` (blazesym itself only looks there while following a debug link).
+fn find_debug_file(dirs: &[PathBuf], build_id: &str, binary: &Path) -> Option<DebugFile> {
+    if build_id.len() < 4 {
+        return None;
+    }
+    let (head, tail) = build_id.split_at(2);
+    let path = dirs
+        .iter()
+        .map(|d| d.join(".build-id").join(head).join(format!("{tail}.debug")))
+        .find(|p| p.is_file())?;
+    use object::{Object as _, ObjectSegment as _};
+    let file = File::open(binary).ok()?;
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    let segments: Vec<(u64, u64, u64)> = elf
+        .segments()
+        .map(|s| {
+            let (offset, size) = s.file_range();
+            (offset, size, s.address())
+        })
+        .filter(|&(_, size, _)| size > 0)
+        .collect();
+    (!segments.is_empty()).then_some(DebugFile { path, segments })
 }
 
 impl Module {
@@ -47,6 +95,7 @@ impl Module {
             path,
             name,
             build_id,
+            debug_file: None,
             _file: None,
         }
     }
@@ -59,17 +108,20 @@ pub struct ModuleRegistry {
     by_build_id: HashMap<Arc<str>, ModuleId>,
     next: u64,
     capacity: usize,
+    /// Searched for debug files by build id.
+    debug_dirs: Vec<PathBuf>,
 }
 
 impl ModuleRegistry {
     #[must_use]
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, debug_dirs: Vec<PathBuf>) -> Self {
         Self {
             modules: HashMap::new(),
             by_file: HashMap::new(),
             by_build_id: HashMap::new(),
             next: 1,
             capacity: capacity.max(1),
+            debug_dirs,
         }
     }
 
@@ -130,12 +182,16 @@ impl ModuleRegistry {
             .file_name()
             .map_or_else(|| line.path.clone(), |n| n.to_string_lossy().into_owned())
             .into();
+        let debug_file = build_id
+            .as_deref()
+            .and_then(|b| find_debug_file(&self.debug_dirs, b, &read_path));
         let module = Arc::new(Module {
             id,
             path,
             name,
             build_id: build_id.clone(),
             read_path,
+            debug_file,
             _file: file,
         });
         self.modules.insert(id, module.clone());
