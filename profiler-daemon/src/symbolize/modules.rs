@@ -11,6 +11,8 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use object::{Object as _, ObjectSegment as _};
+
 use crate::process::maps::MapsLine;
 
 /// Identity of a module, stable for the daemon's life (never reused).
@@ -66,7 +68,6 @@ fn find_debug_file(dirs: &[PathBuf], build_id: &str, binary: &Path) -> Option<De
         .iter()
         .map(|d| d.join(".build-id").join(head).join(format!("{tail}.debug")))
         .find(|p| p.is_file())?;
-    use object::{Object as _, ObjectSegment as _};
     let file = File::open(binary).ok()?;
     let cache = object::ReadCache::new(file);
     let elf = object::File::parse(&cache).ok()?;
