@@ -146,20 +146,17 @@ impl SymbolizerStage {
             let Some(module) = self.modules.get(id).cloned() else {
                 continue;
             };
-            let results = match &module.debug_file {
-                // A debug file found by build id: look up virtual addresses in it.
-                Some(debug) => {
-                    let addrs: Vec<u64> = offsets
-                        .iter()
-                        .map(|&o| debug.virtual_address(o).unwrap_or(0))
-                        .collect();
-                    let src = Source::Elf(Elf::new(debug.path.clone()));
-                    self.symbolizer.symbolize(&src, Input::VirtOffset(&addrs))
-                }
-                None => {
-                    let src = Source::Elf(Elf::new(module.read_path.clone()));
-                    self.symbolizer.symbolize(&src, Input::FileOffset(&offsets))
-                }
+            // A debug file found by build id is indexed by virtual address, not file offset.
+            let results = if let Some(debug) = &module.debug_file {
+                let addrs: Vec<u64> = offsets
+                    .iter()
+                    .map(|&o| debug.virtual_address(o).unwrap_or(0))
+                    .collect();
+                let src = Source::Elf(Elf::new(debug.path.clone()));
+                self.symbolizer.symbolize(&src, Input::VirtOffset(&addrs))
+            } else {
+                let src = Source::Elf(Elf::new(module.read_path.clone()));
+                self.symbolizer.symbolize(&src, Input::FileOffset(&offsets))
             };
             let results = match results {
                 Ok(results) => results,
