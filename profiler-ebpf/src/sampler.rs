@@ -11,6 +11,14 @@
 //! `on_exec` / `on_exit` (BTF tracepoints) put process events in the same ring buffer, so user
 //! space snapshots a new image's mappings right away and tells images and reused pids apart.
 
+// The eBPF verifier and per-sample cost want everything inlined into the programs; program entry
+// points take their context by value (the macro's signature); `tgid`/`tid` are the kernel's names.
+#![allow(
+    clippy::inline_always,
+    clippy::needless_pass_by_value,
+    clippy::similar_names
+)]
+
 use aya_ebpf::{
     EbpfContext,
     bindings::{
@@ -123,7 +131,7 @@ fn admit() -> Option<(u32, u32)> {
         return None;
     } else if config(&FILTER_PIDS) {
         // SAFETY: the value is a plain u8 and is only read.
-        if unsafe { PIDS.get(&tgid) }.is_none() {
+        if unsafe { PIDS.get(tgid) }.is_none() {
             bump(Counter::FilteredOut);
             return None;
         }
@@ -285,11 +293,11 @@ fn try_sample_aggregate(ctx: &PerfEventContext) {
         user_stack_id: stack_id(u64::from(BPF_F_USER_STACK)),
         comm: comm(),
     };
-    if let Some(count) = COUNTS.get_ptr_mut(&key) {
+    if let Some(count) = COUNTS.get_ptr_mut(key) {
         // SAFETY: a live map value; a lost increment under a concurrent update on another CPU is
         // possible only for the same thread's key, which runs on one CPU at a time.
         unsafe { *count += 1 };
-    } else if COUNTS.insert(&key, &1, u64::from(BPF_NOEXIST)).is_err() {
+    } else if COUNTS.insert(key, 1, u64::from(BPF_NOEXIST)).is_err() {
         bump(Counter::AggregateMapFull);
         return;
     }
@@ -305,7 +313,7 @@ fn send_event(flags: u32) {
     let tid = pid_tgid as u32;
     if config(&FILTER_PIDS) {
         // SAFETY: the value is a plain u8 and is only read.
-        if unsafe { PIDS.get(&tgid) }.is_none() {
+        if unsafe { PIDS.get(tgid) }.is_none() {
             return;
         }
     }
