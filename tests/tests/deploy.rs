@@ -45,8 +45,9 @@ fn kubernetes_manifests_validate_strictly() {
         4,
         "namespace, serviceaccount, configmap, daemonset"
     );
-    let out = Command::new("kubernetes-validate")
-        .arg("--strict")
+    // Through the interpreter: a freshly pip-installed console script may lack a pyenv shim.
+    let out = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict"])
         .args(&files)
         .output()
         .expect("kubernetes-validate runs (cargo xtask setup installs it)");
