@@ -55,7 +55,7 @@ pub fn measure(
     let mut sampler = Sampler::start(&config, design)?;
     let deadline = Instant::now() + duration;
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-        sampler.wait(Duration::from_millis(100))?;
+        sampler.wait(crate::bpf::DRAIN_INTERVAL)?;
         sampler.drain(|_| {});
     }
     let (run_time, runs) = sampler.program_stats().ok_or(BpfCostError::NoStats)?;

@@ -1,13 +1,13 @@
 //! The user-space stage between the ring buffer and the exporters: takes raw samples and process
 //! events in order, keeps the process table current (exec and exit split images), works out where
-//! new user addresses point while the process lives, names new addresses right away (so names
-//! survive the process and its files) and aggregates counts into the profile.
+//! new user addresses point while the process lives (keeping its files open, so names survive the
+//! process), aggregates counts into the profile, and names each window's stacks at its end.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::bpf::{ProcessEvent, RawSample};
+use crate::bpf::{ProcessEvent, RawSample, Sampler};
 use crate::config::Limits;
 use crate::process::{ImageId, ProcessInfo, ProcessStats, ProcessTable};
 use crate::profile::{Location, Profile, Stack, StackKey, SymbolizedProfile, call_sites};
@@ -49,7 +49,6 @@ impl Collector {
     /// `None` and are counted.
     pub fn ingest(&mut self, batch: Vec<Option<RawSample>>) {
         let mut new_user: HashMap<ImageId, Vec<u64>> = HashMap::new();
-        let mut kernel_addrs: HashSet<u64> = HashSet::new();
         for sample in batch {
             let Some(sample) = sample else {
                 self.malformed += 1;
@@ -84,7 +83,6 @@ impl Collector {
                 .entry(image)
                 .or_default()
                 .extend(user.iter().copied());
-            kernel_addrs.extend(kernel.iter().copied());
             self.profile.add(
                 StackKey {
                     image,
@@ -96,17 +94,14 @@ impl Collector {
             );
         }
         self.learn(&mut new_user);
-        if !kernel_addrs.is_empty() {
-            let addrs: Vec<u64> = kernel_addrs.into_iter().collect();
-            let _ = self.symbolizer.resolve_kernel(&addrs);
-        }
     }
 
-    /// Normalizes the pending user addresses and names them now (fills the caches).
+    /// Works out where the pending user addresses point while their processes live. Naming
+    /// waits for the window's end: the files stay open as long as their images are kept, and
+    /// names of JIT code and the vDSO are taken from the live process here.
     fn learn(&mut self, pending: &mut HashMap<ImageId, Vec<u64>>) {
         for (image, addrs) in pending.drain() {
             self.processes.learn(image, &addrs, &mut self.symbolizer);
-            let _ = self.processes.resolve(image, &addrs, &mut self.symbolizer);
         }
     }
 
@@ -201,4 +196,16 @@ impl Collector {
     pub fn prune_exited(&mut self) {
         self.processes.prune();
     }
+}
+
+/// Moves everything waiting in the sampler's ring buffer into the collector; returns (records,
+/// bytes).
+pub fn drain_into(sampler: &mut Sampler, collector: &mut Collector) -> (u64, usize) {
+    let mut batch = Vec::new();
+    let bytes = sampler.drain(|s| batch.push(s));
+    let n = batch.len() as u64;
+    if !batch.is_empty() {
+        collector.ingest(batch);
+    }
+    (n, bytes)
 }

@@ -6,14 +6,10 @@ use std::time::{Duration, Instant};
 
 use profiler_common::Counter;
 
-use crate::bpf::{BpfCounters, BpfError, Design, Sampler};
-use crate::collect::{CollectStats, Collector};
+use crate::bpf::{BpfCounters, BpfError, DRAIN_INTERVAL, Design, Sampler};
+use crate::collect::{CollectStats, Collector, drain_into};
 use crate::config::RecordConfig;
 use crate::export::{self, ExportError, FileOptions};
-
-/// How often the ring buffer is drained at the latest (it is also drained as soon as data is
-/// ready). Short enough that processes are still alive when their addresses are normalized.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -108,12 +104,12 @@ pub fn record(config: &RecordConfig, stop: &AtomicBool) -> Result<RecordSummary,
             break;
         }
         sampler.wait(DRAIN_INTERVAL.min(deadline - now))?;
-        drain_into(&mut sampler, &mut collector);
+        let _ = drain_into(&mut sampler, &mut collector);
     }
     let elapsed = start.elapsed();
     // Read the counters before detaching, then take what is still in the ring buffer.
     let bpf = sampler.counters()?;
-    drain_into(&mut sampler, &mut collector);
+    let _ = drain_into(&mut sampler, &mut collector);
     let cpus = sampler.cpus();
     drop(sampler);
 
@@ -145,12 +141,4 @@ pub fn record(config: &RecordConfig, stop: &AtomicBool) -> Result<RecordSummary,
         cpus,
         interrupted,
     })
-}
-
-fn drain_into(sampler: &mut Sampler, collector: &mut Collector) {
-    let mut batch = Vec::new();
-    sampler.drain(|s| batch.push(s));
-    if !batch.is_empty() {
-        collector.ingest(batch);
-    }
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::bpf::{BpfCounters, BpfError, Design, Sampler};
-use crate::collect::Collector;
+use crate::bpf::{BpfCounters, BpfError, DRAIN_INTERVAL, Design, Sampler};
+use crate::collect::{Collector, drain_into};
 use crate::config::RunConfig;
 use crate::export::otlp::{
     EncodeOptions, ExportStats, Observers, RequestQueue, Transport, TransportError, encode,
@@ -17,9 +17,6 @@ use crate::export::otlp::{
 };
 use crate::telemetry::metrics::{Health, Metrics, PipelineTotals};
 use crate::telemetry::server::{self, ServerError, ServerState};
-
-/// How often the ring buffer is drained at the latest.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -289,15 +286,4 @@ fn publish(
         pid_filter_entries: config.sampler.pids.len(),
     });
     shared.metrics.queue_depth.set(shared.queue.len() as i64);
-}
-
-/// Drains the ring buffer; returns (records, bytes).
-fn drain_into(sampler: &mut Sampler, collector: &mut Collector) -> (u64, usize) {
-    let mut batch = Vec::new();
-    let bytes = sampler.drain_counting(|s| batch.push(s));
-    let n = batch.len() as u64;
-    if !batch.is_empty() {
-        collector.ingest(batch);
-    }
-    (n, bytes)
 }

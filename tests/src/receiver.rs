@@ -118,6 +118,22 @@ impl ProfilesService for GrpcService {
 /// one rejected profile.
 #[must_use]
 pub fn grpc(addr: SocketAddr, partial: bool) -> Receiver {
+    grpc_server(addr, partial, tonic::transport::Server::builder())
+}
+
+/// A gRPC receiver that only speaks TLS, with the given PEM certificate chain and key.
+#[must_use]
+pub fn grpc_tls(addr: SocketAddr, cert_pem: &[u8], key_pem: &[u8]) -> Receiver {
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .expect("a valid TLS configuration");
+    grpc_server(addr, false, server)
+}
+
+/// Serves the profiles service with `server` (plain or TLS) on `addr`.
+fn grpc_server(addr: SocketAddr, partial: bool, mut server: tonic::transport::Server) -> Receiver {
     let rt = runtime();
     let listener = bind(&rt, addr);
     let addr = listener.local_addr().unwrap();
@@ -130,38 +146,6 @@ pub fn grpc(addr: SocketAddr, partial: bool) -> Receiver {
     .max_decoding_message_size(64 * 1024 * 1024);
     rt.spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let _ = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming)
-            .await;
-    });
-    Receiver {
-        addr,
-        store,
-        runtime: Some(rt),
-    }
-}
-
-/// A gRPC receiver that only speaks TLS, with the given PEM certificate chain and key.
-#[must_use]
-pub fn grpc_tls(addr: SocketAddr, cert_pem: &[u8], key_pem: &[u8]) -> Receiver {
-    let rt = runtime();
-    let listener = bind(&rt, addr);
-    let addr = listener.local_addr().unwrap();
-    let store: Store = Arc::default();
-    let service = ProfilesServiceServer::new(GrpcService {
-        store: store.clone(),
-        partial: false,
-    })
-    .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
-    let server = tonic::transport::Server::builder()
-        .tls_config(tls)
-        .expect("a valid TLS configuration");
-    rt.spawn(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let mut server = server;
         let _ = server
             .add_service(service)
             .serve_with_incoming(incoming)

@@ -89,6 +89,13 @@ pub enum BpfError {
     Poll(#[source] std::io::Error),
 }
 
+/// How often the ring buffer is drained at the latest (it is also drained when a quarter full).
+/// Short enough that processes are still alive when their addresses are normalized.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+
+const PERMISSION_HINT: &str = "\nhint: profiling needs root, or the capabilities CAP_BPF, \
+    CAP_PERFMON and CAP_SYS_ADMIN: run it as root (e.g. `sudo profiler record ...`)";
+
 /// When an error chain says "permission denied", tell the user what to do about it.
 fn permission_hint(err: &(dyn std::error::Error + 'static)) -> &'static str {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -96,13 +103,11 @@ fn permission_hint(err: &(dyn std::error::Error + 'static)) -> &'static str {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES))
         {
-            return "\nhint: profiling needs root, or the capabilities CAP_BPF, CAP_PERFMON and \
-                    CAP_SYS_ADMIN: run it as root (e.g. `sudo profiler record ...`)";
+            return PERMISSION_HINT;
         }
         let text = e.to_string();
         if text.contains("Operation not permitted") || text.contains("Permission denied") {
-            return "\nhint: profiling needs root, or the capabilities CAP_BPF, CAP_PERFMON and \
-                    CAP_SYS_ADMIN: run it as root (e.g. `sudo profiler record ...`)";
+            return PERMISSION_HINT;
         }
         cur = e.source();
     }
@@ -131,7 +136,7 @@ impl Sampler {
         let ring_bytes = config
             .ring_buffer_bytes
             .unwrap_or_else(|| ring_buffer_bytes(cpus.len()));
-        let mut ebpf = load(config, design, cpus.len())?;
+        let mut ebpf = load(config, design, ring_bytes)?;
         if !config.pids.is_empty() {
             fill_pid_filter(&mut ebpf, &config.pids)?;
         }
@@ -220,22 +225,9 @@ impl Sampler {
         Ok(())
     }
 
-    /// Hands every sample waiting in the ring buffer to `sink`; returns how many there were.
-    /// Records of an unexpected size are counted by the caller via `RawSample::parse` errors.
+    /// Hands every record waiting in the ring buffer to `sink` (`None` for one that is not a
+    /// sample: the caller counts it); returns the bytes taken, for the fill level.
     pub fn drain(&mut self, mut sink: impl FnMut(Option<RawSample>)) -> usize {
-        let Some(ring) = &mut self.samples else {
-            return 0;
-        };
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            n += 1;
-            sink(RawSample::parse(&item));
-        }
-        n
-    }
-
-    /// Like `drain`, and returns the bytes taken (for the fill level).
-    pub fn drain_counting(&mut self, mut sink: impl FnMut(Option<RawSample>)) -> usize {
         let Some(ring) = &mut self.samples else {
             return 0;
         };
@@ -271,7 +263,7 @@ impl Sampler {
 }
 
 /// Creates the maps (sized for `design`) and patches the configuration globals.
-fn load(config: &SamplerConfig, design: Design, cpus: usize) -> Result<Ebpf, BpfError> {
+fn load(config: &SamplerConfig, design: Design, ring_bytes: u32) -> Result<Ebpf, BpfError> {
     let filter = u32::from(!config.pids.is_empty());
     let include_idle = u32::from(config.include_idle);
     let self_tgid = if config.profile_self {
@@ -280,10 +272,7 @@ fn load(config: &SamplerConfig, design: Design, cpus: usize) -> Result<Ebpf, Bpf
         std::process::id()
     };
     let pid_slots = (config.pids.len() as u32).max(1);
-    let ring_bytes = config
-        .ring_buffer_bytes
-        .unwrap_or_else(|| ring_buffer_bytes(cpus));
-    // Wake the daemon early when a quarter is used; else it drains on its 100 ms timer.
+    // Wake the daemon early when a quarter is used; else it drains on its timer.
     let wakeup_bytes = u64::from(ring_bytes / 4);
     let mut loader = EbpfLoader::new();
     loader

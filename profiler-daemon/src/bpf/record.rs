@@ -54,7 +54,7 @@ impl RawSample {
         {
             return None;
         }
-        let frames: Vec<u64> = bytes
+        let mut kernel: Vec<u64> = bytes
             [size_of::<SampleHeader>()..SampleRecord::size(kernel_len, user_len)]
             .chunks_exact(8)
             .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
@@ -67,8 +67,8 @@ impl RawSample {
             cpu,
             flags,
             comm,
-            kernel: frames[..kernel_len].to_vec(),
-            user: frames[kernel_len..].to_vec(),
+            user: kernel.split_off(kernel_len),
+            kernel,
         })
     }
 
