@@ -1,21 +1,23 @@
-//! The profiler daemon as a library: the stages of the pipeline and the subcommands wiring them.
+//! The profiler daemon as a library. Imports run one way, top to bottom (see the README's
+//! "Architecture"):
 //!
-//! perf event → eBPF sampler (`bpf`) → ring buffer → `collect` (process table, normalization,
-//! symbolization) → `profile` → `export`.
+//! - commands: `record`, `run`, `check` (and `bench` with the feature), wired from `cli`;
+//! - `pipeline`: the one sampling loop and the collector;
+//! - stages: `bpf` (load, attach, drain, decode) · `process` (normalize to module + offset) ·
+//!   `symbolize` (name) · `profile` (aggregate) · `export` (files, OTLP) · `telemetry`;
+//! - leaves: `objfile` (files, build ids, module identity) · `procfs` (what /proc says) ·
+//!   `counters` (the catalog of every count) · `config` (validated settings).
 
-pub mod bench_symbolize;
 pub mod bpf;
-pub mod bpf_cost;
-pub mod check;
 pub mod cli;
-pub mod collect;
+pub mod commands;
 pub mod config;
+pub mod counters;
 pub mod export;
+pub mod objfile;
+pub mod pipeline;
 pub mod process;
+pub mod procfs;
 pub mod profile;
-pub mod record;
-pub mod run;
 pub mod symbolize;
 pub mod telemetry;
-
-pub use record::{RecordError, RecordSummary, record};

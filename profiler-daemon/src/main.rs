@@ -7,13 +7,14 @@ use std::sync::atomic::AtomicBool;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _};
-use profiler_daemon::bpf::Design;
-use profiler_daemon::cli::{
-    BenchSymbolizeArgs, BpfCostArgs, CheckArgs, Cli, Command, RecordArgs, RunArgs,
-};
+use profiler_daemon::cli::{Cli, Command};
+#[cfg(feature = "bench")]
+use profiler_daemon::commands::bench;
+use profiler_daemon::commands::{check, record, run};
+use profiler_daemon::config::args::{CheckArgs, RecordArgs, RunArgs};
 use profiler_daemon::config::otlp::{OtlpArgs, resolve};
-use profiler_daemon::config::{LogFormat, RecordConfig, RunConfig, validate_frequency};
-use profiler_daemon::{bench_symbolize, bpf_cost, check, record, run, telemetry};
+use profiler_daemon::config::{LogFormat, RecordConfig, RunConfig};
+use profiler_daemon::telemetry;
 
 fn main() -> ExitCode {
     let parsed = Cli::command()
@@ -23,7 +24,9 @@ fn main() -> ExitCode {
         Ok(v) => v,
         Err(err) => {
             // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
-            let _ = err.print();
+            if let Err(print) = err.print() {
+                eprintln!("error: {err} ({print})");
+            }
             return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
         }
     };
@@ -41,7 +44,9 @@ fn main() -> ExitCode {
         Command::Record(args) => record_cmd(&args, &stop),
         Command::Run(args) => run_cmd(&args, cli.log_level.as_deref(), &matches, &stop),
         Command::Check(args) => check_cmd(&args),
+        #[cfg(feature = "bench")]
         Command::BenchSymbolize(args) => bench_symbolize_cmd(&args),
+        #[cfg(feature = "bench")]
         Command::BpfCost(args) => bpf_cost_cmd(&args, &stop),
     }
 }
@@ -111,10 +116,11 @@ fn check_cmd(args: &CheckArgs) -> ExitCode {
     }
 }
 
-fn bench_symbolize_cmd(args: &BenchSymbolizeArgs) -> ExitCode {
-    match bench_symbolize::run(&args.binary, args.addresses) {
+#[cfg(feature = "bench")]
+fn bench_symbolize_cmd(args: &bench::BenchSymbolizeArgs) -> ExitCode {
+    match bench::symbolize(&args.binary, args.addresses) {
         Ok(b) => {
-            let rate = bench_symbolize::SymbolizeBench::per_second;
+            let rate = bench::SymbolizeBench::per_second;
             println!(
                 "binary={} addresses={} cold_ms={:.1} cold_per_s={:.0} warm_ms={:.2} warm_per_s={:.0}",
                 args.binary.display(),
@@ -130,25 +136,18 @@ fn bench_symbolize_cmd(args: &BenchSymbolizeArgs) -> ExitCode {
     }
 }
 
-fn bpf_cost_cmd(args: &BpfCostArgs, stop: &AtomicBool) -> ExitCode {
-    let design = match args.design.as_str() {
-        "ringbuf" => Design::RingBuf,
-        "aggregate" => Design::Aggregate,
-        "buildid" => Design::BuildId,
-        other => {
-            eprintln!("error: --design must be `ringbuf`, `aggregate` or `buildid`, got `{other}`");
-            return ExitCode::from(2);
-        }
-    };
-    let hz = match validate_frequency(args.frequency) {
+#[cfg(feature = "bench")]
+fn bpf_cost_cmd(args: &bench::BpfCostArgs, stop: &AtomicBool) -> ExitCode {
+    let hz = match profiler_daemon::config::validate_frequency(args.frequency) {
         Ok(hz) => hz,
         Err(err) => return usage_error(&err),
     };
-    match bpf_cost::measure(design, hz, args.duration, stop) {
+    match bench::measure(args.design, hz, args.duration, stop) {
         Ok(cost) => {
             println!(
                 "design={} runs={} emitted={} run_time_ns={} ns_per_sample={:.0}",
-                args.design,
+                clap::ValueEnum::to_possible_value(&args.design)
+                    .map_or_else(String::new, |v| v.get_name().to_owned()),
                 cost.runs,
                 cost.emitted,
                 cost.run_time.as_nanos(),

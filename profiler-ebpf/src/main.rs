@@ -2,6 +2,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(all(target_arch = "bpf", feature = "bench"))]
+mod bench;
 #[cfg(target_arch = "bpf")]
 mod sampler;
 

@@ -1,12 +1,7 @@
-//! Perf-event samplers, one program per design:
-//! - `sample_ringbuf`: one record per sample (header + kernel and user frame arrays) into a ring
-//!   buffer; user space aggregates. This is the one the daemon uses.
-//! - `sample_aggregate`: counts per (task, kernel stack id, user stack id) in a hash map, stacks in
-//!   a `STACK_TRACE` map. Kept only so `cargo xtask bench` can measure it against the first.
-//! - `sample_buildid`: like `sample_ringbuf`, but the kernel normalizes user frames itself
-//!   (`BPF_F_USER_BUILD_ID`: build id + file offset per frame). Kept only to measure it.
-//!
-//! Both filter by process in the kernel and count every outcome in `COUNTERS`.
+//! The shipped perf-event sampler, `sample_ringbuf`: one record per sample (header + kernel and
+//! user frame arrays) into a ring buffer; user space aggregates. It filters by process in the
+//! kernel and counts every outcome in `COUNTERS`. (The designs it was measured against live in
+//! `bench`, built only with the `bench` feature.)
 //!
 //! `on_exec` / `on_exit` (BTF tracepoints) put process events in the same ring buffer, so user
 //! space snapshots a new image's mappings right away and tells images and reused pids apart.
@@ -16,25 +11,25 @@
 #![allow(
     clippy::inline_always,
     clippy::needless_pass_by_value,
-    clippy::similar_names
+    clippy::similar_names,
+    reason = "the verifier wants everything inlined; entry points take their context by value; \
+              tgid and tid are the kernel's names"
 )]
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{
-        BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-    },
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack,
         generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     },
     macros::{btf_tracepoint, map, perf_event},
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{BtfTracePointContext, PerfEventContext, tracing::StackIdContext},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, PerfEventContext},
 };
 use profiler_common::{
-    AggregateKey, COMM_LEN, COUNTER_SLOTS, Counter, FLAG_EVENT_EXEC, FLAG_EVENT_EXIT,
-    FLAG_KERNEL_STACK_FAILED, FLAG_USER_STACK_FAILED, MAX_FRAMES, SampleHeader, SampleRecord,
+    COMM_LEN, COUNTER_SLOTS, Counter, FLAG_EVENT_EXEC, FLAG_EVENT_EXIT, FLAG_KERNEL_STACK_FAILED,
+    FLAG_USER_STACK_FAILED, MAX_FRAMES, SampleHeader, SampleRecord,
 };
 
 /// 1 when only the processes in `PIDS` are sampled (set by the loader).
@@ -50,7 +45,7 @@ static INCLUDE_IDLE: u32 = 0;
 
 /// Samples for user space. The loader sizes it (`--ring-buffer-size`).
 #[map]
-static SAMPLES: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+pub(crate) static SAMPLES: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 /// Wake the daemon only when this many bytes wait; otherwise it drains on its own timer. A wakeup
 /// per sample (the default) costs more than the rest of the program. Set by the loader.
@@ -69,26 +64,8 @@ static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// Build-id variant: one user stack as `struct bpf_stack_build_id` (32 bytes a frame).
-#[map]
-static SCRATCH_BUILD_ID: PerCpuArray<[u64; BUILD_ID_STACK_WORDS]> =
-    PerCpuArray::with_max_entries(1, 0);
-
-const BUILD_ID_FRAME_BYTES: usize = 32;
-const BUILD_ID_STACK_WORDS: usize = MAX_FRAMES * BUILD_ID_FRAME_BYTES / 8;
-/// `BPF_F_USER_BUILD_ID`.
-const F_USER_BUILD_ID: u64 = 1 << 11;
-
-/// Aggregation variant: stacks by id.
-#[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
-
-/// Aggregation variant: sample counts.
-#[map]
-static COUNTS: HashMap<AggregateKey, u64> = HashMap::with_max_entries(16384, 0);
-
 #[inline(always)]
-fn bump(counter: Counter) {
+pub(crate) fn bump(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: the slot belongs to this CPU and perf-event programs do not nest on one CPU.
         unsafe { *slot += 1 };
@@ -116,7 +93,7 @@ fn config64(value: &'static u64) -> u64 {
 
 /// Common admission: counts the run, idle and filtered samples; returns (tgid, tid) to sample.
 #[inline(always)]
-fn admit() -> Option<(u32, u32)> {
+pub(crate) fn admit() -> Option<(u32, u32)> {
     bump(Counter::Runs);
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -139,12 +116,12 @@ fn admit() -> Option<(u32, u32)> {
     Some((tgid, tid))
 }
 
-fn comm() -> [u8; COMM_LEN] {
+pub(crate) fn comm() -> [u8; COMM_LEN] {
     bpf_get_current_comm().unwrap_or([0; COMM_LEN])
 }
 
 #[perf_event]
-pub fn sample_ringbuf(ctx: PerfEventContext) -> u32 {
+pub(crate) fn sample_ringbuf(ctx: PerfEventContext) -> u32 {
     try_sample_ringbuf(&ctx);
     0
 }
@@ -215,95 +192,6 @@ fn try_sample_ringbuf(ctx: &PerfEventContext) {
     bump(Counter::Emitted);
 }
 
-#[perf_event]
-pub fn sample_buildid(ctx: PerfEventContext) -> u32 {
-    try_sample_buildid(&ctx);
-    0
-}
-
-#[inline(always)]
-fn try_sample_buildid(ctx: &PerfEventContext) {
-    const STACK_BYTES: u32 = (MAX_FRAMES * BUILD_ID_FRAME_BYTES) as u32;
-    if admit().is_none() {
-        return;
-    }
-    let Some(stack) = SCRATCH_BUILD_ID.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's scratch slot, exactly STACK_BYTES long.
-    let user = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            stack.cast(),
-            STACK_BYTES,
-            u64::from(BPF_F_USER_STACK) | F_USER_BUILD_ID,
-        )
-    };
-    if user < 0 {
-        bump(Counter::UserStackFailed);
-        return;
-    }
-    let len = (user as usize) & 0xfff;
-    if len > STACK_BYTES as usize {
-        return;
-    }
-    // SAFETY: `len` bytes of the scratch slot were written by the helper.
-    let bytes = unsafe { core::slice::from_raw_parts(stack.cast::<u8>(), len) };
-    if SAMPLES
-        .output::<[u8]>(bytes, u64::from(BPF_RB_NO_WAKEUP))
-        .is_err()
-    {
-        bump(Counter::RingBufFull);
-        return;
-    }
-    bump(Counter::Emitted);
-}
-
-#[perf_event]
-pub fn sample_aggregate(ctx: PerfEventContext) -> u32 {
-    try_sample_aggregate(&ctx);
-    0
-}
-
-#[inline(always)]
-fn try_sample_aggregate(ctx: &PerfEventContext) {
-    const EEXIST: i32 = -17;
-    let Some((tgid, tid)) = admit() else {
-        return;
-    };
-    let stack_id = |flags: u64| match ctx.get_stackid(&STACKS, flags) {
-        Ok(id) => id as i32,
-        Err(err) => {
-            bump(if err == EEXIST {
-                Counter::StackCollision
-            } else if flags == 0 {
-                Counter::KernelStackFailed
-            } else {
-                Counter::UserStackFailed
-            });
-            -1
-        }
-    };
-    let key = AggregateKey {
-        tgid,
-        tid,
-        // SAFETY: helper without arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        kernel_stack_id: stack_id(0),
-        user_stack_id: stack_id(u64::from(BPF_F_USER_STACK)),
-        comm: comm(),
-    };
-    if let Some(count) = COUNTS.get_ptr_mut(key) {
-        // SAFETY: a live map value; a lost increment under a concurrent update on another CPU is
-        // possible only for the same thread's key, which runs on one CPU at a time.
-        unsafe { *count += 1 };
-    } else if COUNTS.insert(key, 1, u64::from(BPF_NOEXIST)).is_err() {
-        bump(Counter::AggregateMapFull);
-        return;
-    }
-    bump(Counter::Emitted);
-}
-
 /// Sends a process event (header only), waking user space at once: it must read the new image's
 /// mappings while the process still runs.
 #[inline(always)]
@@ -340,13 +228,13 @@ fn send_event(flags: u32) {
 }
 
 #[btf_tracepoint(function = "sched_process_exec")]
-pub fn on_exec(_ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn on_exec(_ctx: BtfTracePointContext) -> i32 {
     send_event(FLAG_EVENT_EXEC);
     0
 }
 
 #[btf_tracepoint(function = "sched_process_exit")]
-pub fn on_exit(_ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn on_exit(_ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // Only the thread group leader's exit ends the process (its pid may then be reused).
     if (pid_tgid >> 32) as u32 == pid_tgid as u32 {

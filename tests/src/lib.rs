@@ -1,7 +1,10 @@
 //! Helpers for the integration tests: privilege gate, the `profiler` binary, workloads built
 //! with clang and frame pointers, and folded-stack arithmetic.
-// Test support: failing loudly (panics, unwraps) is the point here.
-#![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
+#![allow(
+    clippy::missing_panics_doc,
+    clippy::unwrap_used,
+    reason = "test support: failing loudly (panics, unwraps) is the point here"
+)]
 
 pub mod otlp;
 pub mod receiver;
@@ -116,8 +119,9 @@ impl Workload {
 
 impl Drop for Workload {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        // Already gone is fine: the point is that it does not outlive the test.
+        self.0.kill().ok();
+        self.0.wait().ok();
     }
 }
 

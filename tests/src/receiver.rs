@@ -139,17 +139,20 @@ fn grpc_server(addr: SocketAddr, partial: bool, mut server: tonic::transport::Se
     let addr = listener.local_addr().unwrap();
     let store: Store = Arc::default();
     let service = ProfilesServiceServer::new(GrpcService {
-        store: store.clone(),
+        store: Arc::clone(&store),
         partial,
     })
     .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
     .max_decoding_message_size(64 * 1024 * 1024);
     rt.spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let _ = server
+        if let Err(err) = server
             .add_service(service)
             .serve_with_incoming(incoming)
-            .await;
+            .await
+        {
+            eprintln!("test gRPC receiver stopped: {err}");
+        }
     });
     Receiver {
         addr,
@@ -165,16 +168,18 @@ pub fn http(addr: SocketAddr) -> Receiver {
     let listener = bind(&rt, addr);
     let addr = listener.local_addr().unwrap();
     let store: Store = Arc::default();
-    let handler_store = store.clone();
+    let handler_store = Arc::clone(&store);
     let app = axum::Router::new().route(
         "/v1development/profiles",
         axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-            let store = handler_store.clone();
+            let store = Arc::clone(&handler_store);
             async move { http_export(&store, &headers, &body) }
         }),
     );
     rt.spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        if let Err(err) = axum::serve(listener, app).await {
+            eprintln!("test HTTP receiver stopped: {err}");
+        }
     });
     Receiver {
         addr,

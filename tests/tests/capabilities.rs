@@ -1,7 +1,7 @@
 //! The minimal capability set, found by running the real daemon under `setpriv` with a reduced
 //! bounding set (as the systemd unit and the Kubernetes manifest do): with all six capabilities
 //! every frame is named; without any one of them, a specific kind of frame is not.
-#![allow(clippy::unwrap_used)] // test helpers below fail loudly
+#![allow(clippy::unwrap_used, reason = "test helpers below fail loudly")]
 
 use std::path::Path;
 use std::process::Command;

@@ -235,7 +235,10 @@ fn short_lived_processes_keep_their_names() {
 }
 
 #[test]
-#[allow(clippy::too_many_lines)] // three variants of one binary, side by side
+#[allow(
+    clippy::too_many_lines,
+    reason = "three variants of one binary, side by side"
+)]
 fn stripped_binaries_use_their_debug_file_and_symbolless_ones_show_offsets() {
     let Some(_machine) =
         privileged("stripped_binaries_use_their_debug_file_and_symbolless_ones_show_offsets")

@@ -66,7 +66,10 @@ fn metrics_describe_a_real_workload_and_its_exports() {
         ],
         &[],
     );
-    let _ = recv.wait_for(2, Duration::from_secs(15));
+    assert!(
+        recv.wait_for(2, Duration::from_secs(15)).len() >= 2,
+        "two windows delivered"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let (status, text) = get(http, "/metrics").expect("the metrics endpoint answers");
     let (code, _, stderr, _) = terminate(daemon);

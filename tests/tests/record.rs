@@ -240,7 +240,11 @@ fn without_privileges_it_says_what_failed_and_how_to_run_it() {
     let bin = dir.path().join("profiler");
     std::fs::copy(profiler_tests::profiler_bin(), &bin).unwrap();
     let out_dir = dir.path().to_str().unwrap();
-    let _ = Command::new("chmod").args(["755", out_dir]).status();
+    let chmod = Command::new("chmod")
+        .args(["755", out_dir])
+        .status()
+        .unwrap();
+    assert!(chmod.success());
     let output = Command::new("setpriv")
         .args([
             "--reuid=65534",

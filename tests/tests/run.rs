@@ -1,6 +1,6 @@
 //! `profiler run` exporting OTLP profiles to real receivers (gRPC and HTTP, built from the
 //! official generated code), decoded here and by the official Python bindings.
-#![allow(clippy::unwrap_used)] // test helpers below fail loudly
+#![allow(clippy::unwrap_used, reason = "test helpers below fail loudly")]
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +20,10 @@ fn now_ns() -> u64 {
 }
 
 #[test]
-#[allow(clippy::too_many_lines)] // one end-to-end scenario, checked field by field
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, checked field by field"
+)]
 fn grpc_export_carries_named_stacks_the_split_and_every_field() {
     let Some(_machine) = privileged("grpc_export_carries_named_stacks_the_split_and_every_field")
     else {

@@ -7,6 +7,11 @@
 //! 2. Overhead against the peers: a fixed amount of work (the `split` workload) timed alone and
 //!    under `profiler record`, `perf record -a -g` and `bpftrace` at the same frequency; plus
 //!    each profiler's own CPU time and peak memory.
+//!
+//! Two binaries: the measurement-only subcommands (`bpf-cost`, `bench-symbolize`) exist only with
+//! profiler-daemon's `bench` feature, so they run from a build with it in its own target
+//! directory; the overhead comparison runs the shipped `target/release/profiler`, built without
+//! features, since that is what users run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,30 +23,46 @@ use crate::{cargo, workspace};
 
 const HZ: &str = "999";
 
-pub fn run(_args: &[String]) -> Result<()> {
+/// Target directory of the `bench` feature build (relative to the workspace root, where cargo
+/// runs): its own, so that it never replaces the shipped `target/release/profiler`.
+const BENCH_TARGET_DIR: &str = "target/bench-build";
+
+pub(crate) fn run(_args: &[String]) -> Result<()> {
     cargo(&["build", "--release", "-p", "profiler-daemon"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "profiler-daemon",
+        "--features",
+        "bench",
+        "--target-dir",
+        BENCH_TARGET_DIR,
+    ])?;
     let dir = workspace().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let split = build_split(&dir)?;
-    let profiler = workspace().join("target/release/profiler");
+    let shipped = workspace().join("target/release/profiler");
+    let measuring = workspace().join(BENCH_TARGET_DIR).join("release/profiler");
 
-    symbolization(&profiler)?;
-    bpf_cost(&profiler, &split)?;
-    overhead(&profiler, &split, &dir)?;
+    symbolization(&measuring, &shipped)?;
+    bpf_cost(&measuring, &split)?;
+    overhead(&shipped, &split, &dir)?;
     Ok(())
 }
 
-/// Symbolization throughput, cold and warm, on large binaries with and without DWARF.
-fn symbolization(profiler: &Path) -> Result<()> {
+/// Symbolization throughput, cold and warm, on large binaries with and without DWARF: the
+/// shipped profiler itself and libc, measured by `measuring` (the `bench` feature build).
+fn symbolization(measuring: &Path, shipped: &Path) -> Result<()> {
     println!("## Symbolization throughput (addresses spread over all functions)");
     println!(
         "| binary | size | addresses | cold (addr/s) | warm (addr/s) |\n|---|---|---|---|---|"
     );
-    for binary in [profiler, Path::new("/lib/x86_64-linux-gnu/libc.so.6")] {
+    for binary in [shipped, Path::new("/lib/x86_64-linux-gnu/libc.so.6")] {
         if !binary.exists() {
             continue;
         }
-        let out = Command::new(profiler)
+        let out = Command::new(measuring)
             .args(["bench-symbolize", "--binary"])
             .arg(binary)
             .output()?;
@@ -102,7 +123,8 @@ fn busy(split: &Path, seconds: u32) -> Result<Vec<Child>> {
         .collect()
 }
 
-fn bpf_cost(profiler: &Path, split: &Path) -> Result<()> {
+/// `measuring` is the `bench` feature build (`bpf-cost` exists only there).
+fn bpf_cost(measuring: &Path, split: &Path) -> Result<()> {
     println!("## BPF time per sample ({HZ} Hz, all CPUs busy, 3 alternating rounds of 4 s)");
     // The busy workload must outlive all rounds: 3 designs x 3 rounds x 4 s, plus loading.
 
@@ -114,7 +136,7 @@ fn bpf_cost(profiler: &Path, split: &Path) -> Result<()> {
     let load = busy(split, 60)?;
     for _round in 0..3 {
         for (design, figures) in &mut results {
-            let out = Command::new(profiler)
+            let out = Command::new(measuring)
                 .args([
                     "bpf-cost",
                     "--design",
@@ -196,7 +218,8 @@ fn tools(profiler: &Path, dir: &Path) -> Vec<Tool> {
     ]
 }
 
-/// Per tool: workload seconds, profiler CPU seconds, profiler peak RSS (KiB).
+/// Per tool: workload seconds, profiler CPU seconds, profiler peak RSS (KiB). `profiler` is the
+/// shipped build: the overhead users get.
 fn overhead(profiler: &Path, split: &Path, dir: &Path) -> Result<()> {
     println!(
         "## Overhead at {HZ} Hz on every CPU (fixed work: split workload on each CPU, 2 rounds)"
@@ -268,9 +291,14 @@ fn interrupt_and_measure(child: Child) -> Result<(f64, i64)> {
     Ok((secs(usage.ru_utime) + secs(usage.ru_stime), usage.ru_maxrss))
 }
 
+/// Kills and reaps the workload (killing one that has exited already succeeds).
 fn stop(children: Vec<Child>) {
     for mut c in children {
-        let _ = c.kill();
-        let _ = c.wait();
+        if let Err(e) = c.kill() {
+            eprintln!("killing workload {}: {e}", c.id());
+        }
+        if let Err(e) = c.wait() {
+            eprintln!("reaping workload {}: {e}", c.id());
+        }
     }
 }

@@ -31,7 +31,7 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     apt_packages()?;
     python_packages()?;
     rust_src()?;

@@ -4,8 +4,7 @@
 mod counters;
 mod record;
 
-pub use counters::BpfCounters;
-pub use record::{ProcessEvent, RawSample};
+pub use record::{ProcessEvent, RawSample, comm_to_string};
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::time::Duration;
@@ -18,17 +17,25 @@ use aya::{Ebpf, EbpfLoader};
 use profiler_common::{COUNTER_SLOTS, SampleRecord};
 
 use crate::config::SamplerConfig;
+use crate::counters::Totals;
 
 /// The eBPF object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
-/// How to run the sampler program: the one the daemon uses, or the in-kernel aggregation variant
-/// kept for measurement (`profiler bpf-cost`).
+/// Which sampler program runs: the shipped one, or (with the `bench` feature) a design kept only
+/// to measure it against the shipped one (`profiler bpf-cost`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "bench", derive(clap::ValueEnum))]
 pub enum Design {
+    /// One ring buffer record per sample; user space aggregates.
+    #[cfg_attr(feature = "bench", value(name = "ringbuf"))]
     RingBuf,
+    /// Counts per stack id pair in a kernel hash map.
+    #[cfg(feature = "bench")]
     Aggregate,
-    /// User frames normalized by the kernel (`BPF_F_USER_BUILD_ID`), for measurement only.
+    /// User frames normalized by the kernel (`BPF_F_USER_BUILD_ID`).
+    #[cfg(feature = "bench")]
+    #[value(name = "buildid")]
     BuildId,
 }
 
@@ -36,8 +43,21 @@ impl Design {
     fn program(self) -> &'static str {
         match self {
             Design::RingBuf => "sample_ringbuf",
+            #[cfg(feature = "bench")]
             Design::Aggregate => "sample_aggregate",
+            #[cfg(feature = "bench")]
             Design::BuildId => "sample_buildid",
+        }
+    }
+
+    /// Whether the program writes sample records into the ring buffer.
+    fn uses_ring_buffer(self) -> bool {
+        match self {
+            Design::RingBuf => true,
+            #[cfg(feature = "bench")]
+            Design::BuildId => true,
+            #[cfg(feature = "bench")]
+            Design::Aggregate => false,
         }
     }
 }
@@ -117,9 +137,17 @@ fn permission_hint(err: &(dyn std::error::Error + 'static)) -> &'static str {
 /// The attached sampler. Dropping it detaches the programs and frees the maps.
 pub struct Sampler {
     // Keeps programs, links and the maps not taken below alive.
+    #[cfg_attr(
+        not(feature = "bench"),
+        allow(
+            dead_code,
+            reason = "held for its drop; read only by the bench's statistics"
+        )
+    )]
     ebpf: Ebpf,
     samples: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
+    #[cfg(feature = "bench")]
     design: Design,
     cpus: usize,
     process_events: bool,
@@ -162,15 +190,14 @@ impl Sampler {
         );
         let process_events = design == Design::RingBuf && attach_process_events(&mut ebpf);
 
-        let samples = match design {
-            Design::RingBuf | Design::BuildId => {
-                let map = take_map(&mut ebpf, "SAMPLES")?;
-                Some(RingBuf::try_from(map).map_err(|source| BpfError::Map {
-                    name: "SAMPLES",
-                    source,
-                })?)
-            }
-            Design::Aggregate => None,
+        let samples = if design.uses_ring_buffer() {
+            let map = take_map(&mut ebpf, "SAMPLES")?;
+            Some(RingBuf::try_from(map).map_err(|source| BpfError::Map {
+                name: "SAMPLES",
+                source,
+            })?)
+        } else {
+            None
         };
         let counters =
             PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?).map_err(|source| {
@@ -183,6 +210,7 @@ impl Sampler {
             ebpf,
             samples,
             counters,
+            #[cfg(feature = "bench")]
             design,
             cpus: cpus.len(),
             process_events,
@@ -245,16 +273,17 @@ impl Sampler {
         self.ring_bytes
     }
 
-    /// Current totals of the in-kernel counters (summed over CPUs).
-    pub fn counters(&self) -> Result<BpfCounters, BpfError> {
-        BpfCounters::read(&self.counters).map_err(|source| BpfError::Map {
+    /// Writes the current totals of the in-kernel counters (summed over CPUs) into `totals`.
+    pub fn read_counters(&self, totals: &mut Totals) -> Result<(), BpfError> {
+        counters::read(&self.counters, totals).map_err(|source| BpfError::Map {
             name: "COUNTERS",
             source,
         })
     }
 
-    #[must_use]
     /// BPF run time and run count of the attached program, when `kernel.bpf_stats_enabled` is on.
+    #[cfg(feature = "bench")]
+    #[must_use]
     pub fn program_stats(&self) -> Option<(Duration, u64)> {
         let program = self.ebpf.program(self.design.program())?;
         let info = program.info().ok()?;
@@ -281,17 +310,15 @@ fn load(config: &SamplerConfig, design: Design, ring_bytes: u32) -> Result<Ebpf,
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
         .override_global("SELF_TGID", &self_tgid, true)
         .map_max_entries("PIDS", pid_slots);
-    match design {
-        Design::RingBuf | Design::BuildId => {
-            // The aggregation maps are unused: don't spend kernel memory on them.
-            loader
-                .map_max_entries("SAMPLES", ring_bytes)
-                .map_max_entries("STACKS", 1)
-                .map_max_entries("COUNTS", 1);
-        }
-        Design::Aggregate => {
-            loader.map_max_entries("SAMPLES", 4096);
-        }
+    if design.uses_ring_buffer() {
+        loader.map_max_entries("SAMPLES", ring_bytes);
+        // The aggregation maps (bench builds only) are unused: no kernel memory for them.
+        #[cfg(feature = "bench")]
+        loader
+            .map_max_entries("STACKS", 1)
+            .map_max_entries("COUNTS", 1);
+    } else {
+        loader.map_max_entries("SAMPLES", 4096);
     }
     tracing::debug!(ring_bytes, "loading the eBPF object");
     loader

@@ -21,10 +21,10 @@ pub struct FileConfig {
     pub export_queue_size: Option<usize>,
     pub shutdown_timeout: Option<String>,
     pub otlp_endpoint: Option<String>,
-    pub otlp_protocol: Option<String>,
+    pub otlp_protocol: Option<super::otlp::Protocol>,
     pub otlp_header: Option<Vec<String>>,
     pub otlp_ca: Option<PathBuf>,
-    pub otlp_compression: Option<String>,
+    pub otlp_compression: Option<super::otlp::Compression>,
     pub otlp_timeout: Option<String>,
     pub ring_buffer_size: Option<u32>,
     pub max_stacks: Option<usize>,
@@ -34,7 +34,7 @@ pub struct FileConfig {
     pub debug_dir: Option<Vec<PathBuf>>,
     pub http_address: Option<String>,
     pub log_level: Option<String>,
-    pub log_format: Option<String>,
+    pub log_format: Option<super::LogFormat>,
 }
 
 impl FileConfig {

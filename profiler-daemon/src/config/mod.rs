@@ -1,12 +1,14 @@
-//! Validated configuration: turns parsed flags into values the stages can trust.
+//! Validated configuration: the flags (`args`), the configuration file (`file`) and the OTLP
+//! settings (`otlp`) turned into values the stages can trust.
 
+pub mod args;
 pub mod file;
 pub mod otlp;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{LimitArgs, RecordArgs, RunArgs};
+use args::{LimitArgs, RecordArgs, RunArgs};
 
 /// Highest sampling frequency accepted. Past this the timer interrupts themselves dominate.
 pub const MAX_FREQUENCY: u32 = 10_000;
@@ -58,7 +60,10 @@ impl OutputFormat {
         "`.svg` (flamegraph), `.folded` (folded stacks), `.pb.gz` (pprof)";
 
     /// Picks the format from a path's extension.
-    #[allow(clippy::case_sensitive_file_extension_comparisons)] // `name` is lowercased
+    #[allow(
+        clippy::case_sensitive_file_extension_comparisons,
+        reason = "`name` is lowercased"
+    )]
     pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
         let name = path
             .file_name()
@@ -208,9 +213,12 @@ pub struct RunConfig {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// For people.
     Text,
+    /// For log pipelines.
     Json,
 }
 
@@ -256,17 +264,7 @@ impl RunConfig {
             shutdown_timeout: args.shutdown_timeout,
             host_name: host_name_from(env),
             http_address: parse_http_address(&args.http_address)?,
-            log_format: match args.log_format.as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                other => {
-                    return Err(ConfigError::Invalid {
-                        source_name: "--log-format".to_owned(),
-                        value: other.to_owned(),
-                        expected: "`text` or `json`",
-                    });
-                }
-            },
+            log_format: args.log_format,
             log_level: merged.log_level,
         })
     }
@@ -285,19 +283,7 @@ fn merge(
     file: Option<&(file::FileConfig, PathBuf)>,
     explicit: &dyn Fn(&str) -> bool,
 ) -> Result<Merged, ConfigError> {
-    let mut out = RunArgs {
-        interval: args.interval,
-        frequency: args.frequency,
-        pid: args.pid.clone(),
-        include_idle: args.include_idle,
-        export_queue_size: args.export_queue_size,
-        shutdown_timeout: args.shutdown_timeout,
-        config: args.config.clone(),
-        http_address: args.http_address.clone(),
-        log_format: args.log_format.clone(),
-        otlp: args.otlp.clone(),
-        limits: args.limits.clone(),
-    };
+    let mut out = args.clone();
     let Some((f, path)) = file else {
         return Ok(Merged {
             args: out,
@@ -305,7 +291,21 @@ fn merge(
             log_level: None,
         });
     };
-    // A file value applies when the flag was not given on the command line.
+    apply_file(&mut out, f, path, explicit)?;
+    Ok(Merged {
+        args: out,
+        otlp_file: file_otlp(f, path)?,
+        log_level: f.log_level.clone(),
+    })
+}
+
+/// Fills `out` with the file's values where no flag was given on the command line.
+fn apply_file(
+    out: &mut RunArgs,
+    f: &file::FileConfig,
+    path: &Path,
+    explicit: &dyn Fn(&str) -> bool,
+) -> Result<(), ConfigError> {
     macro_rules! take {
         ($field:ident, $target:expr) => {
             if let Some(v) = &f.$field
@@ -342,21 +342,22 @@ fn merge(
     {
         out.shutdown_timeout = file::duration(path, "shutdown-timeout", v)?;
     }
-    if let Some(v) = &f.otlp_timeout {
-        file::duration(path, "otlp-timeout", v)?;
-    }
-    let otlp_file = otlp::OtlpArgs {
+    Ok(())
+}
+
+/// The file's OTLP settings: below the environment variables in precedence.
+fn file_otlp(f: &file::FileConfig, path: &Path) -> Result<otlp::OtlpArgs, ConfigError> {
+    Ok(otlp::OtlpArgs {
         otlp_endpoint: f.otlp_endpoint.clone(),
-        otlp_protocol: f.otlp_protocol.clone(),
+        otlp_protocol: f.otlp_protocol,
         otlp_header: f.otlp_header.clone().unwrap_or_default(),
         otlp_ca: f.otlp_ca.clone().filter(|p| !p.as_os_str().is_empty()),
-        otlp_compression: f.otlp_compression.clone(),
-        otlp_timeout: f.otlp_timeout.clone(),
-    };
-    Ok(Merged {
-        args: out,
-        otlp_file,
-        log_level: f.log_level.clone(),
+        otlp_compression: f.otlp_compression,
+        otlp_timeout: f
+            .otlp_timeout
+            .as_deref()
+            .map(|v| file::duration(path, "otlp-timeout", v))
+            .transpose()?,
     })
 }
 
@@ -416,9 +417,10 @@ impl RecordConfig {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
     use super::*;
     use crate::cli::{Cli, Command};
-    use clap::Parser;
 
     fn parse(args: &[&str]) -> Result<RecordConfig, String> {
         let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;

@@ -13,19 +13,27 @@ const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
 const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 pub enum Protocol {
+    #[value(name = "grpc")]
+    #[serde(rename = "grpc")]
     Grpc,
+    #[value(name = "http/protobuf")]
+    #[serde(rename = "http/protobuf")]
     HttpProtobuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Request body compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Compression {
     Gzip,
     None,
 }
 
-/// Flags of the OTLP exporter (all optional: unset falls through to the environment).
+/// Flags of the OTLP exporter (all optional: unset falls through to the environment). The
+/// configuration file's values take the same shape.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct OtlpArgs {
     /// Collector base URL (like `OTEL_EXPORTER_OTLP_ENDPOINT`; for HTTP the signal path
@@ -33,22 +41,102 @@ pub struct OtlpArgs {
     /// `http://localhost:4318` (HTTP).
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
-    /// `grpc` (default) or `http/protobuf`.
-    #[arg(long, value_name = "PROTOCOL")]
-    pub otlp_protocol: Option<String>,
+    /// Transport (default `grpc`).
+    #[arg(long, value_name = "PROTOCOL", value_enum)]
+    pub otlp_protocol: Option<Protocol>,
     /// Extra request header `KEY=VALUE` (e.g. authorization); repeatable.
     #[arg(long, value_name = "KEY=VALUE")]
     pub otlp_header: Vec<String>,
     /// PEM file of the CA to trust for TLS (default: the system's roots).
     #[arg(long, value_name = "FILE")]
     pub otlp_ca: Option<PathBuf>,
-    /// `gzip` (default) or `none`.
-    #[arg(long, value_name = "ALGO")]
-    pub otlp_compression: Option<String>,
+    /// Compression of the requests (default `gzip`).
+    #[arg(long, value_name = "ALGO", value_enum)]
+    pub otlp_compression: Option<Compression>,
     /// Time limit of one export attempt (e.g. `10s`).
-    #[arg(long, value_name = "DUR")]
-    pub otlp_timeout: Option<String>,
+    #[arg(long, value_name = "DUR", value_parser = super::args::parse_duration)]
+    pub otlp_timeout: Option<Duration>,
 }
+
+/// Where a setting's value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Flag(&'static str),
+    Env(String),
+    File(&'static str),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Flag(flag) => write!(f, "--{flag}"),
+            Source::Env(name) => f.write_str(name),
+            Source::File(key) => write!(f, "config file key `{key}`"),
+        }
+    }
+}
+
+/// One setting's names: its flag (without dashes, also the file key) and the suffix of its
+/// `OTEL_EXPORTER_OTLP_[PROFILES_]*` variables.
+struct Setting {
+    flag: &'static str,
+    env: &'static str,
+}
+
+/// The layers of OTLP settings, highest precedence first: flags, signal-specific variables,
+/// generic variables, the configuration file.
+struct Layers<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Layers<'_> {
+    /// The first value set of `setting`: `flag`, then the variables (parsed with `parse`, which
+    /// says what it expected on failure), then `file`.
+    fn pick<T>(
+        &self,
+        setting: &Setting,
+        flag: Option<T>,
+        file: Option<T>,
+        parse: impl Fn(&str) -> Result<T, &'static str>,
+    ) -> Result<Option<(T, Source)>, ConfigError> {
+        if let Some(v) = flag {
+            return Ok(Some((v, Source::Flag(setting.flag))));
+        }
+        for name in [
+            format!("OTEL_EXPORTER_OTLP_PROFILES_{}", setting.env),
+            format!("OTEL_EXPORTER_OTLP_{}", setting.env),
+        ] {
+            if let Some(text) = (self.env)(&name).filter(|v| !v.trim().is_empty()) {
+                return match parse(text.trim()) {
+                    Ok(v) => Ok(Some((v, Source::Env(name)))),
+                    Err(expected) => Err(ConfigError::Invalid {
+                        source_name: name,
+                        value: text,
+                        expected,
+                    }),
+                };
+            }
+        }
+        Ok(file.map(|v| (v, Source::File(setting.flag))))
+    }
+}
+
+const PROTOCOL: Setting = Setting {
+    flag: "otlp-protocol",
+    env: "PROTOCOL",
+};
+const COMPRESSION: Setting = Setting {
+    flag: "otlp-compression",
+    env: "COMPRESSION",
+};
+const TIMEOUT: Setting = Setting {
+    flag: "otlp-timeout",
+    env: "TIMEOUT",
+};
+const CERTIFICATE: Setting = Setting {
+    flag: "otlp-ca",
+    env: "CERTIFICATE",
+};
 
 /// The resolved exporter settings.
 #[derive(Clone, PartialEq, Eq)]
@@ -91,142 +179,72 @@ pub fn resolve(
     file: &OtlpArgs,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<OtlpConfig, ConfigError> {
-    let pick = |flag: Option<&String>, name: &str| -> Option<(String, String)> {
-        if let Some(v) = flag {
-            return Some((v.clone(), format!("--otlp-{name}")));
+    let layers = Layers { env };
+    let protocol = layers
+        .pick(&PROTOCOL, args.otlp_protocol, file.otlp_protocol, |v| {
+            <Protocol as clap::ValueEnum>::from_str(v, false)
+                .map_err(|_| "`grpc` or `http/protobuf` (http/json is not supported)")
+        })?
+        .map_or(Protocol::Grpc, |(v, _)| v);
+    let compression = layers
+        .pick(
+            &COMPRESSION,
+            args.otlp_compression,
+            file.otlp_compression,
+            |v| {
+                <Compression as clap::ValueEnum>::from_str(v, false).map_err(|_| "`gzip` or `none`")
+            },
+        )?
+        .map_or(Compression::Gzip, |(v, _)| v);
+    // The specification gives the variables in milliseconds.
+    let timeout = layers.pick(&TIMEOUT, args.otlp_timeout, file.otlp_timeout, |v| {
+        v.parse()
+            .map(Duration::from_millis)
+            .map_err(|_| "milliseconds, e.g. `10000`")
+    })?;
+    let timeout = match timeout {
+        None => DEFAULT_TIMEOUT,
+        Some((t, source)) if t.is_zero() => {
+            return Err(ConfigError::Invalid {
+                source_name: source.to_string(),
+                value: "0".to_owned(),
+                expected: "a positive duration",
+            });
         }
-        let signal = format!("OTEL_EXPORTER_OTLP_PROFILES_{}", name.to_ascii_uppercase());
-        let generic = format!("OTEL_EXPORTER_OTLP_{}", name.to_ascii_uppercase());
-        env(&signal)
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| (v, signal))
-            .or_else(|| {
-                env(&generic)
-                    .filter(|v| !v.trim().is_empty())
-                    .map(|v| (v, generic))
-            })
-            .or_else(|| {
-                // The config file comes after the environment.
-                let from_file = match name {
-                    "protocol" => file.otlp_protocol.clone(),
-                    "compression" => file.otlp_compression.clone(),
-                    "timeout" => file.otlp_timeout.clone(),
-                    "certificate" => file.otlp_ca.as_ref().map(|p| p.display().to_string()),
-                    _ => None,
-                };
-                from_file.map(|v| (v, format!("config file key `otlp-{name}`")))
-            })
+        Some((t, _)) => t,
     };
-
-    let protocol = match pick(args.otlp_protocol.as_ref(), "protocol") {
-        None => Protocol::Grpc,
-        Some((v, source)) => match v.trim() {
-            "grpc" => Protocol::Grpc,
-            "http/protobuf" => Protocol::HttpProtobuf,
-            other => {
-                return Err(ConfigError::Invalid {
-                    source_name: source,
-                    value: other.to_owned(),
-                    expected: "`grpc` or `http/protobuf` (http/json is not supported)",
-                });
+    let ca_file = layers
+        .pick(
+            &CERTIFICATE,
+            args.otlp_ca.clone(),
+            file.otlp_ca.clone(),
+            |v| Ok(PathBuf::from(v)),
+        )?
+        .map(|(path, source)| {
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(ConfigError::Invalid {
+                    source_name: source.to_string(),
+                    value: path.display().to_string(),
+                    expected: "a readable PEM file",
+                })
             }
-        },
-    };
-
-    let endpoint = resolve_endpoint(args, file, env, protocol)?;
-    let headers = resolve_headers(args, file, env)?;
-
-    let compression = match pick(args.otlp_compression.as_ref(), "compression") {
-        None => Compression::Gzip,
-        Some((v, source)) => match v.trim() {
-            "gzip" => Compression::Gzip,
-            "none" => Compression::None,
-            other => {
-                return Err(ConfigError::Invalid {
-                    source_name: source,
-                    value: other.to_owned(),
-                    expected: "`gzip` or `none`",
-                });
-            }
-        },
-    };
-
-    let timeout = resolve_timeout(args, &pick)?;
-
-    let ca_file = pick(
-        args.otlp_ca
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned())
-            .as_ref(),
-        "certificate",
-    )
-    .map(|(v, source)| {
-        let path = PathBuf::from(v.trim());
-        if path.is_file() {
-            Ok(path)
-        } else {
-            Err(ConfigError::Invalid {
-                source_name: source.replace("--otlp-certificate", "--otlp-ca"),
-                value: v,
-                expected: "a readable PEM file",
-            })
-        }
-    })
-    .transpose()?;
-
+        })
+        .transpose()?;
     let resource_attributes = match env("OTEL_RESOURCE_ATTRIBUTES") {
         Some(text) => parse_key_values(&text, "OTEL_RESOURCE_ATTRIBUTES")?,
         None => Vec::new(),
     };
-
     Ok(OtlpConfig {
-        endpoint,
+        endpoint: resolve_endpoint(args, file, env, protocol)?,
         protocol,
-        headers,
+        headers: resolve_headers(args, file, env)?,
         ca_file,
         compression,
         timeout,
         resource_attributes,
     })
-}
-
-type Pick<'a> = dyn Fn(Option<&String>, &str) -> Option<(String, String)> + 'a;
-
-fn resolve_timeout(args: &OtlpArgs, pick: &Pick<'_>) -> Result<Duration, ConfigError> {
-    let timeout = if let Some(v) = &args.otlp_timeout {
-        humantime::parse_duration(v).map_err(|_| ConfigError::Invalid {
-            source_name: "--otlp-timeout".to_owned(),
-            value: v.clone(),
-            expected: "a duration like `10s` or `500ms`",
-        })?
-    } else if let Some((v, source)) = pick(None, "timeout")
-        && source.starts_with("config file")
-    {
-        humantime::parse_duration(v.trim()).map_err(|_| ConfigError::Invalid {
-            source_name: source.clone(),
-            value: v.clone(),
-            expected: "a duration like `10s`",
-        })?
-    } else if let Some((v, source)) = pick(None, "timeout") {
-        // The specification gives the variables in milliseconds.
-        let ms: u64 = v.trim().parse().map_err(|_| ConfigError::Invalid {
-            source_name: source,
-            value: v.clone(),
-            expected: "milliseconds, e.g. `10000`",
-        })?;
-        Duration::from_millis(ms)
-    } else {
-        DEFAULT_TIMEOUT
-    };
-    if timeout.is_zero() {
-        return Err(ConfigError::Invalid {
-            source_name: "the OTLP timeout".to_owned(),
-            value: "0".to_owned(),
-            expected: "a positive duration",
-        });
-    }
-
-    Ok(timeout)
 }
 
 fn resolve_endpoint(
@@ -399,7 +417,7 @@ mod tests {
         assert_eq!(c.compression, Compression::Gzip);
         assert_eq!(c.timeout, Duration::from_secs(10));
         let http = OtlpArgs {
-            otlp_protocol: Some("http/protobuf".into()),
+            otlp_protocol: Some(Protocol::HttpProtobuf),
             ..OtlpArgs::default()
         };
         let c = with_env(&[], &http).unwrap();
@@ -446,10 +464,10 @@ mod tests {
         // Flags win over everything.
         let flags = OtlpArgs {
             otlp_endpoint: Some("http://flag:4040".into()),
-            otlp_protocol: Some("grpc".into()),
+            otlp_protocol: Some(Protocol::Grpc),
             otlp_header: vec!["B=flag".into()],
-            otlp_timeout: Some("500ms".into()),
-            otlp_compression: Some("gzip".into()),
+            otlp_timeout: Some(Duration::from_millis(500)),
+            otlp_compression: Some(Compression::Gzip),
             otlp_ca: None,
         };
         let c = with_env(&env2, &flags).unwrap();

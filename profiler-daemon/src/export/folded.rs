@@ -3,7 +3,6 @@
 //! name; user frames follow, then kernel frames with the suffix `_[k]`, leaf last.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use super::FileOptions;
 use crate::profile::SymbolizedProfile;
@@ -12,10 +11,7 @@ use crate::profile::SymbolizedProfile;
 #[must_use]
 pub fn fold(profile: &SymbolizedProfile, options: FileOptions) -> Vec<(String, u64)> {
     let mut lines: HashMap<String, u64> = HashMap::new();
-    for stack in &profile.stacks {
-        if stack.process.pid == 0 && !options.include_idle {
-            continue;
-        }
+    for stack in profile.shown(options.include_idle) {
         let mut line = sanitize(&stack.process.name);
         for loc in &stack.user {
             for frame in loc.frames.iter() {
@@ -42,7 +38,10 @@ pub fn fold(profile: &SymbolizedProfile, options: FileOptions) -> Vec<(String, u
 pub fn render(lines: &[(String, u64)]) -> String {
     let mut out = String::new();
     for (stack, count) in lines {
-        let _ = writeln!(out, "{stack} {count}");
+        out.push_str(stack);
+        out.push(' ');
+        out.push_str(&count.to_string());
+        out.push('\n');
     }
     out
 }

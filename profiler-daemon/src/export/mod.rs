@@ -1,6 +1,7 @@
 //! Sinks for a symbolized profile: files (folded stacks, SVG flamegraph, pprof) and OTLP.
 
 pub mod folded;
+mod intern;
 pub mod otlp;
 pub mod pprof;
 pub mod svg;

@@ -2,12 +2,12 @@
 //! and speedscope. The message types are declared here with prost's derive: the schema is eight
 //! small, frozen messages, and no maintained crate publishes them without a profiler attached.
 
-use std::collections::HashMap;
 use std::io::Write as _;
 
 use prost::Message as _;
 
 use super::FileOptions;
+use super::intern::{Interner, Strings};
 use crate::profile::{Location, SymbolizedProfile};
 
 /// `perftools.profiles` messages (field numbers from pprof's `profile.proto`).
@@ -104,56 +104,58 @@ mod proto {
 
 pub use proto::Profile as PprofProfile;
 
-#[derive(Default)]
+/// The pprof tables; pprof ids are the interners' indices (index 0, the zero value, is never
+/// written as an entry).
 struct Builder {
     profile: proto::Profile,
-    strings: HashMap<String, i64>,
-    functions: HashMap<(i64, i64), u64>,
-    mappings: HashMap<(String, bool), u64>,
-    locations: HashMap<(u64, u64, i64), u64>,
+    strings: Strings,
+    functions: Interner<(i64, i64)>,
+    mappings: Interner<(i64, bool)>,
+    locations: Interner<(u64, u64, i64)>,
 }
 
 impl Builder {
-    fn string(&mut self, s: &str) -> i64 {
-        if let Some(&i) = self.strings.get(s) {
-            return i;
+    fn new() -> Self {
+        Self {
+            profile: proto::Profile::default(),
+            strings: Strings::default(),
+            functions: Interner::new((0, 0)),
+            mappings: Interner::new((0, false)),
+            locations: Interner::new((0, 0, 0)),
         }
-        let i = self.profile.string_table.len() as i64;
-        self.profile.string_table.push(s.to_owned());
-        self.strings.insert(s.to_owned(), i);
-        i
+    }
+
+    fn string(&mut self, s: &str) -> i64 {
+        i64::from(self.strings.intern(s))
     }
 
     fn mapping(&mut self, loc: &Location) -> u64 {
         let (name, build_id) = match (&loc.module, loc.kernel) {
-            (_, true) => ("[kernel.kallsyms]".to_owned(), None),
-            (Some(m), false) => (m.path.to_string_lossy().into_owned(), m.build_id.clone()),
+            (_, true) => ("[kernel.kallsyms]".into(), None),
+            (Some(m), false) => (m.path.to_string_lossy(), m.build_id.as_deref()),
             (None, false) => return 0,
         };
-        if let Some(&id) = self.mappings.get(&(name.clone(), loc.kernel)) {
-            return id;
-        }
-        let id = self.profile.mapping.len() as u64 + 1;
         let filename = self.string(&name);
-        let build_id = build_id.map_or(0, |b| self.string(&b));
-        self.profile.mapping.push(proto::Mapping {
-            id,
-            filename,
-            build_id,
-            has_functions: true,
-        });
-        self.mappings.insert((name, loc.kernel), id);
-        id
+        let (id, new) = self.mappings.intern((filename, loc.kernel));
+        if new {
+            let build_id = build_id.map_or(0, |b| self.string(b));
+            self.profile.mapping.push(proto::Mapping {
+                id: id as u64,
+                filename,
+                build_id,
+                has_functions: true,
+            });
+        }
+        id as u64
     }
 
     fn location(&mut self, loc: &Location) -> u64 {
         let mapping_id = self.mapping(loc);
         let name = self.string(loc.frames.first().map_or("", |f| &f.name));
-        let key = (mapping_id, loc.address, name);
-        if let Some(&id) = self.locations.get(&key) {
-            return id;
+        let (id, new) = self.locations.intern((mapping_id, loc.address, name));
+        if !new {
+            return id as u64;
         }
-        let id = self.profile.location.len() as u64 + 1;
         // pprof, like OTLP: innermost inlined function first.
         let line = loc
             .frames
@@ -162,30 +164,33 @@ impl Builder {
             .map(|frame| {
                 let name = self.string(&frame.name);
                 let file = frame.file.as_deref().map_or(0, |f| self.string(f));
-                let next = self.profile.function.len() as u64 + 1;
-                let function_id = *self.functions.entry((name, file)).or_insert(next);
-                if function_id == next {
+                let (function_id, new_fn) = self.functions.intern((name, file));
+                if new_fn {
                     self.profile.function.push(proto::Function {
-                        id: function_id,
+                        id: function_id as u64,
                         name,
                         system_name: name,
                         filename: file,
                     });
                 }
                 proto::Line {
-                    function_id,
+                    function_id: function_id as u64,
                     line: frame.line.map_or(0, i64::from),
                 }
             })
             .collect();
         self.profile.location.push(proto::Location {
-            id,
+            id: id as u64,
             mapping_id,
             address: loc.address,
             line,
         });
-        self.locations.insert(key, id);
-        id
+        id as u64
+    }
+
+    fn finish(mut self) -> PprofProfile {
+        self.profile.string_table = self.strings.into_values();
+        self.profile
     }
 }
 
@@ -193,8 +198,7 @@ impl Builder {
 /// `tid`, `comm` (process) and `thread`.
 #[must_use]
 pub fn build(profile: &SymbolizedProfile, options: FileOptions) -> PprofProfile {
-    let mut b = Builder::default();
-    b.string("");
+    let mut b = Builder::new();
     let period = 1_000_000_000 / i64::from(profile.frequency.max(1));
     let samples = proto::ValueType {
         r#type: b.string("samples"),
@@ -209,10 +213,7 @@ pub fn build(profile: &SymbolizedProfile, options: FileOptions) -> PprofProfile 
     b.profile.period = period;
     b.profile.time_nanos = profile.start_unix_nano as i64;
     b.profile.duration_nanos = profile.duration_nano as i64;
-    for stack in &profile.stacks {
-        if stack.process.pid == 0 && !options.include_idle {
-            continue;
-        }
+    for stack in profile.shown(options.include_idle) {
         let location_id = stack
             .kernel
             .iter()
@@ -249,7 +250,7 @@ pub fn build(profile: &SymbolizedProfile, options: FileOptions) -> PprofProfile 
             label,
         });
     }
-    b.profile
+    b.finish()
 }
 
 /// The gzip-compressed encoding, as `go tool pprof` reads it.

@@ -1,80 +1,34 @@
-//! Process table: what the pipeline learns about a process the first time one of its samples
-//! arrives (name, executable, container, and where each of its user addresses points) while it
-//! is still alive.
+//! The process table: what the pipeline learns about a process image while it is alive (its
+//! identity and its executable mappings), and the normalization of its user addresses to
+//! (module, file offset) against them. It opens the mapped files (`objfile`) but names nothing:
+//! naming is the symbolizer's job, and the collector calls the two in turn.
 
-mod container;
-pub mod maps;
-
-pub use container::container_id_from_cgroup;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use maps::{Backing, Mapping, Snapshot, parse_maps};
+use snapshot::{Backing, Mapping, Snapshot};
 
-use crate::profile::Location;
-use crate::symbolize::{ModuleId, Resolved, SymbolizerStage, UserLoc};
-
-/// Identity of a process, shared by every stack of it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ProcessInfo {
-    pub pid: u32,
-    /// The thread group leader's comm (`/proc/PID/comm`), else the first sampled thread's comm.
-    pub name: Arc<str>,
-    /// `/proc/PID/exe` as the process sees it; `None` for kernel threads or when unreadable.
-    pub exe_path: Option<Arc<str>>,
-    /// File name of `exe_path`, else `name`.
-    pub exe_name: Arc<str>,
-    /// Container id from the process's cgroup path (Docker, containerd, CRI-O, Podman).
-    pub container_id: Option<Arc<str>>,
-}
-
-impl ProcessInfo {
-    /// Reads what `/proc` says about `pid`; falls back to `thread_comm` for a process that is
-    /// already gone.
-    #[must_use]
-    pub fn read(proc_root: &Path, pid: u32, thread_comm: &str) -> Self {
-        if pid == 0 {
-            // Like perf: the idle task is "swapper".
-            let name: Arc<str> = Arc::from("swapper");
-            return Self {
-                pid,
-                exe_name: name.clone(),
-                name,
-                exe_path: None,
-                container_id: None,
-            };
-        }
-        let dir = proc_root.join(pid.to_string());
-        let name: Arc<str> = read_comm(&dir)
-            .unwrap_or_else(|| thread_comm.to_owned())
-            .into();
-        let exe_path: Option<Arc<str>> = std::fs::read_link(dir.join("exe"))
-            .ok()
-            .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").into());
-        let exe_name = exe_path
-            .as_deref()
-            .and_then(|p| Path::new(p).file_name())
-            .map_or_else(|| name.clone(), |n| n.to_string_lossy().into());
-        let container_id = std::fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .and_then(|text| container_id_from_cgroup(&text))
-            .map(Arc::from);
-        Self {
-            pid,
-            name,
-            exe_path,
-            exe_name,
-            container_id,
-        }
-    }
-}
+use crate::objfile::{ModuleId, ModuleRegistry};
+use crate::procfs::{self, ProcessInfo, parse_maps};
 
 /// Identity of one process image: a process between its exec (or first sight) and its next exec
 /// or exit. Samples of different images never share address interpretations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ImageId(pub u64);
+
+/// Where a user address points, decided while its process was alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UserLoc {
+    /// In a file mapping: the module and the offset in the file.
+    File { module: ModuleId, offset: u64 },
+    /// In an executable mapping without a file (JIT code, the vDSO): named through the process.
+    Process { addr: u64 },
+    /// In no executable mapping (or the process was gone before it could be read).
+    Unmapped { addr: u64 },
+}
 
 /// One process image and what was learnt about it while it ran.
 #[derive(Debug)]
@@ -89,8 +43,6 @@ pub struct Image {
     snapshot: Snapshot,
     /// User address → where it points.
     locs: HashMap<u64, UserLoc>,
-    /// Names of addresses outside file mappings, resolved while the process lived.
-    live_names: HashMap<u64, Resolved>,
 }
 
 /// Counts of the process table, for summaries and metrics.
@@ -140,7 +92,7 @@ impl ProcessTable {
         pid: u32,
         since_ns: u64,
         thread_comm: &str,
-        symbolizer: &mut SymbolizerStage,
+        modules: &mut ModuleRegistry,
     ) -> ImageId {
         let id = ImageId(self.next);
         self.next += 1;
@@ -153,10 +105,9 @@ impl ProcessTable {
             info,
             snapshot: Snapshot::default(),
             locs: HashMap::new(),
-            live_names: HashMap::new(),
         };
         if pid != 0 {
-            self.refresh(&mut image, symbolizer);
+            self.refresh(&mut image, modules);
         }
         self.images.insert(id, image);
         self.by_pid.entry(pid).or_default().push(id);
@@ -164,7 +115,7 @@ impl ProcessTable {
     }
 
     /// Re-reads the process's mappings, adding the ones not yet known (opening their files).
-    fn refresh(&mut self, image: &mut Image, symbolizer: &mut SymbolizerStage) {
+    fn refresh(&mut self, image: &mut Image, modules: &mut ModuleRegistry) {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{}/maps", image.pid)) else {
             self.stats.snapshot_failed += 1;
             return;
@@ -177,28 +128,25 @@ impl ProcessTable {
                     .find(line.start)
                     .is_none_or(|m| m.start != line.start)
             })
-            .map(|line| {
-                let backing = if line.path.starts_with('/') {
-                    Backing::File(symbolizer.open_module(image.pid, &line))
+            .map(|line| Mapping {
+                start: line.start,
+                end: line.end,
+                offset: line.offset,
+                backing: if line.path.starts_with('/') {
+                    Backing::File(modules.open(image.pid, &line))
                 } else {
                     Backing::Other
-                };
-                Mapping {
-                    start: line.start,
-                    end: line.end,
-                    offset: line.offset,
-                    backing,
-                }
+                },
             })
             .collect();
         image.snapshot.merge(fresh);
     }
 
     /// The process replaced its image at `time_ns`: snapshot the new one now, while it runs.
-    pub fn exec(&mut self, pid: u32, time_ns: u64, comm: &str, symbolizer: &mut SymbolizerStage) {
+    pub fn exec(&mut self, pid: u32, time_ns: u64, comm: &str, modules: &mut ModuleRegistry) {
         self.stats.execs += 1;
         self.end_current(pid, time_ns);
-        self.new_image(pid, time_ns, comm, symbolizer);
+        self.new_image(pid, time_ns, comm, modules);
     }
 
     /// The process exited at `time_ns`; its pid may be reused afterwards.
@@ -223,31 +171,32 @@ impl ProcessTable {
         pid: u32,
         time_ns: u64,
         thread_comm: &str,
-        symbolizer: &mut SymbolizerStage,
+        modules: &mut ModuleRegistry,
     ) -> ImageId {
         if let Some(ids) = self.by_pid.get(&pid) {
-            for id in ids.iter().rev() {
-                let image = &self.images[id];
+            let images = ids.iter().filter_map(|id| self.images.get(id));
+            for image in images.clone().rev() {
                 if image.since_ns <= time_ns && image.ended_ns.is_none_or(|end| time_ns <= end) {
-                    return *id;
+                    return image.id;
                 }
             }
             // Older than every image we know: the oldest is the best guess.
-            if let Some(first) = ids.first()
-                && time_ns < self.images[first].since_ns
+            if let Some(first) = images.clone().next()
+                && time_ns < first.since_ns
             {
-                return *first;
+                return first.id;
             }
         }
-        self.new_image(pid, time_ns, thread_comm, symbolizer)
+        self.new_image(pid, time_ns, thread_comm, modules)
     }
 
     /// Works out where the not yet seen `addrs` of `image` point; call it as soon as samples
     /// arrive. A miss while the image is current re-reads the mappings (libraries loaded after
-    /// exec); addresses outside files are named through the live process right away.
-    pub fn learn(&mut self, id: ImageId, addrs: &[u64], symbolizer: &mut SymbolizerStage) {
+    /// exec). Returns the new addresses outside file mappings: the caller names them through the
+    /// live process right away.
+    pub fn learn(&mut self, id: ImageId, addrs: &[u64], modules: &mut ModuleRegistry) -> Vec<u64> {
         let Some(mut image) = self.images.remove(&id) else {
-            return;
+            return Vec::new();
         };
         let mut fresh: Vec<u64> = addrs
             .iter()
@@ -258,7 +207,7 @@ impl ProcessTable {
         fresh.dedup();
         let current = image.ended_ns.is_none();
         if current && fresh.iter().any(|&a| image.snapshot.find(a).is_none()) {
-            self.refresh(&mut image, symbolizer);
+            self.refresh(&mut image, modules);
         }
         let mut live = Vec::new();
         for addr in fresh {
@@ -283,105 +232,40 @@ impl ProcessTable {
             };
             image.locs.insert(addr, loc);
         }
-        if !live.is_empty() {
-            let names = symbolizer.resolve_process(image.pid, &live);
-            image.live_names.extend(live.into_iter().zip(names));
-        }
         self.images.insert(id, image);
+        live
     }
 
-    /// Names one address of `image` (learnt before with `learn`).
-    pub fn resolve(
-        &self,
-        id: ImageId,
-        addrs: &[u64],
-        symbolizer: &mut SymbolizerStage,
-    ) -> Vec<Location> {
-        let Some(image) = self.images.get(&id) else {
-            return addrs.iter().map(|&a| unmapped(a)).collect();
-        };
-        let locs: Vec<UserLoc> = addrs
-            .iter()
-            .map(|&a| {
-                image
-                    .locs
-                    .get(&a)
-                    .copied()
-                    .unwrap_or(UserLoc::Unmapped { addr: a })
-            })
-            .collect();
-        let files: Vec<(ModuleId, u64)> = locs
-            .iter()
-            .filter_map(|l| match *l {
-                UserLoc::File { module, offset } => Some((module, offset)),
-                _ => None,
-            })
-            .collect();
-        let mut names = symbolizer.resolve_user(&files).into_iter();
-        locs.iter()
-            .map(|loc| match *loc {
-                UserLoc::File { module, offset } => Location {
-                    module: symbolizer.module(module).cloned(),
-                    address: offset,
-                    kernel: false,
-                    frames: names
-                        .next()
-                        .unwrap_or_else(|| crate::symbolize::frame_unknown(offset)),
-                },
-                UserLoc::Process { addr } => Location {
-                    module: None,
-                    address: addr,
-                    kernel: false,
-                    frames: image
-                        .live_names
-                        .get(&addr)
-                        .cloned()
-                        .unwrap_or_else(|| crate::symbolize::frame_unknown(addr)),
-                },
-                UserLoc::Unmapped { addr } => unmapped(addr),
-            })
-            .collect()
+    /// Where `addr` of image `id` points (learnt before with `learn`).
+    #[must_use]
+    pub fn normalize(&self, id: ImageId, addr: u64) -> UserLoc {
+        self.images
+            .get(&id)
+            .and_then(|image| image.locs.get(&addr).copied())
+            .unwrap_or(UserLoc::Unmapped { addr })
     }
 
-    /// Drops images that ended and processes that are gone (after their window was exported).
-    pub fn prune(&mut self) {
+    /// Drops images that ended and processes that are gone (after their window was exported);
+    /// returns the images dropped.
+    pub fn prune(&mut self) -> Vec<ImageId> {
         let dead: Vec<ImageId> = self
             .images
             .values()
-            .filter(|i| {
-                i.pid != 0
-                    && (i.ended_ns.is_some()
-                        || !Path::new("/proc").join(i.pid.to_string()).exists())
-            })
+            .filter(|i| i.pid != 0 && (i.ended_ns.is_some() || !procfs::alive(i.pid)))
             .map(|i| i.id)
             .collect();
-        for id in dead {
-            if let Some(image) = self.images.remove(&id)
+        for id in &dead {
+            if let Some(image) = self.images.remove(id)
                 && let Some(ids) = self.by_pid.get_mut(&image.pid)
             {
-                ids.retain(|i| *i != id);
+                ids.retain(|i| i != id);
                 if ids.is_empty() {
                     self.by_pid.remove(&image.pid);
                 }
             }
         }
+        dead
     }
-}
-
-fn unmapped(addr: u64) -> Location {
-    Location {
-        module: None,
-        address: addr,
-        kernel: false,
-        frames: crate::symbolize::frame_unknown(addr),
-    }
-}
-
-/// `PID_DIR/comm` without the newline; `None` when the process is gone.
-fn read_comm(pid_dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(pid_dir.join("comm")).ok()?;
-    let name = text.trim_end_matches('\n');
-    (!name.is_empty()).then(|| name.to_owned())
 }
 
 #[cfg(test)]
@@ -389,44 +273,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn info_comes_from_proc_or_falls_back() {
-        let me = std::process::id();
-        let own = read_comm(&Path::new("/proc").join(me.to_string())).unwrap();
-        let info = ProcessInfo::read(Path::new("/proc"), me, "thread");
-        assert_eq!(&*info.name, own);
-        let exe = std::env::current_exe().unwrap();
-        assert_eq!(info.exe_path.as_deref(), exe.to_str());
-        assert_eq!(
-            &*info.exe_name,
-            exe.file_name().unwrap().to_string_lossy().as_ref()
-        );
-        // A pid that cannot exist (above pid_max) falls back to the thread's comm.
-        let gone = ProcessInfo::read(Path::new("/proc"), u32::MAX, "gone");
-        assert_eq!((&*gone.name, &*gone.exe_name), ("gone", "gone"));
-        assert_eq!(gone.exe_path, None);
-        assert_eq!(
-            &*ProcessInfo::read(Path::new("/proc"), 0, "swapper/1").name,
-            "swapper"
-        );
-    }
-
-    #[test]
     fn images_separate_exec_and_pid_reuse() {
-        let mut sym = SymbolizerStage::new(16, 16, &[]);
+        let mut modules = ModuleRegistry::new(16, Vec::new());
         let mut table = ProcessTable::default();
         let me = std::process::id();
-        let first = table.image_for(me, 100, "t", &mut sym);
-        assert_eq!(table.image_for(me, 150, "t", &mut sym), first);
-        table.exec(me, 200, "t", &mut sym);
-        let second = table.image_for(me, 250, "t", &mut sym);
+        let first = table.image_for(me, 100, "t", &mut modules);
+        assert_eq!(table.image_for(me, 150, "t", &mut modules), first);
+        table.exec(me, 200, "t", &mut modules);
+        let second = table.image_for(me, 250, "t", &mut modules);
         assert_ne!(second, first);
         assert_eq!(
-            table.image_for(me, 199, "t", &mut sym),
+            table.image_for(me, 199, "t", &mut modules),
             first,
             "before the exec"
         );
         table.exit(me, 300);
-        let reused = table.image_for(me, 400, "t", &mut sym);
+        let reused = table.image_for(me, 400, "t", &mut modules);
         assert!(
             reused != first && reused != second,
             "a reused pid is a new image"
@@ -434,28 +296,16 @@ mod tests {
         assert_eq!(table.len(), 1);
         assert_eq!(table.stats().execs, 1);
 
-        // This process's own code is found in its snapshot and named.
+        // This process's own code is found in its snapshot, in a module with a build id.
         let addr = images_separate_exec_and_pid_reuse as *const () as u64;
-        table.learn(reused, &[addr, 8], &mut sym);
-        let locs = table.resolve(reused, &[addr, 8], &mut sym);
-        assert!(
-            locs[0].frames[0]
-                .name
-                .contains("images_separate_exec_and_pid_reuse"),
-            "{locs:?}"
-        );
-        assert!(
-            locs[0]
-                .module
-                .as_ref()
-                .is_some_and(|m| m.build_id.is_some())
-        );
-        assert_eq!(&*locs[1].frames[0].name, "[unknown] 0x8");
-        table.prune();
-        assert_eq!(
-            table.images.len(),
-            1,
-            "ended images are dropped, the live one kept"
-        );
+        assert!(table.learn(reused, &[addr, 8], &mut modules).is_empty());
+        let UserLoc::File { module, .. } = table.normalize(reused, addr) else {
+            panic!("own code is in a file mapping");
+        };
+        assert!(modules.get(module).is_some_and(|m| m.build_id.is_some()));
+        assert_eq!(table.normalize(reused, 8), UserLoc::Unmapped { addr: 8 });
+        assert_eq!(table.stats().unmapped, 1);
+        assert_eq!(table.prune().len(), 2, "ended images are dropped");
+        assert_eq!(table.images.len(), 1, "the live one is kept");
     }
 }

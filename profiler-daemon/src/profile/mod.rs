@@ -14,6 +14,8 @@ use std::collections::hash_map::Entry;
 pub struct StackKey {
     /// The process image (a pid between exec/first sight and exec/exit).
     pub image: crate::process::ImageId,
+    /// The process (tgid): labels the stack even if its image is unknown.
+    pub pid: u32,
     pub tid: u32,
     pub kernel: Box<[u64]>,
     pub user: Box<[u64]>,
@@ -26,8 +28,6 @@ pub struct Profile {
     thread_names: HashMap<u32, String>,
     max_stacks: usize,
     samples: u64,
-    /// Samples dropped because `max_stacks` distinct stacks were already held.
-    pub lost_profile_full: u64,
 }
 
 impl Profile {
@@ -38,18 +38,16 @@ impl Profile {
             thread_names: HashMap::new(),
             max_stacks,
             samples: 0,
-            lost_profile_full: 0,
         }
     }
 
-    /// Adds one sample; returns false (and counts it) when the stack table is full.
+    /// Adds one sample; returns false (the caller counts the loss) when the stack table is full.
     pub fn add(&mut self, key: StackKey, thread_name: &str) -> bool {
         let len = self.counts.len();
         match self.counts.entry(key) {
             Entry::Occupied(mut e) => *e.get_mut() += 1,
             Entry::Vacant(e) => {
                 if len >= self.max_stacks {
-                    self.lost_profile_full += 1;
                     return false;
                 }
                 self.thread_names
@@ -108,8 +106,9 @@ pub mod test_support {
     use std::sync::Arc;
 
     use super::{Location, Stack, SymbolizedProfile};
-    use crate::process::ProcessInfo;
-    use crate::symbolize::{Frame, Module, ModuleId};
+    use crate::objfile::{Module, ModuleId};
+    use crate::procfs::ProcessInfo;
+    use crate::symbolize::Frame;
 
     /// A stack of process `pid` ("app", or "swapper" for 0) whose user and kernel entries are
     /// given root first, each as its function then inlined functions.
@@ -121,7 +120,7 @@ pub mod test_support {
             Some(Arc::from("abcd")),
         ));
         let loc = |names: &&[&str], i: usize, kernel: bool| Location {
-            module: (!kernel).then(|| module.clone()),
+            module: (!kernel).then(|| Arc::clone(&module)),
             address: 0x1000 + i as u64,
             kernel,
             frames: names
@@ -134,7 +133,7 @@ pub mod test_support {
         Stack {
             process: Arc::new(ProcessInfo {
                 pid,
-                name: name.clone(),
+                name: Arc::clone(&name),
                 exe_path: (pid != 0).then(|| Arc::from("/usr/bin/app")),
                 exe_name: name,
                 container_id: None,
@@ -173,6 +172,7 @@ mod tests {
     fn key(tid: u32, user: &[u64]) -> StackKey {
         StackKey {
             image: crate::process::ImageId(1),
+            pid: 1,
             tid,
             kernel: Box::new([]),
             user: user.into(),
@@ -192,7 +192,6 @@ mod tests {
         );
         assert_eq!(p.samples(), 4);
         assert_eq!(p.stacks(), 2);
-        assert_eq!(p.lost_profile_full, 1);
         assert_eq!(p.thread_name(2), "b");
     }
 

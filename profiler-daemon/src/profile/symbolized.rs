@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::process::ProcessInfo;
-use crate::symbolize::{Module, Resolved};
+use crate::objfile::Module;
+use crate::procfs::ProcessInfo;
+use crate::symbolize::Resolved;
 
 /// One stack entry: an address, where it points and its names.
 #[derive(Debug, Clone)]
@@ -46,5 +47,12 @@ impl SymbolizedProfile {
     #[must_use]
     pub fn samples(&self) -> u64 {
         self.stacks.iter().map(|s| s.count).sum()
+    }
+
+    /// The stacks an output shows: all of them, or all but the idle task's (pid 0).
+    pub fn shown(&self, include_idle: bool) -> impl Iterator<Item = &Stack> {
+        self.stacks
+            .iter()
+            .filter(move |s| include_idle || s.process.pid != 0)
     }
 }

@@ -37,18 +37,18 @@ impl Frame {
 
 /// An address in a known file that has no symbol covering it.
 #[must_use]
-pub fn unknown_in_module(module: &str, offset: u64) -> Resolved {
+pub(super) fn unknown_in_module(module: &str, offset: u64) -> Resolved {
     Frame::bare(format!("[unknown] {module}+0x{offset:x}"))
 }
 
 /// A user address outside any file mapping.
 #[must_use]
-pub fn unknown_addr(addr: u64) -> Resolved {
+pub(super) fn unknown_addr(addr: u64) -> Resolved {
     Frame::bare(format!("[unknown] 0x{addr:x}"))
 }
 
 /// A kernel address kallsyms does not cover.
 #[must_use]
-pub fn unknown_kernel(addr: u64) -> Resolved {
+pub(super) fn unknown_kernel(addr: u64) -> Resolved {
     Frame::bare(format!("[unknown] [kernel]+0x{addr:x}"))
 }

@@ -1,10 +1,7 @@
-//! Names addresses, in two steps so that names outlive processes and caches are shared:
-//! 1. *normalize*: the process table turns a user address into (module, file offset) against a
-//!    snapshot of the process's mappings taken while it was alive (`crate::process`), with the
-//!    module's file kept open (`modules`);
-//! 2. *symbolize* per (module, file offset) with one long-lived blazesym symbolizer, cached in a
-//!    bounded LRU keyed by module (build id) and offset, so every process running the same binary
-//!    shares it (`resolve_user`). Addresses outside file mappings (JIT code, the vDSO) are named
+//! Names addresses. User addresses arrive normalized to (module, file offset) by the process
+//! table (`crate::process`), and are named with one long-lived blazesym symbolizer, cached in a
+//! bounded LRU keyed by module and offset, so every process running the same file content shares
+//! it (`resolve_user`). Addresses outside file mappings (JIT code, the vDSO) are named
 //!    through the live process (`resolve_process`: perf maps, vDSO). Kernel addresses are named
 //!    from kallsyms (`resolve_kernel`).
 //!
@@ -13,10 +10,8 @@
 //! directories.
 
 mod frame;
-pub mod modules;
 
 pub use frame::{Frame, Resolved};
-pub use modules::{Module, ModuleId, ModuleRegistry};
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -27,18 +22,7 @@ use blazesym::symbolize::source::{Elf, Kernel, Process, Source};
 use blazesym::symbolize::{Input, Sym, Symbolized, Symbolizer};
 use lru::LruCache;
 
-use crate::process::maps::MapsLine;
-
-/// Where a user address points, decided while its process was alive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum UserLoc {
-    /// In a file mapping: the module and the offset in the file.
-    File { module: ModuleId, offset: u64 },
-    /// In an executable mapping without a file (JIT code, the vDSO): named through the process.
-    Process { addr: u64 },
-    /// In no executable mapping (or the process was gone before it could be read).
-    Unmapped { addr: u64 },
-}
+use crate::objfile::{ModuleId, ModuleRegistry};
 
 /// Counts of the symbolization stage, for summaries and metrics.
 #[derive(Debug, Clone, Copy, Default)]
@@ -51,38 +35,28 @@ pub struct SymbolizeStats {
     pub process_named: u64,
 }
 
-/// The default directories searched for split debug information (by build id, then debug link).
-pub const DEFAULT_DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
-
 /// The long-lived symbolizer with its caches. `!Send` (blazesym's `Symbolizer` is): it lives on
 /// the pipeline's own thread.
 pub struct SymbolizerStage {
     symbolizer: Symbolizer,
-    modules: ModuleRegistry,
     user_cache: LruCache<(ModuleId, u64), Resolved>,
     kernel_cache: LruCache<u64, Resolved>,
     stats: SymbolizeStats,
 }
 
 impl SymbolizerStage {
-    /// `cache_entries` bounds each of the user and kernel name caches, `modules` the files kept
-    /// open; `debug_dirs` are searched for split debug info before the defaults.
+    /// `cache_entries` bounds each of the user and kernel name caches; `debug_dirs` are searched
+    /// for split debug info (see `objfile::debug_dirs`).
     #[must_use]
-    pub fn new(cache_entries: usize, modules: usize, debug_dirs: &[PathBuf]) -> Self {
+    pub fn new(cache_entries: usize, debug_dirs: Vec<PathBuf>) -> Self {
         let cap = NonZeroUsize::new(cache_entries).unwrap_or(NonZeroUsize::MIN);
-        let dirs: Vec<PathBuf> = debug_dirs
-            .iter()
-            .cloned()
-            .chain(DEFAULT_DEBUG_DIRS.iter().map(PathBuf::from))
-            .collect();
         Self {
             symbolizer: Symbolizer::builder()
                 .enable_code_info(true)
                 .enable_inlined_fns(true)
                 .enable_demangling(true)
-                .set_debug_dirs(Some(dirs.clone()))
+                .set_debug_dirs(Some(debug_dirs))
                 .build(),
-            modules: ModuleRegistry::new(modules, dirs.clone()),
             user_cache: LruCache::new(cap),
             kernel_cache: LruCache::new(cap),
             stats: SymbolizeStats::default(),
@@ -94,42 +68,32 @@ impl SymbolizerStage {
         self.stats
     }
 
-    /// (user cache entries, kernel cache entries, open modules).
+    /// (user cache entries, kernel cache entries).
     #[must_use]
-    pub fn cache_sizes(&self) -> (usize, usize, usize) {
-        (
-            self.user_cache.len(),
-            self.kernel_cache.len(),
-            self.modules.len(),
-        )
+    pub fn cache_sizes(&self) -> (usize, usize) {
+        (self.user_cache.len(), self.kernel_cache.len())
     }
 
-    #[must_use]
-    pub fn module(&self, id: ModuleId) -> Option<&Arc<Module>> {
-        self.modules.get(id)
-    }
-
-    /// The module behind a file mapping of live process `pid` (see `ModuleRegistry::open`).
-    pub fn open_module(&mut self, pid: u32, line: &MapsLine) -> Arc<Module> {
-        let (module, evicted) = self.modules.open(pid, line);
-        for path in evicted {
-            // The fd number will be reused by another file: forget what blazesym parsed.
+    /// Forgets what blazesym parsed of closed modules (their fd numbers will be reused by other
+    /// files; see `ModuleRegistry::take_closed`).
+    pub fn forget(&mut self, read_paths: Vec<PathBuf>) {
+        for path in read_paths {
             let evict = blazesym::symbolize::evict::Evict::Elf(blazesym::symbolize::evict::Elf {
                 path,
                 _non_exhaustive: (),
             });
-            let _ = self.symbolizer.evict(&evict);
+            if let Err(err) = self.symbolizer.evict(&evict) {
+                tracing::debug!("forgetting a closed module failed: {err}");
+            }
         }
-        module
-    }
-
-    /// A module read from a host path (tools and benchmarks).
-    pub fn open_path(&mut self, path: &std::path::Path) -> Arc<Module> {
-        self.modules.open_path(path)
     }
 
     /// Names (module, offset) pairs, symbolizing the ones not cached (batched per module).
-    pub fn resolve_user(&mut self, locs: &[(ModuleId, u64)]) -> Vec<Resolved> {
+    pub fn resolve_user(
+        &mut self,
+        locs: &[(ModuleId, u64)],
+        modules: &ModuleRegistry,
+    ) -> Vec<Resolved> {
         let mut missing: HashMap<ModuleId, Vec<u64>> = HashMap::new();
         for &key in locs {
             if self.user_cache.get(&key).is_some() {
@@ -143,7 +107,7 @@ impl SymbolizerStage {
             offsets.sort_unstable();
             offsets.dedup();
             self.stats.cache_misses += offsets.len() as u64;
-            let Some(module) = self.modules.get(id).cloned() else {
+            let Some(module) = modules.get(id) else {
                 continue;
             };
             // A debug file found by build id is indexed by virtual address, not file offset.
@@ -171,7 +135,7 @@ impl SymbolizerStage {
                     Some(Symbolized::Sym(sym)) => frames_of(sym),
                     _ => frame::unknown_in_module(&module.name, offset),
                 };
-                self.user_cache.put((id, offset), resolved.clone());
+                self.user_cache.put((id, offset), Arc::clone(&resolved));
                 fresh.insert((id, offset), resolved);
             }
         }
@@ -182,10 +146,9 @@ impl SymbolizerStage {
                     .cloned()
                     .or_else(|| self.user_cache.get(key).cloned())
                     .unwrap_or_else(|| {
-                        let name = self
-                            .modules
+                        let name = modules
                             .get(key.0)
-                            .map_or_else(|| Arc::from("?"), |m| m.name.clone());
+                            .map_or_else(|| Arc::from("?"), |m| Arc::clone(&m.name));
                         frame::unknown_in_module(&name, key.1)
                     })
             })
@@ -245,7 +208,7 @@ impl SymbolizerStage {
                     Some(Symbolized::Sym(sym)) => frames_of(sym),
                     _ => frame::unknown_kernel(addr),
                 };
-                self.kernel_cache.put(addr, resolved.clone());
+                self.kernel_cache.put(addr, Arc::clone(&resolved));
                 fresh.insert(addr, resolved);
             }
         }
@@ -290,22 +253,10 @@ pub fn frame_unknown(addr: u64) -> Resolved {
     frame::unknown_addr(addr)
 }
 
-/// Lowercase hex of a build id.
-#[must_use]
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::maps::parse_maps;
+    use crate::procfs::parse_maps;
 
     #[inline(never)]
     fn marker_function_for_symbolization() -> u64 {
@@ -322,31 +273,25 @@ mod tests {
             .into_iter()
             .find(|l| l.start <= addr && addr < l.end)
             .unwrap();
-        let mut stage = SymbolizerStage::new(16, 8, &[]);
-        let module = stage.open_module(pid, &line);
-        assert!(module.build_id.is_some(), "cargo links with a build id");
+        let mut modules = ModuleRegistry::new(8, Vec::new());
+        let mut stage = SymbolizerStage::new(16, Vec::new());
+        let module = modules.open(pid, &line);
         let offset = addr - line.start + line.offset;
-        let names = stage.resolve_user(&[(module.id, offset)]);
+        let names = stage.resolve_user(&[(module.id, offset)], &modules);
         assert!(
             names[0][0]
                 .name
                 .contains("marker_function_for_symbolization"),
             "{names:?}"
         );
-        // Second lookup is served from the cache; the same file opens as the same module.
+        // Second lookup is served from the cache.
         let before = stage.stats().cache_hits;
-        let _ = stage.resolve_user(&[(module.id, offset)]);
+        let _ = stage.resolve_user(&[(module.id, offset)], &modules);
         assert_eq!(stage.stats().cache_hits, before + 1);
-        assert_eq!(stage.open_module(pid, &line).id, module.id);
         // Outside any mapping: named `[unknown] 0x..`, never dropped.
         assert_eq!(
             &*stage.resolve_process(pid, &[8])[0][0].name,
             "[unknown] 0x8"
         );
-    }
-
-    #[test]
-    fn hex_is_lowercase() {
-        assert_eq!(hex(&[0xab, 0x01]), "ab01");
     }
 }

@@ -30,13 +30,16 @@ pub fn init_logging(level: Option<&str>, fallback: Option<&str>, format: LogForm
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = match format {
+    let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         // Colors only for a person at a terminal, never in journald or a log pipeline.
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .try_init(),
     };
+    if let Err(err) = installed {
+        eprintln!("warning: logging was already set up: {err}");
+    }
     if let Some(msg) = bad {
         tracing::warn!("{msg}; using `info`");
     }

@@ -4,7 +4,6 @@
 //! to stay within Pyroscope's limits (16000 samples per profile, 4 MiB per request).
 
 use std::collections::HashMap;
-use std::hash::Hash;
 
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
@@ -12,6 +11,7 @@ use opentelemetry_proto::tonic::profiles::v1development as pb;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
 
+use crate::export::intern::{Interner, Strings};
 use crate::profile::{Location, Stack, SymbolizedProfile};
 
 /// Pyroscope rejects profiles with more samples.
@@ -49,11 +49,7 @@ pub fn encode(
     profile: &SymbolizedProfile,
     options: &EncodeOptions,
 ) -> Vec<ExportProfilesServiceRequest> {
-    let stacks: Vec<&Stack> = profile
-        .stacks
-        .iter()
-        .filter(|s| options.include_idle || s.process.pid != 0)
-        .collect();
+    let stacks: Vec<&Stack> = profile.shown(options.include_idle).collect();
     let mut out = Vec::new();
     for chunk in stacks.chunks(MAX_SAMPLES_PER_PROFILE) {
         encode_within_size(profile, chunk, options, &mut out);
@@ -213,7 +209,7 @@ enum AttrValue {
 
 /// Interning tables of the `ProfilesDictionary`, each starting with its zero value.
 struct Dictionary {
-    strings: Interner<String>,
+    strings: Strings,
     functions: Interner<(i32, i32)>,
     mappings: Interner<(i32, Option<i32>)>,
     locations: Interner<(i32, u64, bool, i32)>,
@@ -225,36 +221,10 @@ struct Dictionary {
     kernel_mapping: Option<i32>,
 }
 
-/// Assigns dense indices to distinct values; index 0 is reserved for the zero value.
-struct Interner<K> {
-    index: HashMap<K, i32>,
-    values: Vec<K>,
-}
-
-impl<K: Clone + Eq + Hash> Interner<K> {
-    fn new(zero: K) -> Self {
-        Self {
-            index: HashMap::from([(zero.clone(), 0)]),
-            values: vec![zero],
-        }
-    }
-
-    /// Returns (index, true when new).
-    fn intern(&mut self, key: K) -> (i32, bool) {
-        if let Some(&i) = self.index.get(&key) {
-            return (i, false);
-        }
-        let i = self.values.len() as i32;
-        self.index.insert(key.clone(), i);
-        self.values.push(key);
-        (i, true)
-    }
-}
-
 impl Dictionary {
     fn new() -> Self {
         Self {
-            strings: Interner::new(String::new()),
+            strings: Strings::default(),
             functions: Interner::new((0, 0)),
             mappings: Interner::new((0, None)),
             locations: Interner::new((0, 0, false, 0)),
@@ -268,10 +238,7 @@ impl Dictionary {
     }
 
     fn string(&mut self, s: &str) -> i32 {
-        if let Some(&i) = self.strings.index.get(s) {
-            return i;
-        }
-        self.strings.intern(s.to_owned()).0
+        self.strings.intern(s)
     }
 
     fn attribute(&mut self, key: &str, value: AttrValue) -> i32 {
@@ -393,9 +360,9 @@ impl Dictionary {
             location_table,
             function_table,
             link_table: vec![pb::Link::default()],
-            string_table: strings.values,
+            string_table: strings.into_values(),
             attribute_table: attributes
-                .values
+                .into_values()
                 .into_iter()
                 .enumerate()
                 .map(|(i, (key, value))| pb::KeyValueAndUnit {
@@ -415,7 +382,7 @@ impl Dictionary {
                 })
                 .collect(),
             stack_table: stacks
-                .values
+                .into_values()
                 .into_iter()
                 .map(|location_indices| pb::Stack { location_indices })
                 .collect(),

@@ -1,10 +1,10 @@
 //! Bounded queue of encoded requests between the pipeline thread and the sender task. When full,
-//! the oldest request is dropped (and counted): after an outage the newest windows get through,
-//! and memory stays flat.
+//! the oldest request is dropped (the caller counts it): after an outage the newest windows get
+//! through, and memory stays flat.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
 use tokio::sync::Notify;
@@ -14,8 +14,6 @@ pub struct RequestQueue {
     capacity: usize,
     notify: Notify,
     closed: AtomicBool,
-    /// Requests dropped because the queue was full.
-    pub dropped: AtomicU64,
 }
 
 impl RequestQueue {
@@ -26,7 +24,6 @@ impl RequestQueue {
             capacity: capacity.max(1),
             notify: Notify::new(),
             closed: AtomicBool::new(false),
-            dropped: AtomicU64::new(0),
         }
     }
 
@@ -43,7 +40,6 @@ impl RequestQueue {
         let full = items.len() >= self.capacity;
         if full {
             items.pop_front();
-            self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 capacity = self.capacity,
                 "export queue full: dropped the oldest request"
@@ -117,8 +113,7 @@ mod tests {
         let q = RequestQueue::new(2);
         assert!(!q.push(req(1)));
         assert!(!q.push(req(2)));
-        assert!(q.push(req(3)));
-        assert_eq!(q.dropped.load(Ordering::Relaxed), 1);
+        assert!(q.push(req(3)), "the oldest was dropped");
         assert!(q.is_full());
         q.close();
         assert_eq!(q.pop().await.unwrap().resource_profiles.len(), 2);
@@ -129,10 +124,10 @@ mod tests {
     #[tokio::test]
     async fn pop_waits_for_a_push() {
         let q = std::sync::Arc::new(RequestQueue::new(4));
-        let q2 = q.clone();
+        let q2 = std::sync::Arc::clone(&q);
         let waiter = tokio::spawn(async move { q2.pop().await.map(|r| r.resource_profiles.len()) });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let _ = q.push(req(5));
+        assert!(!q.push(req(5)));
         assert_eq!(waiter.await.unwrap(), Some(5));
     }
 }

@@ -6,39 +6,58 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
+
 use super::queue::RequestQueue;
 use super::transport::{SendError, Transport};
+use crate::counters::{Count, Totals};
 use crate::telemetry::metrics::{Health, Metrics};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Export counters, shared with the rest of the daemon (summary line, metrics).
+/// Export counters, shared with the pipeline thread, which publishes them with its own totals
+/// (summary line, metrics).
 #[derive(Debug, Default)]
 pub struct ExportStats {
     /// Requests the receiver accepted.
-    pub sent: AtomicU64,
+    sent: AtomicU64,
     /// Samples in those requests.
-    pub sent_samples: AtomicU64,
+    sent_samples: AtomicU64,
     /// Attempts that failed (each retry counts).
-    pub failed_attempts: AtomicU64,
-    /// Requests given up: refused by the receiver, or displaced while retrying, or left at shutdown.
-    pub dropped: AtomicU64,
+    failed_attempts: AtomicU64,
+    /// Requests given up: refused by the receiver, displaced from a full queue or while
+    /// retrying, or left at shutdown.
+    dropped: AtomicU64,
     /// Profiles the receiver reported as rejected in a partial success.
-    pub rejected_profiles: AtomicU64,
-    /// Microseconds of the last successful export (attempt latency).
-    pub last_latency_us: AtomicU64,
+    rejected_profiles: AtomicU64,
 }
 
 impl ExportStats {
     fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// Counts `n` requests given up.
+    pub fn dropped(&self, n: u64) {
+        Self::add(&self.dropped, n);
+    }
+
+    /// Writes the export counts into `totals`.
+    pub fn totals(&self, totals: &mut Totals) {
+        for (count, value) in [
+            (Count::ExportSent, &self.sent),
+            (Count::ExportedSamples, &self.sent_samples),
+            (Count::ExportFailedAttempt, &self.failed_attempts),
+            (Count::ExportDropped, &self.dropped),
+            (Count::RejectedProfiles, &self.rejected_profiles),
+        ] {
+            totals.set(count, value.load(Ordering::Relaxed));
+        }
+    }
 }
 
-fn samples_in(
-    request: &opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest,
-) -> u64 {
+fn samples_in(request: &ExportProfilesServiceRequest) -> u64 {
     request
         .resource_profiles
         .iter()
@@ -59,83 +78,77 @@ pub struct Observers {
 /// Sends until the queue is closed and empty. Stops retrying a request once the queue is closed
 /// (shutdown: the caller bounds the remaining time).
 pub async fn send_loop(mut transport: Transport, queue: Arc<RequestQueue>, obs: Observers) {
-    let Observers {
-        stats,
-        metrics,
-        health,
-    } = obs;
     while let Some(request) = queue.pop().await {
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            let start = Instant::now();
-            match transport.send(&request).await {
-                Ok(partial) => {
-                    health.export_succeeded();
-                    metrics.export("sent", 1);
-                    metrics
-                        .export_latency
-                        .observe(start.elapsed().as_secs_f64());
-                    ExportStats::add(&stats.sent, 1);
-                    ExportStats::add(&stats.sent_samples, samples_in(&request));
-                    stats
-                        .last_latency_us
-                        .store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    if let Some(p) = partial
-                        && (p.rejected_profiles > 0 || !p.error_message.is_empty())
-                    {
-                        ExportStats::add(
-                            &stats.rejected_profiles,
-                            p.rejected_profiles.max(0) as u64,
-                        );
-                        tracing::warn!(
-                            rejected_profiles = p.rejected_profiles,
-                            "receiver accepted the export partially: {}",
-                            p.error_message
-                        );
-                    }
-                    tracing::debug!(
-                        latency_ms = start.elapsed().as_millis() as u64,
-                        "export sent"
-                    );
-                    break;
-                }
-                Err(SendError::Permanent(message)) => {
-                    health.export_failed();
-                    metrics.export("failed_attempt", 1);
-                    metrics.export("dropped", 1);
-                    ExportStats::add(&stats.failed_attempts, 1);
-                    ExportStats::add(&stats.dropped, 1);
-                    tracing::error!("export rejected, dropping the request: {message}");
-                    break;
-                }
-                Err(SendError::Retryable(message)) => {
-                    health.export_failed();
-                    metrics.export("failed_attempt", 1);
-                    ExportStats::add(&stats.failed_attempts, 1);
-                    if queue.is_closed() {
-                        metrics.export("dropped", 1);
-                        ExportStats::add(&stats.dropped, 1);
-                        tracing::error!(
-                            "export failed at shutdown, dropping the request: {message}"
-                        );
-                        break;
-                    }
-                    if queue.is_full() {
-                        metrics.export("dropped", 1);
-                        ExportStats::add(&stats.dropped, 1);
-                        tracing::warn!(
-                            "export failed and newer windows are waiting: dropping the oldest: {message}"
-                        );
-                        break;
-                    }
-                    tracing::warn!(
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "export failed: {message}"
-                    );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+        send_one(&mut transport, &queue, &obs, &request).await;
     }
+}
+
+/// Sends one request, retrying with backoff while that is worth it.
+async fn send_one(
+    transport: &mut Transport,
+    queue: &RequestQueue,
+    obs: &Observers,
+    request: &ExportProfilesServiceRequest,
+) {
+    let stats = &obs.stats;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let start = Instant::now();
+        let message = match transport.send(request).await {
+            Ok(partial) => {
+                obs.health.export_succeeded();
+                obs.metrics
+                    .export_latency
+                    .observe(start.elapsed().as_secs_f64());
+                ExportStats::add(&stats.sent, 1);
+                ExportStats::add(&stats.sent_samples, samples_in(request));
+                if let Some(p) = partial
+                    && (p.rejected_profiles > 0 || !p.error_message.is_empty())
+                {
+                    ExportStats::add(&stats.rejected_profiles, p.rejected_profiles.max(0) as u64);
+                    tracing::warn!(
+                        rejected_profiles = p.rejected_profiles,
+                        "receiver accepted the export partially: {}",
+                        p.error_message
+                    );
+                }
+                tracing::debug!(
+                    latency_ms = start.elapsed().as_millis() as u64,
+                    "export sent"
+                );
+                return;
+            }
+            Err(SendError::Permanent(message)) => {
+                failed(obs);
+                stats.dropped(1);
+                tracing::error!("export rejected, dropping the request: {message}");
+                return;
+            }
+            Err(SendError::Retryable(message)) => message,
+        };
+        failed(obs);
+        if queue.is_closed() {
+            stats.dropped(1);
+            tracing::error!("export failed at shutdown, dropping the request: {message}");
+            return;
+        }
+        if queue.is_full() {
+            stats.dropped(1);
+            tracing::warn!(
+                "export failed and newer windows are waiting: dropping the oldest: {message}"
+            );
+            return;
+        }
+        tracing::warn!(
+            retry_in_ms = backoff.as_millis() as u64,
+            "export failed: {message}"
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn failed(obs: &Observers) {
+    obs.health.export_failed();
+    ExportStats::add(&obs.stats.failed_attempts, 1);
 }

@@ -45,8 +45,10 @@ impl std::fmt::Display for SendError {
     }
 }
 
-// One value per daemon: the size difference between the variants does not matter.
-#[allow(clippy::large_enum_variant)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per daemon: the size difference between the variants does not matter"
+)]
 pub enum Transport {
     Grpc {
         endpoint: Endpoint,

@@ -49,7 +49,7 @@ fn pyroscope_service_name(rp: &pb::ResourceProfiles) -> String {
 }
 
 #[test]
-#[allow(clippy::too_many_lines)] // one request, checked field by field
+#[allow(clippy::too_many_lines, reason = "one request, checked field by field")]
 fn encodes_one_resource_per_executable_with_a_deduplicated_dictionary() {
     let p = profile(vec![
         stack(

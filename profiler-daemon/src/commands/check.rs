@@ -169,13 +169,24 @@ fn perf_event(type_: u32, config: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_lines)] // a flat list of independent checks
 /// Runs every check. `otlp`: the collector to try, if configured.
 #[must_use]
 pub fn run(otlp: Option<&OtlpConfig>) -> Vec<Check> {
-    let mut out = Vec::new();
     let release = kernel_release();
-    out.push(match major_minor(&release) {
+    let mut out = vec![kernel_check(&release), btf_check()];
+    out.extend(perf_checks());
+    out.extend(capability_checks());
+    out.push(bpffs_check());
+    out.push(memlock_check(&release));
+    out.push(sampler_check());
+    if let Some(otlp) = otlp {
+        out.push(collector_check(otlp));
+    }
+    out
+}
+
+fn kernel_check(release: &str) -> Check {
+    match major_minor(release) {
         Some(v) if v >= (5, 8) => check(
             "kernel",
             Status::Ok,
@@ -191,13 +202,27 @@ pub fn run(otlp: Option<&OtlpConfig>) -> Vec<Check> {
             Status::Warn,
             format!("cannot tell the version of `{release}`"),
         ),
-    });
-    out.push(if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        check("btf", Status::Ok, "/sys/kernel/btf/vmlinux present (exec/exit tracking)")
+    }
+}
+
+fn btf_check() -> Check {
+    if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        check(
+            "btf",
+            Status::Ok,
+            "/sys/kernel/btf/vmlinux present (exec/exit tracking)",
+        )
     } else {
-        check("btf", Status::Warn, "no /sys/kernel/btf/vmlinux: exec/exit tracking off (short-lived processes lose names)")
-    });
-    out.push(
+        check(
+            "btf",
+            Status::Warn,
+            "no /sys/kernel/btf/vmlinux: exec/exit tracking off (short-lived processes lose names)",
+        )
+    }
+}
+
+fn perf_checks() -> [Check; 2] {
+    [
         match perf_event(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK) {
             Ok(()) => check(
                 "perf events",
@@ -210,8 +235,6 @@ pub fn run(otlp: Option<&OtlpConfig>) -> Vec<Check> {
                 format!("cpu-clock refused: {e}"),
             ),
         },
-    );
-    out.push(
         match perf_event(PERF_TYPE_HARDWARE, PERF_COUNT_HW_CPU_CYCLES) {
             Ok(()) => check(
                 "hardware PMU",
@@ -224,44 +247,48 @@ pub fn run(otlp: Option<&OtlpConfig>) -> Vec<Check> {
                 format!("cpu-cycles unavailable ({e}); not needed: cpu-clock is used"),
             ),
         },
-    );
+    ]
+}
+
+fn capability_checks() -> Vec<Check> {
     let caps = effective_caps().unwrap_or(0);
     let has = |bit: u32| caps & (1u64 << bit) != 0;
-    for cap in CAPS {
-        let held = has(cap.bit) || cap.alternative.is_some_and(has);
-        out.push(if held {
-            check("capability", Status::Ok, format!("{} held", cap.name))
-        } else {
-            check(
-                "capability",
-                if cap.fatal {
-                    Status::Fail
-                } else {
-                    Status::Warn
-                },
-                format!("{} missing: {}", cap.name, cap.without),
-            )
-        });
-    }
+    CAPS.iter()
+        .map(|cap| {
+            if has(cap.bit) || cap.alternative.is_some_and(has) {
+                check("capability", Status::Ok, format!("{} held", cap.name))
+            } else {
+                check(
+                    "capability",
+                    if cap.fatal {
+                        Status::Fail
+                    } else {
+                        Status::Warn
+                    },
+                    format!("{} missing: {}", cap.name, cap.without),
+                )
+            }
+        })
+        .collect()
+}
+
+fn bpffs_check() -> Check {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    out.push(
-        if mounts
-            .lines()
-            .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
-        {
-            check(
-                "bpffs",
-                Status::Ok,
-                "mounted (not needed: nothing is pinned)",
-            )
+    let mounted = mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("bpf"));
+    check(
+        "bpffs",
+        Status::Ok,
+        if mounted {
+            "mounted (not needed: nothing is pinned)"
         } else {
-            check(
-                "bpffs",
-                Status::Ok,
-                "not mounted (not needed: nothing is pinned)",
-            )
+            "not mounted (not needed: nothing is pinned)"
         },
-    );
+    )
+}
+
+fn memlock_check(release: &str) -> Check {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -276,8 +303,8 @@ pub fn run(otlp: Option<&OtlpConfig>) -> Vec<Check> {
     } else {
         "unknown".to_owned()
     };
-    let charged_to_memcg = major_minor(&release).is_some_and(|v| v >= (5, 11));
-    out.push(check(
+    let charged_to_memcg = major_minor(release).is_some_and(|v| v >= (5, 11));
+    check(
         "memlock",
         Status::Ok,
         if charged_to_memcg {
@@ -285,12 +312,7 @@ pub fn run(otlp: Option<&OtlpConfig>) -> Vec<Check> {
         } else {
             format!("{memlock} (raised to unlimited at start when allowed)")
         },
-    ));
-    out.push(sampler_check());
-    if let Some(otlp) = otlp {
-        out.push(collector_check(otlp));
-    }
-    out
+    )
 }
 
 /// Loads and attaches the real sampler for a moment.

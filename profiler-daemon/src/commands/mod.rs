@@ -1,0 +1,9 @@
+//! The subcommands, each wiring the pipeline for one job: `record` (one file), `run` (the
+//! daemon), `check` (diagnose the host), and with the `bench` feature the measurements
+//! `cargo xtask bench` takes.
+
+#[cfg(feature = "bench")]
+pub mod bench;
+pub mod check;
+pub mod record;
+pub mod run;

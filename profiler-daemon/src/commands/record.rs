@@ -1,0 +1,90 @@
+//! `profiler record`: sample for a while, write one file, print a one-line summary.
+
+use std::fmt;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::bpf::{BpfError, Design};
+use crate::config::RecordConfig;
+use crate::counters::{Count, Totals};
+use crate::export::{self, ExportError, FileOptions};
+use crate::pipeline::{Collector, Driver, Ending};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+}
+
+/// What a recording did, for the summary line and for tests.
+#[derive(Debug, Clone)]
+pub struct RecordSummary {
+    pub elapsed: Duration,
+    /// Samples in the profile (idle included when asked for).
+    pub samples: u64,
+    pub processes: usize,
+    pub totals: Totals,
+    pub cpus: usize,
+    pub interrupted: bool,
+}
+
+impl fmt::Display for RecordSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} samples from {} processes on {} CPUs in {:.1}s{}; {}; {} idle",
+            self.samples,
+            self.processes,
+            self.cpus,
+            self.elapsed.as_secs_f64(),
+            if self.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            },
+            self.totals.describe_losses(),
+            self.totals.get(Count::Idle),
+        )
+    }
+}
+
+/// Records until `config.duration` passes or `stop` is set, then writes the output file.
+pub fn record(config: &RecordConfig, stop: &AtomicBool) -> Result<RecordSummary, RecordError> {
+    let mut driver = Driver::start(&config.sampler, Design::RingBuf, stop)?;
+    let mut collector = Collector::new(&config.limits, config.sampler.frequency);
+    let start = Instant::now();
+    let wall_start = SystemTime::now();
+    let ending = driver.run_until(start + config.duration, &mut collector, |_, _| {})?;
+    let elapsed = start.elapsed();
+    let cpus = driver.sampler().cpus();
+    let mut totals = driver.finish(&mut collector)?;
+
+    let processes = collector.processes();
+    let profile = collector.finish_window(wall_start, elapsed);
+    collector.totals(&mut totals);
+    let title = format!(
+        "profiler record: {} samples, {} Hz, {:.1}s",
+        profile.samples(),
+        config.sampler.frequency,
+        elapsed.as_secs_f64()
+    );
+    export::write_file(
+        &profile,
+        config.format,
+        &config.output,
+        FileOptions {
+            include_idle: config.sampler.include_idle,
+        },
+        &title,
+    )?;
+    Ok(RecordSummary {
+        elapsed,
+        samples: profile.samples(),
+        processes,
+        totals,
+        cpus,
+        interrupted: ending == Ending::Stopped,
+    })
+}

@@ -1,0 +1,268 @@
+//! `profiler run`: the long-running daemon. The pipeline (sampler, collector, symbolizer) runs on
+//! the calling thread, since blazesym's symbolizer is `!Send`; every interval it closes the window,
+//! encodes OTLP requests into the bounded queue, and a tokio task sends them. The HTTP server
+//! (metrics, health) runs on the same small runtime.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::bpf::{BpfError, Design};
+use crate::config::RunConfig;
+use crate::counters::{Count, Role, Totals};
+use crate::export::otlp::{
+    EncodeOptions, ExportStats, Observers, RequestQueue, Transport, TransportError, encode,
+    send_loop,
+};
+use crate::pipeline::{Collector, Driver, Ending};
+use crate::telemetry::metrics::{Gauges, Health, Metrics};
+use crate::telemetry::server::{self, ServerError, ServerState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// What the daemon did, printed at exit.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub totals: Totals,
+    /// Samples in the exported windows.
+    pub samples: u64,
+    pub flushed: bool,
+}
+
+impl fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = &self.totals;
+        write!(
+            f,
+            "{} windows, {} samples; exported {} requests, {} failed attempts, {} dropped; {}{}",
+            t.get(Count::Windows),
+            self.samples,
+            t.get(Count::ExportSent),
+            t.get(Count::ExportFailedAttempt),
+            t.get(Count::ExportDropped),
+            t.describe_losses(),
+            if self.flushed {
+                ""
+            } else {
+                "; shutdown timed out before everything was sent"
+            },
+        )
+    }
+}
+
+/// What the pipeline thread shares with the sender and the HTTP server.
+struct Shared {
+    queue: Arc<RequestQueue>,
+    stats: Arc<ExportStats>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+/// Runs until `stop` is set; then exports the open window and waits (bounded) for delivery.
+pub fn run(config: &RunConfig, stop: &AtomicBool) -> Result<RunSummary, RunError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("profiler-io")
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    let shared = Shared {
+        queue: Arc::new(RequestQueue::new(config.export_queue_size)),
+        stats: Arc::new(ExportStats::default()),
+        metrics: Arc::new(Metrics::new()),
+        health: Arc::new(Health::default()),
+    };
+    let transport = {
+        let _guard = runtime.enter();
+        Transport::new(&config.otlp)?
+    };
+    if let Some(addr) = config.http_address {
+        let state = Arc::new(ServerState {
+            metrics: Arc::clone(&shared.metrics),
+            health: Arc::clone(&shared.health),
+            // Exports may fail for three windows before /readyz says not ready.
+            grace_ms: (config.interval * 3).as_millis() as u64,
+        });
+        runtime.block_on(server::start(addr, state))?;
+    }
+    let sender = runtime.spawn(send_loop(
+        transport,
+        Arc::clone(&shared.queue),
+        Observers {
+            stats: Arc::clone(&shared.stats),
+            metrics: Arc::clone(&shared.metrics),
+            health: Arc::clone(&shared.health),
+        },
+    ));
+    tracing::info!(
+        endpoint = %config.otlp.endpoint,
+        protocol = ?config.otlp.protocol,
+        interval = %humantime::format_duration(config.interval),
+        frequency = config.sampler.frequency,
+        "profiler running"
+    );
+
+    let pipeline = Pipeline::new(config, &shared).run(stop);
+    shared.health.attached.store(false, Ordering::Relaxed);
+    // Whatever happened, let the sender finish what it has (bounded), then report.
+    shared.queue.close();
+    let flushed = runtime
+        .block_on(async { tokio::time::timeout(config.shutdown_timeout, sender).await })
+        .is_ok();
+    if !flushed {
+        let left = shared.queue.len() as u64 + 1;
+        shared.stats.dropped(left);
+        tracing::warn!("shutdown timeout reached: {left} requests not delivered");
+    }
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    let (mut totals, samples) = pipeline?;
+    shared.stats.totals(&mut totals);
+    Ok(RunSummary {
+        totals,
+        samples,
+        flushed,
+    })
+}
+
+/// The daemon's pipeline thread: samples, and every interval turns the window into requests.
+struct Pipeline<'a> {
+    config: &'a RunConfig,
+    shared: &'a Shared,
+    collector: Collector,
+    options: EncodeOptions,
+    windows: u64,
+    samples: u64,
+    /// Totals at the last loss log.
+    logged: Totals,
+}
+
+impl<'a> Pipeline<'a> {
+    fn new(config: &'a RunConfig, shared: &'a Shared) -> Self {
+        Self {
+            config,
+            shared,
+            collector: Collector::new(&config.limits, config.sampler.frequency),
+            options: EncodeOptions {
+                host_name: config.host_name.clone(),
+                resource_attributes: config.otlp.resource_attributes.clone(),
+                include_idle: config.sampler.include_idle,
+            },
+            windows: 0,
+            samples: 0,
+            logged: Totals::default(),
+        }
+    }
+
+    /// Runs until `stop`; returns the final totals and the samples exported.
+    fn run(mut self, stop: &AtomicBool) -> Result<(Totals, u64), BpfError> {
+        let mut driver = Driver::start(&self.config.sampler, Design::RingBuf, stop)?;
+        self.shared.health.attached.store(true, Ordering::Relaxed);
+        loop {
+            let wall_start = SystemTime::now();
+            let start = Instant::now();
+            let ending = driver.run_until(
+                start + self.config.interval,
+                &mut self.collector,
+                |driver, collector| {
+                    publish(self.shared, self.config, driver, collector, self.windows);
+                },
+            )?;
+            driver.take_peak_fill();
+            if ending == Ending::Stopped {
+                // Take what is still in the ring buffer into this last window.
+                let kernel = driver.finish(&mut self.collector)?;
+                let totals = self.close_window(wall_start, start.elapsed(), kernel);
+                return Ok((totals, self.samples));
+            }
+            let mut kernel = Totals::default();
+            driver.sampler().read_counters(&mut kernel)?;
+            self.close_window(wall_start, start.elapsed(), kernel);
+        }
+    }
+
+    /// Names and encodes the window, queues its requests, logs its losses; returns the totals.
+    fn close_window(
+        &mut self,
+        start: SystemTime,
+        duration: Duration,
+        mut totals: Totals,
+    ) -> Totals {
+        let profile = self.collector.finish_window(start, duration);
+        self.collector.prune_exited();
+        self.windows += 1;
+        self.samples += profile.samples();
+        let requests = encode(&profile, &self.options);
+        tracing::debug!(
+            samples = profile.samples(),
+            stacks = profile.stacks.len(),
+            requests = requests.len(),
+            "window closed"
+        );
+        for request in requests {
+            if self.shared.queue.push(request) {
+                self.shared.stats.dropped(1);
+            }
+        }
+        self.collector.totals(&mut totals);
+        totals.set(Count::Windows, self.windows);
+        log_losses(&totals, &self.logged);
+        self.logged = totals;
+        totals
+    }
+}
+
+/// Logs the samples lost and the stack walks failed since the last window (also in /metrics).
+fn log_losses(now: &Totals, before: &Totals) {
+    let lost = now.sum(Role::SampleLoss) + now.sum(Role::EventLoss);
+    if lost > before.sum(Role::SampleLoss) + before.sum(Role::EventLoss) {
+        tracing::warn!("losses in this window (totals: {})", now.describe_losses());
+    }
+    let walks = now.sum(Role::WalkFailed);
+    if walks > before.sum(Role::WalkFailed) {
+        tracing::info!(
+            "{} stack walks failed in this window (samples kept without that part)",
+            walks - before.sum(Role::WalkFailed)
+        );
+    }
+}
+
+/// Publishes the current totals and sizes to the metrics.
+fn publish(
+    shared: &Shared,
+    config: &RunConfig,
+    driver: &Driver<'_>,
+    collector: &Collector,
+    windows: u64,
+) {
+    let mut totals = Totals::default();
+    if let Err(err) = driver.sampler().read_counters(&mut totals) {
+        tracing::debug!("reading the kernel counters failed: {err}");
+        return;
+    }
+    collector.totals(&mut totals);
+    shared.stats.totals(&mut totals);
+    totals.set(Count::Windows, windows);
+    shared.metrics.update(&totals);
+    let held = collector.held();
+    shared.metrics.set_gauges(&Gauges {
+        processes: held.processes,
+        user_names: held.user_names,
+        kernel_names: held.kernel_names,
+        open_modules: held.open_modules,
+        stacks: held.stacks,
+        ring_fill_ratio: driver.peak_fill(),
+        pid_filter_entries: config.sampler.pids.len(),
+        queue_depth: shared.queue.len(),
+    });
+}

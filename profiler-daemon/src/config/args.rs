@@ -1,0 +1,132 @@
+//! The flags of every subcommand, as clap parses them. Parsing checks syntax only; the parent
+//! module turns them into a validated configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::LogFormat;
+use super::otlp::OtlpArgs;
+
+/// Options of `profiler record`.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// How long to record (e.g. `10s`, `2m`). Ctrl-C stops early and still writes the file.
+    #[arg(long, short = 'd', value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Samples per second on each CPU (1..=10000).
+    #[arg(long, short = 'F', value_name = "HZ", default_value_t = 99)]
+    pub frequency: u32,
+
+    /// Only profile this process (a tgid, with all its threads). Repeatable.
+    #[arg(long, short = 'p', value_name = "PID")]
+    pub pid: Vec<u32>,
+
+    /// Output file; the extension picks the format: `.svg` (flamegraph), `.folded` (folded stacks).
+    #[arg(long, short = 'o', value_name = "PATH")]
+    pub output: PathBuf,
+
+    /// Keep samples of idle CPUs (pid 0) in the output; they are always counted.
+    #[arg(long)]
+    pub include_idle: bool,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Options of `profiler run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Length of one profile window: every interval the window is exported (e.g. `10s`).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Samples per second on each CPU (1..=10000).
+    #[arg(long, short = 'F', value_name = "HZ", default_value_t = 19)]
+    pub frequency: u32,
+
+    /// Only profile this process (a tgid, with all its threads). Repeatable.
+    #[arg(long, short = 'p', value_name = "PID")]
+    pub pid: Vec<u32>,
+
+    /// Export idle-CPU samples (pid 0) too; they are always counted.
+    #[arg(long)]
+    pub include_idle: bool,
+
+    /// Most export requests waiting in memory; when full the oldest is dropped (and counted).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub export_queue_size: usize,
+
+    /// On SIGTERM/SIGINT, how long to keep trying to deliver the last windows.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// TOML configuration file: one key per flag (see deploy/profiler.toml). Flags and
+    /// environment variables win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address of the HTTP server for /metrics, /healthz and /readyz; `off` disables it.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9740")]
+    pub http_address: String,
+
+    /// Log format: `text` (for people) or `json` (for log pipelines).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Options of `profiler check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also try the collector configured by these flags or the `OTEL_EXPORTER_OTLP_*` variables
+    /// (always tried when one of them is set).
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
+}
+
+/// Memory bounds shared by the sampling subcommands.
+#[derive(Debug, Args, Clone)]
+pub struct LimitArgs {
+    /// Size of the kernel→daemon ring buffer in bytes (a power of two, at least 4096).
+    /// Default: 128 KiB per CPU, rounded up to a power of two (256 KiB..64 MiB). A sample takes
+    /// 56 bytes plus 8 per frame; the daemon drains at least every 100 ms.
+    #[arg(long, value_name = "BYTES")]
+    pub ring_buffer_size: Option<u32>,
+
+    /// Most distinct stacks kept in memory per profile; samples of new stacks beyond it are
+    /// counted as lost (`profile_full`).
+    #[arg(long, value_name = "N", default_value_t = 200_000)]
+    pub max_stacks: usize,
+
+    /// Most symbolized addresses cached (per unique binary and offset, shared by processes).
+    #[arg(long, value_name = "N", default_value_t = 200_000)]
+    pub symbol_cache_entries: usize,
+
+    /// Most executables and libraries kept open with their parsed symbols, beyond those that
+    /// running processes map (those are always kept, so their names survive an exit).
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub open_modules: usize,
+
+    /// Sample the profiler's own process too (left out by default: naming its own large binary
+    /// would cost more memory than anything it profiles).
+    #[arg(long)]
+    pub profile_self: bool,
+
+    /// Extra directory searched for split debug info (by build id under `.build-id/`, then by
+    /// debug link), before `/usr/lib/debug` and `/lib/debug`. Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub debug_dir: Vec<std::path::PathBuf>,
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|err| format!("{err} (expected e.g. `10s`, `2m`, `500ms`)"))
+}

@@ -1,0 +1,91 @@
+//! The interner both profile encoders (OTLP and pprof) build their tables with: dense indices for
+//! distinct values, index 0 reserved for the zero value (both formats want it there).
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+
+/// Assigns dense indices to distinct values; index 0 is the zero value.
+#[derive(Debug)]
+pub(super) struct Interner<K> {
+    index: HashMap<K, i32>,
+    values: Vec<K>,
+}
+
+impl<K: Clone + Eq + Hash> Interner<K> {
+    #[must_use]
+    pub(super) fn new(zero: K) -> Self {
+        Self {
+            index: HashMap::from([(zero.clone(), 0)]),
+            values: vec![zero],
+        }
+    }
+
+    /// Returns (index, true when new).
+    pub(super) fn intern(&mut self, key: K) -> (i32, bool) {
+        if let Some(&i) = self.index.get(&key) {
+            return (i, false);
+        }
+        let i = self.values.len() as i32;
+        self.index.insert(key.clone(), i);
+        self.values.push(key);
+        (i, true)
+    }
+
+    /// The index of a value already interned, looked up without owning it.
+    #[must_use]
+    pub(super) fn get<Q>(&self, key: &Q) -> Option<i32>
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        self.index.get(key).copied()
+    }
+
+    /// The values, in index order (the zero value first).
+    #[must_use]
+    pub(super) fn into_values(self) -> Vec<K> {
+        self.values
+    }
+}
+
+/// A string table: interns `&str` without allocating for strings already seen.
+#[derive(Debug)]
+pub(super) struct Strings(Interner<String>);
+
+impl Default for Strings {
+    fn default() -> Self {
+        Self(Interner::new(String::new()))
+    }
+}
+
+impl Strings {
+    pub(super) fn intern(&mut self, s: &str) -> i32 {
+        self.0
+            .get(s)
+            .unwrap_or_else(|| self.0.intern(s.to_owned()).0)
+    }
+
+    #[must_use]
+    pub(super) fn into_values(self) -> Vec<String> {
+        self.0.into_values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_first_then_dense_indices() {
+        let mut i = Interner::new(0u64);
+        assert_eq!(i.intern(0), (0, false));
+        assert_eq!(i.intern(7), (1, true));
+        assert_eq!(i.intern(9), (2, true));
+        assert_eq!(i.intern(7), (1, false));
+        assert_eq!(i.into_values(), vec![0, 7, 9]);
+        let mut s = Strings::default();
+        assert_eq!((s.intern(""), s.intern("a"), s.intern("a")), (0, 1, 1));
+        assert_eq!(s.into_values(), vec![String::new(), "a".to_owned()]);
+    }
+}

@@ -1,0 +1,338 @@
+//! The executables and libraries seen in processes ("modules"), each opened once and kept open
+//! while a live process maps it: symbolization reads the file through that handle
+//! (`/proc/self/fd/N`), so it works for files that exist only in a container's mount namespace,
+//! that were deleted or replaced since, and after the process exited.
+//!
+//! A module is one file content: files with the same build id, size and content digest share one
+//! entry (the same binary in many containers shares its names); files that share a build id but
+//! differ never do (see `identity`). Names, and later unwind tables, are keyed by `ModuleId`.
+
+mod debug;
+mod identity;
+
+pub use debug::DebugFile;
+pub use identity::FileKey;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use identity::Digester;
+
+use crate::procfs::MapsLine;
+
+/// Identity of a module, stable for the daemon's life (never reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModuleId(pub u64);
+
+/// One ELF file content.
+#[derive(Debug)]
+pub struct Module {
+    pub id: ModuleId,
+    /// Path as the process mapped it (in its own mount namespace).
+    pub path: PathBuf,
+    /// File name, for `[unknown] name+0x..` frames.
+    pub name: Arc<str>,
+    /// GNU build id, lowercase hex, when the file has one.
+    pub build_id: Option<Arc<str>>,
+    /// Where blazesym reads the file: `/proc/self/fd/N` of `_file`, else the path itself.
+    pub read_path: PathBuf,
+    /// A separate debug file found by build id, with the binary's loadable segments to turn file
+    /// offsets into the addresses it is indexed by.
+    pub debug_file: Option<DebugFile>,
+    /// File size, the first identity check.
+    size: u64,
+    /// Content digest, computed when another file claims the same build id.
+    digest: OnceLock<Option<u64>>,
+    /// Keeps the file readable after the process is gone; closed with the last reference.
+    _file: Option<File>,
+}
+
+impl Module {
+    /// A module read through its path, with no open handle (tests).
+    #[must_use]
+    pub fn at_path(id: ModuleId, path: PathBuf, build_id: Option<Arc<str>>) -> Self {
+        Self {
+            id,
+            read_path: path.clone(),
+            name: file_name(&path),
+            path,
+            build_id,
+            debug_file: None,
+            size: 0,
+            digest: OnceLock::new(),
+            _file: None,
+        }
+    }
+}
+
+fn file_name(path: &Path) -> Arc<str> {
+    path.file_name()
+        .map_or_else(|| path.to_string_lossy(), |n| n.to_string_lossy())
+        .into()
+}
+
+/// The directories searched for split debug information (by build id, then debug link): the
+/// user's `extra` ones first, then the distribution's.
+#[must_use]
+pub fn debug_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
+    extra
+        .iter()
+        .cloned()
+        .chain(["/usr/lib/debug", "/lib/debug"].map(PathBuf::from))
+        .collect()
+}
+
+/// Lowercase hex of a build id.
+#[must_use]
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+/// An opened file about to become (or join) a module.
+struct Candidate {
+    file: Option<File>,
+    key: Option<FileKey>,
+    /// The path as its process sees it.
+    path: PathBuf,
+    read_path: PathBuf,
+    size: u64,
+    digest: OnceLock<Option<u64>>,
+}
+
+/// All modules, bounded: beyond `capacity`, modules no live process references are closed.
+pub struct ModuleRegistry {
+    modules: HashMap<ModuleId, Arc<Module>>,
+    by_file: HashMap<FileKey, ModuleId>,
+    by_build_id: HashMap<Arc<str>, Vec<ModuleId>>,
+    next: u64,
+    capacity: usize,
+    /// Searched for debug files by build id.
+    debug_dirs: Vec<PathBuf>,
+    digester: Digester,
+    /// Read paths of closed modules whose parsed data the symbolizer must forget (the fd number
+    /// will be reused by another file).
+    closed: Vec<PathBuf>,
+}
+
+impl ModuleRegistry {
+    #[must_use]
+    pub fn new(capacity: usize, debug_dirs: Vec<PathBuf>) -> Self {
+        Self {
+            modules: HashMap::new(),
+            by_file: HashMap::new(),
+            by_build_id: HashMap::new(),
+            next: 1,
+            capacity: capacity.max(1),
+            debug_dirs,
+            digester: Digester::default(),
+            closed: Vec::new(),
+        }
+    }
+
+    #[must_use]
+    pub fn get(&self, id: ModuleId) -> Option<&Arc<Module>> {
+        self.modules.get(&id)
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.modules.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+
+    /// Read paths of modules closed since the last call.
+    pub fn take_closed(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.closed)
+    }
+
+    /// The module behind a file mapping of live process `pid`: through `/proc/PID/map_files`
+    /// (the exact file, in any namespace), else `/proc/PID/root/PATH`, else the path itself.
+    pub fn open(&mut self, pid: u32, line: &MapsLine) -> Arc<Module> {
+        let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", line.start, line.end);
+        let rooted = format!("/proc/{pid}/root{}", line.path);
+        let file = File::open(&map_file).or_else(|_| File::open(&rooted)).ok();
+        self.register(file, PathBuf::from(&line.path))
+    }
+
+    /// A module for a file named by path on this host (tools and benchmarks).
+    pub fn open_path(&mut self, path: &Path) -> Arc<Module> {
+        self.register(File::open(path).ok(), path.to_path_buf())
+    }
+
+    fn register(&mut self, file: Option<File>, path: PathBuf) -> Arc<Module> {
+        let meta = file.as_ref().and_then(|f| f.metadata().ok());
+        let key = meta.as_ref().map(FileKey::of);
+        if let Some(id) = key.and_then(|k| self.by_file.get(&k))
+            && let Some(module) = self.modules.get(id)
+        {
+            return Arc::clone(module);
+        }
+        let read_path = file.as_ref().map_or_else(
+            || path.clone(),
+            |f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
+        );
+        let candidate = Candidate {
+            size: meta.as_ref().map_or(0, std::fs::Metadata::len),
+            file,
+            key,
+            path,
+            read_path,
+            digest: OnceLock::new(),
+        };
+        let build_id: Option<Arc<str>> = blazesym::helper::read_elf_build_id(&candidate.read_path)
+            .ok()
+            .flatten()
+            .map(|b| Arc::from(hex(&b)));
+        if let Some(b) = &build_id
+            && let Some(module) = self.same_content(b, &candidate)
+        {
+            // The same binary in another file (another container's copy): share its caches.
+            if let Some(key) = key {
+                self.by_file.insert(key, module.id);
+            }
+            return module;
+        }
+        self.insert(candidate, build_id)
+    }
+
+    /// The module with build id `build_id` whose content is `candidate`'s, if any.
+    fn same_content(&self, build_id: &str, candidate: &Candidate) -> Option<Arc<Module>> {
+        let digest = |cell: &OnceLock<Option<u64>>, path: &Path| {
+            *cell.get_or_init(|| self.digester.digest(path).ok())
+        };
+        self.by_build_id.get(build_id)?.iter().find_map(|id| {
+            let module = self.modules.get(id)?;
+            // A file that could not be opened is read by a path that may name another file.
+            let same = candidate.key.is_some() && module.size == candidate.size && {
+                let theirs = digest(&module.digest, &module.read_path);
+                theirs.is_some() && theirs == digest(&candidate.digest, &candidate.read_path)
+            };
+            same.then(|| Arc::clone(module))
+        })
+    }
+
+    fn insert(&mut self, candidate: Candidate, build_id: Option<Arc<str>>) -> Arc<Module> {
+        self.make_room();
+        let id = ModuleId(self.next);
+        self.next += 1;
+        let debug_file = build_id
+            .as_deref()
+            .and_then(|b| debug::find(&self.debug_dirs, b, &candidate.read_path));
+        let module = Arc::new(Module {
+            id,
+            name: file_name(&candidate.path),
+            path: candidate.path,
+            build_id: build_id.clone(),
+            read_path: candidate.read_path,
+            debug_file,
+            size: candidate.size,
+            digest: candidate.digest,
+            _file: candidate.file,
+        });
+        self.modules.insert(id, Arc::clone(&module));
+        if let Some(key) = candidate.key {
+            self.by_file.insert(key, id);
+        }
+        if let Some(b) = build_id {
+            self.by_build_id.entry(b).or_default().push(id);
+        }
+        module
+    }
+
+    /// Closes modules that nothing else references until below capacity.
+    fn make_room(&mut self) {
+        if self.modules.len() < self.capacity {
+            return;
+        }
+        let idle: Vec<ModuleId> = self
+            .modules
+            .iter()
+            .filter(|(_, m)| Arc::strong_count(m) == 1)
+            .map(|(&id, _)| id)
+            .collect();
+        let excess = self.modules.len() + 1 - self.capacity;
+        for id in idle.into_iter().take(excess) {
+            if let Some(m) = self.modules.remove(&id) {
+                self.by_file.retain(|_, v| *v != id);
+                self.by_build_id.retain(|_, ids| {
+                    ids.retain(|v| *v != id);
+                    !ids.is_empty()
+                });
+                self.closed.push(m.read_path.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_share_a_module_and_forged_build_ids_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::env::current_exe().unwrap();
+        let (a, b, forged) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("forged"),
+        );
+        std::fs::copy(&me, &a).unwrap();
+        std::fs::copy(&me, &b).unwrap();
+        // Same build id and size, one byte of other content (the last byte is past every
+        // section the build id note covers).
+        let mut bytes = std::fs::read(&me).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&forged, bytes).unwrap();
+
+        let mut registry = ModuleRegistry::new(16, Vec::new());
+        let ma = registry.open_path(&a);
+        let mb = registry.open_path(&b);
+        let mf = registry.open_path(&forged);
+        assert!(ma.build_id.is_some(), "cargo links with a build id");
+        assert_eq!(
+            ma.build_id, mf.build_id,
+            "the forgery claims the same build id"
+        );
+        assert_eq!(ma.id, mb.id, "identical copies share one module");
+        assert_ne!(ma.id, mf.id, "same build id, other content: another module");
+        assert_eq!(registry.len(), 2);
+        // Opening the same file again finds it by file identity.
+        assert_eq!(registry.open_path(&forged).id, mf.id);
+    }
+
+    #[test]
+    fn hex_is_lowercase() {
+        assert_eq!(hex(&[0xab, 0x01]), "ab01");
+    }
+
+    #[test]
+    fn idle_modules_are_closed_beyond_capacity() {
+        let me = std::env::current_exe().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = ModuleRegistry::new(1, Vec::new());
+        let first = registry.open_path(&me).id;
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"not an elf file").unwrap();
+        let kept = registry.open_path(&other);
+        assert_eq!(registry.len(), 1);
+        assert!(registry.get(first).is_none());
+        assert_eq!(registry.take_closed().len(), 1);
+        assert!(registry.take_closed().is_empty());
+        assert!(registry.get(kept.id).is_some());
+    }
+}

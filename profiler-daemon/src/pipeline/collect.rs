@@ -1,0 +1,275 @@
+//! The user-space stage between the ring buffer and the exporters. It takes raw samples and
+//! process events in order and, in turn:
+//! 1. keeps the process table current (exec and exit split images) and normalizes new user
+//!    addresses while the process lives (`process`, which keeps the mapped files open through
+//!    `objfile`, so names survive the process);
+//! 2. names addresses outside files (JIT code, the vDSO) through the live process right away;
+//! 3. aggregates counts into the window's profile (`profile`);
+//! 4. at the window's end, names every stack (`symbolize`) and hands a named profile forward.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::Sink;
+use crate::bpf::{ProcessEvent, RawSample};
+use crate::config::Limits;
+use crate::counters::{Count, Totals};
+use crate::objfile::{self, ModuleId, ModuleRegistry};
+use crate::process::{ImageId, ProcessTable, UserLoc};
+use crate::procfs::ProcessInfo;
+use crate::profile::{Location, Profile, Stack, StackKey, SymbolizedProfile, call_sites};
+use crate::symbolize::{Resolved, SymbolizerStage, frame_unknown};
+
+/// Sizes of what the collector holds, for gauges.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Held {
+    pub processes: usize,
+    pub user_names: usize,
+    pub kernel_names: usize,
+    pub open_modules: usize,
+    pub stacks: usize,
+}
+
+pub struct Collector {
+    processes: ProcessTable,
+    modules: ModuleRegistry,
+    symbolizer: SymbolizerStage,
+    /// Names of addresses outside file mappings, taken from the live process.
+    live_names: HashMap<(ImageId, u64), Resolved>,
+    profile: Profile,
+    received: u64,
+    malformed: u64,
+    lost_profile_full: u64,
+    unknown_process: u64,
+    frequency: u32,
+}
+
+impl Collector {
+    #[must_use]
+    pub fn new(limits: &Limits, frequency: u32) -> Self {
+        let debug_dirs = objfile::debug_dirs(&limits.debug_dirs);
+        Self {
+            processes: ProcessTable::default(),
+            modules: ModuleRegistry::new(limits.open_modules, debug_dirs.clone()),
+            symbolizer: SymbolizerStage::new(limits.symbol_cache_entries, debug_dirs),
+            live_names: HashMap::new(),
+            profile: Profile::new(limits.max_stacks),
+            received: 0,
+            malformed: 0,
+            lost_profile_full: 0,
+            unknown_process: 0,
+            frequency,
+        }
+    }
+
+    /// Takes one drained batch, in ring buffer order.
+    fn ingest(&mut self, batch: Vec<Option<RawSample>>) {
+        let mut new_user: HashMap<ImageId, Vec<u64>> = HashMap::new();
+        for sample in batch {
+            let Some(sample) = sample else {
+                self.malformed += 1;
+                continue;
+            };
+            let thread = sample.thread_name();
+            match sample.event() {
+                Some(ProcessEvent::Exec) => {
+                    // Addresses of the old image seen so far in this batch: learn them before
+                    // the mappings change under them.
+                    self.learn(&mut new_user);
+                    self.processes
+                        .exec(sample.tgid, sample.time_ns, &thread, &mut self.modules);
+                    continue;
+                }
+                Some(ProcessEvent::Exit) => {
+                    self.learn(&mut new_user);
+                    self.processes.exit(sample.tgid, sample.time_ns);
+                    continue;
+                }
+                None => {}
+            }
+            self.received += 1;
+            let image =
+                self.processes
+                    .image_for(sample.tgid, sample.time_ns, &thread, &mut self.modules);
+            let user = call_sites(&sample.user);
+            new_user
+                .entry(image)
+                .or_default()
+                .extend(user.iter().copied());
+            let key = StackKey {
+                image,
+                pid: sample.tgid,
+                tid: sample.tid,
+                kernel: call_sites(&sample.kernel),
+                user,
+            };
+            if !self.profile.add(key, &thread) {
+                self.lost_profile_full += 1;
+            }
+        }
+        self.learn(&mut new_user);
+    }
+
+    /// Normalizes the pending user addresses while their processes live, and names the ones
+    /// outside files through the live process. Naming the rest waits for the window's end: the
+    /// files stay open as long as their images are kept.
+    fn learn(&mut self, pending: &mut HashMap<ImageId, Vec<u64>>) {
+        for (image, addrs) in pending.drain() {
+            let live = self.processes.learn(image, &addrs, &mut self.modules);
+            if live.is_empty() {
+                continue;
+            }
+            let Some(pid) = self.processes.image(image).map(|i| i.pid) else {
+                continue;
+            };
+            let names = self.symbolizer.resolve_process(pid, &live);
+            self.live_names
+                .extend(live.into_iter().map(|a| (image, a)).zip(names));
+        }
+        self.symbolizer.forget(self.modules.take_closed());
+    }
+
+    /// Samples held in the open window.
+    #[must_use]
+    pub fn samples(&self) -> u64 {
+        self.profile.samples()
+    }
+
+    /// Distinct processes known.
+    #[must_use]
+    pub fn processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Writes the user-side counts into `totals`.
+    pub fn totals(&self, totals: &mut Totals) {
+        let p = self.processes.stats();
+        let s = self.symbolizer.stats();
+        for (count, value) in [
+            (Count::Received, self.received),
+            (Count::Malformed, self.malformed),
+            (Count::ProfileFull, self.lost_profile_full),
+            (Count::UnknownProcess, self.unknown_process),
+            (Count::Execs, p.execs),
+            (Count::Exits, p.exits),
+            (Count::SnapshotFailed, p.snapshot_failed),
+            (Count::Unmapped, p.unmapped),
+            (Count::SymbolizeHit, s.cache_hits),
+            (Count::SymbolizeMiss, s.cache_misses),
+            (Count::SymbolizeError, s.symbolize_errors),
+            (Count::ProcessNamed, s.process_named),
+        ] {
+            totals.set(count, value);
+        }
+    }
+
+    #[must_use]
+    pub fn held(&self) -> Held {
+        let (user_names, kernel_names) = self.symbolizer.cache_sizes();
+        Held {
+            processes: self.processes.len(),
+            user_names,
+            kernel_names,
+            open_modules: self.modules.len(),
+            stacks: self.profile.stacks(),
+        }
+    }
+
+    /// Names every stack of the window `[start, start + duration)` and starts a new one.
+    pub fn finish_window(&mut self, start: SystemTime, duration: Duration) -> SymbolizedProfile {
+        let bound = self.profile.max_stacks();
+        let profile = std::mem::replace(&mut self.profile, Profile::new(bound));
+        let mut stacks = Vec::with_capacity(profile.stacks());
+        for (key, count) in profile.iter() {
+            let process = if let Some(image) = self.processes.image(key.image) {
+                Arc::clone(&image.info)
+            } else {
+                // Never expected (images outlive their window), but never silent either.
+                self.unknown_process += count;
+                Arc::new(ProcessInfo::unknown(key.pid))
+            };
+            let kernel_root_first: Vec<u64> = key.kernel.iter().rev().copied().collect();
+            let names = self.symbolizer.resolve_kernel(&kernel_root_first);
+            stacks.push(Stack {
+                process,
+                tid: key.tid,
+                thread: Arc::from(profile.thread_name(key.tid)),
+                user: self.user_locations(key.image, &key.user),
+                kernel: kernel_root_first
+                    .iter()
+                    .zip(names)
+                    .map(|(&address, frames)| Location {
+                        module: None,
+                        address,
+                        kernel: true,
+                        frames,
+                    })
+                    .collect(),
+                count,
+            });
+        }
+        SymbolizedProfile {
+            stacks,
+            frequency: self.frequency,
+            start_unix_nano: start
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            duration_nano: duration.as_nanos() as u64,
+        }
+    }
+
+    /// The named user locations of a leaf-first stack of `image`, root first.
+    fn user_locations(&mut self, image: ImageId, leaf_first: &[u64]) -> Vec<Location> {
+        let locs: Vec<UserLoc> = leaf_first
+            .iter()
+            .rev()
+            .map(|&a| self.processes.normalize(image, a))
+            .collect();
+        let files: Vec<(ModuleId, u64)> = locs
+            .iter()
+            .filter_map(|l| match *l {
+                UserLoc::File { module, offset } => Some((module, offset)),
+                _ => None,
+            })
+            .collect();
+        let mut names = self
+            .symbolizer
+            .resolve_user(&files, &self.modules)
+            .into_iter();
+        locs.into_iter()
+            .map(|loc| match loc {
+                UserLoc::File { module, offset } => Location {
+                    module: self.modules.get(module).map(Arc::clone),
+                    address: offset,
+                    kernel: false,
+                    frames: names.next().unwrap_or_else(|| frame_unknown(offset)),
+                },
+                UserLoc::Process { addr } | UserLoc::Unmapped { addr } => Location {
+                    module: None,
+                    address: addr,
+                    kernel: false,
+                    frames: self
+                        .live_names
+                        .get(&(image, addr))
+                        .map_or_else(|| frame_unknown(addr), Arc::clone),
+                },
+            })
+            .collect()
+    }
+
+    /// Forgets process images that ended or whose process is gone (their stacks were exported).
+    pub fn prune_exited(&mut self) {
+        let gone: HashSet<ImageId> = self.processes.prune().into_iter().collect();
+        if !gone.is_empty() {
+            self.live_names
+                .retain(|(image, _), _| !gone.contains(image));
+        }
+    }
+}
+
+impl Sink for Collector {
+    fn take(&mut self, batch: Vec<Option<RawSample>>) {
+        self.ingest(batch);
+    }
+}

@@ -1,0 +1,112 @@
+//! The pipeline between the kernel and the exporters: the one sampling loop (`Driver`), used by
+//! `record`, `run` and the benchmark, and the collector it feeds (`collect`).
+
+pub mod collect;
+
+pub use collect::Collector;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::bpf::{BpfError, Design, RawSample, Sampler};
+use crate::config::SamplerConfig;
+use crate::counters::Totals;
+
+/// How often the ring buffer is drained at the latest (it is also drained when a quarter full).
+/// Short enough that processes are still alive when their addresses are normalized.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Where drained records go. `None` stands for a record that did not decode (the sink counts it).
+pub trait Sink {
+    fn take(&mut self, batch: Vec<Option<RawSample>>);
+}
+
+/// Why `Driver::run_until` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The deadline passed.
+    Deadline,
+    /// The stop signal (SIGINT, SIGTERM) was set.
+    Stopped,
+}
+
+/// The attached sampler and the loop that drains it.
+pub struct Driver<'s> {
+    sampler: Sampler,
+    stop: &'s AtomicBool,
+    /// Largest share of the ring buffer taken in one drain since `take_peak_fill`.
+    peak_fill: f64,
+}
+
+impl<'s> Driver<'s> {
+    /// Loads and attaches the sampler; `stop` ends every loop early.
+    pub fn start(
+        config: &SamplerConfig,
+        design: Design,
+        stop: &'s AtomicBool,
+    ) -> Result<Self, BpfError> {
+        Ok(Self {
+            sampler: Sampler::start(config, design)?,
+            stop,
+            peak_fill: 0.0,
+        })
+    }
+
+    #[must_use]
+    pub fn sampler(&self) -> &Sampler {
+        &self.sampler
+    }
+
+    /// Drains into `sink` until `end` passes or the stop signal is set, waking at least every
+    /// `DRAIN_INTERVAL`; calls `after_drain` after each drain (metrics).
+    pub fn run_until<S: Sink>(
+        &mut self,
+        end: Instant,
+        sink: &mut S,
+        mut after_drain: impl FnMut(&Self, &S),
+    ) -> Result<Ending, BpfError> {
+        loop {
+            self.drain(sink);
+            after_drain(self, sink);
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(Ending::Stopped);
+            }
+            let now = Instant::now();
+            if now >= end {
+                return Ok(Ending::Deadline);
+            }
+            self.sampler.wait(DRAIN_INTERVAL.min(end - now))?;
+        }
+    }
+
+    /// The largest share of the ring buffer taken in one drain since `take_peak_fill`.
+    #[must_use]
+    pub fn peak_fill(&self) -> f64 {
+        self.peak_fill
+    }
+
+    /// Returns the peak fill and starts a new measurement (per window).
+    pub fn take_peak_fill(&mut self) -> f64 {
+        std::mem::take(&mut self.peak_fill)
+    }
+
+    /// Ends sampling: reads the kernel counters first, then takes what is still in the ring
+    /// buffer, so that every sample the counters report emitted reaches `sink`; then detaches.
+    /// Returns the kernel's totals.
+    pub fn finish<S: Sink>(mut self, sink: &mut S) -> Result<Totals, BpfError> {
+        let mut totals = Totals::default();
+        self.sampler.read_counters(&mut totals)?;
+        self.drain(sink);
+        Ok(totals)
+    }
+
+    fn drain<S: Sink>(&mut self, sink: &mut S) {
+        let mut batch = Vec::new();
+        let bytes = self.sampler.drain(|s| batch.push(s));
+        let ring = f64::from(self.sampler.ring_bytes().max(1));
+        self.peak_fill = self.peak_fill.max(bytes as f64 / ring);
+        if !batch.is_empty() {
+            sink.take(batch);
+        }
+    }
+}
