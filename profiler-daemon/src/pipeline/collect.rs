@@ -273,3 +273,79 @@ impl Sink for Collector {
         self.ingest(batch);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use profiler_common::COMM_LEN;
+
+    use super::*;
+
+    fn sample(tgid: u32, user: Vec<u64>) -> RawSample {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"gone");
+        RawSample {
+            tgid,
+            tid: tgid,
+            cgroup_id: 0,
+            time_ns: 1,
+            cpu: 0,
+            flags: 0,
+            comm,
+            kernel: Vec::new(),
+            user,
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            ring_buffer_bytes: None,
+            max_stacks: 16,
+            symbol_cache_entries: 16,
+            open_modules: 4,
+            debug_dirs: Vec::new(),
+            profile_self: false,
+        }
+    }
+
+    #[test]
+    fn samples_of_a_process_never_read_show_as_unknown_and_are_counted() {
+        let mut collector = Collector::new(&limits(), 99);
+        // A pid above pid_max: no such process.
+        let pid = u32::MAX - 1;
+        collector.take(vec![Some(sample(pid, vec![0x1000])), None]);
+        // Its image is forgotten before the window is named (as if pruned early).
+        collector.processes.prune();
+        let profile = collector.finish_window(SystemTime::now(), Duration::from_secs(1));
+        assert_eq!(profile.stacks.len(), 1);
+        let stack = &profile.stacks[0];
+        assert_eq!(stack.process.pid, pid);
+        assert_eq!(&*stack.process.name, format!("[unknown process {pid}]"));
+        assert_eq!(&*stack.user[0].frames[0].name, "[unknown] 0x1000");
+        let mut totals = Totals::default();
+        collector.totals(&mut totals);
+        assert_eq!(totals.get(Count::UnknownProcess), 1);
+        assert_eq!(totals.get(Count::Received), 1);
+        assert_eq!(totals.get(Count::Malformed), 1);
+    }
+
+    #[test]
+    fn a_full_profile_counts_what_it_refuses() {
+        let mut collector = Collector::new(
+            &Limits {
+                max_stacks: 1,
+                ..limits()
+            },
+            99,
+        );
+        let me = std::process::id();
+        collector.take(vec![
+            Some(sample(me, vec![1])),
+            Some(sample(me, vec![2])),
+            Some(sample(me, vec![1])),
+        ]);
+        let mut totals = Totals::default();
+        collector.totals(&mut totals);
+        assert_eq!(totals.get(Count::ProfileFull), 1);
+        assert_eq!(collector.samples(), 2);
+    }
+}

@@ -152,3 +152,31 @@ fn failed(obs: &Observers) {
     obs.health.export_failed();
     ExportStats::add(&obs.stats.failed_attempts, 1);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_export_count_reaches_the_totals() {
+        let stats = ExportStats::default();
+        ExportStats::add(&stats.sent, 3);
+        ExportStats::add(&stats.sent_samples, 30);
+        ExportStats::add(&stats.failed_attempts, 2);
+        ExportStats::add(&stats.rejected_profiles, 4);
+        stats.dropped(1);
+        let mut totals = Totals::default();
+        stats.totals(&mut totals);
+        assert_eq!(
+            [
+                Count::ExportSent,
+                Count::ExportedSamples,
+                Count::ExportFailedAttempt,
+                Count::RejectedProfiles,
+                Count::ExportDropped
+            ]
+            .map(|c| totals.get(c)),
+            [3, 30, 2, 4, 1]
+        );
+    }
+}
