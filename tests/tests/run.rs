@@ -46,6 +46,9 @@ fn grpc_export_carries_named_stacks_the_split_and_every_field() {
             "499",
             "--otlp-header",
             "authorization=Bearer t0ken",
+            // Every optional label, to check each field (the default leaves them out).
+            "--labels",
+            "pid,thread-id,thread-name,exe-path",
         ],
         &[(
             "OTEL_RESOURCE_ATTRIBUTES",

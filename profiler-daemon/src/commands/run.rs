@@ -10,9 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::bpf::{BpfError, Design};
 use crate::config::RunConfig;
+use crate::config::otlp::ExtraLabel;
 use crate::counters::{Count, Role, Totals};
 use crate::export::otlp::{
-    EncodeOptions, ExportStats, Observers, RequestQueue, Transport, TransportError, encode,
+    EncodeOptions, ExportStats, Labels, Observers, RequestQueue, Transport, TransportError, encode,
     send_loop,
 };
 use crate::pipeline::{Collector, Driver, Ending};
@@ -105,6 +106,12 @@ pub fn run(config: &RunConfig, stop: &AtomicBool) -> Result<RunSummary, RunError
             health: Arc::clone(&shared.health),
         },
     ));
+    for (given, sent) in &config.otlp.renamed_attributes {
+        tracing::warn!(
+            "OTEL_RESOURCE_ATTRIBUTES key `{given}` is sent as `{sent}`: Pyroscope rejects label \
+             names with other characters than letters, digits, `_` and `.`"
+        );
+    }
     tracing::info!(
         endpoint = %config.otlp.endpoint,
         protocol = ?config.otlp.protocol,
@@ -157,6 +164,8 @@ impl<'a> Pipeline<'a> {
                 host_name: config.host_name.clone(),
                 resource_attributes: config.otlp.resource_attributes.clone(),
                 include_idle: config.sampler.include_idle,
+                labels: labels(&config.labels),
+                max_profile_bytes: config.max_profile_bytes,
             },
             windows: 0,
             samples: 0,
@@ -219,6 +228,17 @@ impl<'a> Pipeline<'a> {
         log_losses(&totals, &self.logged);
         self.logged = totals;
         totals
+    }
+}
+
+/// The encoder's labels from the configured list.
+fn labels(extra: &[ExtraLabel]) -> Labels {
+    let has = |l| extra.contains(&l);
+    Labels {
+        pid: has(ExtraLabel::Pid),
+        thread_id: has(ExtraLabel::ThreadId),
+        thread_name: has(ExtraLabel::ThreadName),
+        exe_path: has(ExtraLabel::ExePath),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::LogFormat;
-use super::otlp::OtlpArgs;
+use super::otlp::{ExtraLabel, OtlpArgs};
 
 /// Options of `profiler record`.
 #[derive(Debug, Args)]
@@ -58,6 +58,17 @@ pub struct RunArgs {
     /// Most export requests waiting in memory; when full the oldest is dropped (and counted).
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub export_queue_size: usize,
+
+    /// Extra labels, comma-separated: `pid`, `thread-id`, `thread-name`, `exe-path`. Each one
+    /// multiplies the series a backend such as Pyroscope stores (by processes, threads or install
+    /// paths); none by default.
+    #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',')]
+    pub labels: Vec<ExtraLabel>,
+
+    /// Largest profile (as the backend converts it to pprof) and largest request, in bytes:
+    /// Pyroscope's `max_profile_size_bytes`, 4 MiB by default. Windows are split to stay below.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_profile_bytes: usize,
 
     /// On SIGTERM/SIGINT, how long to keep trying to deliver the last windows.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]

@@ -20,6 +20,8 @@ pub struct FileConfig {
     pub include_idle: Option<bool>,
     pub export_queue_size: Option<usize>,
     pub shutdown_timeout: Option<String>,
+    pub labels: Option<Vec<super::otlp::ExtraLabel>>,
+    pub max_profile_bytes: Option<usize>,
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: Option<super::otlp::Protocol>,
     pub otlp_header: Option<Vec<String>>,
@@ -102,7 +104,7 @@ mod tests {
             .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
             .filter(|k| !k.starts_with('#'))
             .collect();
-        assert_eq!(keys.len(), 21, "{keys:?}");
+        assert_eq!(keys.len(), 23, "{keys:?}");
     }
 
     #[test]

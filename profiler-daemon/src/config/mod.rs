@@ -203,6 +203,10 @@ pub struct RunConfig {
     pub otlp: otlp::OtlpConfig,
     pub export_queue_size: usize,
     pub shutdown_timeout: Duration,
+    /// Opt-in labels (series multipliers).
+    pub labels: Vec<otlp::ExtraLabel>,
+    /// Largest converted profile and request, in bytes.
+    pub max_profile_bytes: usize,
     /// `host.name` of every resource.
     pub host_name: String,
     /// The HTTP server's address (`None`: disabled).
@@ -244,6 +248,13 @@ impl RunConfig {
                 expected: "at least 100ms",
             });
         }
+        if args.max_profile_bytes < 64 * 1024 {
+            return Err(ConfigError::Invalid {
+                source_name: "--max-profile-bytes".to_owned(),
+                value: args.max_profile_bytes.to_string(),
+                expected: "at least 65536",
+            });
+        }
         if args.export_queue_size == 0 {
             return Err(ConfigError::ZeroLimit {
                 name: "export-queue-size",
@@ -262,6 +273,8 @@ impl RunConfig {
             otlp: otlp::resolve(&args.otlp, &merged.otlp_file, env)?,
             export_queue_size: args.export_queue_size,
             shutdown_timeout: args.shutdown_timeout,
+            labels: args.labels.clone(),
+            max_profile_bytes: args.max_profile_bytes,
             host_name: host_name_from(env),
             http_address: parse_http_address(&args.http_address)?,
             log_format: args.log_format,
@@ -319,6 +332,8 @@ fn apply_file(
     take!(pid, out.pid);
     take!(include_idle, out.include_idle);
     take!(export_queue_size, out.export_queue_size);
+    take!(labels, out.labels);
+    take!(max_profile_bytes, out.max_profile_bytes);
     take!(http_address, out.http_address);
     take!(log_format, out.log_format);
     take!(max_stacks, out.limits.max_stacks);

@@ -32,6 +32,20 @@ pub enum Compression {
     None,
 }
 
+/// A label left out by default because it multiplies series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExtraLabel {
+    /// `process.pid` on samples.
+    Pid,
+    /// `thread.id` on samples.
+    ThreadId,
+    /// `thread.name` on samples.
+    ThreadName,
+    /// `process.executable.path` on the resource.
+    ExePath,
+}
+
 /// Flags of the OTLP exporter (all optional: unset falls through to the environment). The
 /// configuration file's values take the same shape.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -149,8 +163,11 @@ pub struct OtlpConfig {
     pub ca_file: Option<PathBuf>,
     pub compression: Compression,
     pub timeout: Duration,
-    /// `OTEL_RESOURCE_ATTRIBUTES`, in order; per-process attributes win over these.
+    /// `OTEL_RESOURCE_ATTRIBUTES`, in order, with keys a backend accepts as label names (see
+    /// `label_key`); per-process attributes win over these.
     pub resource_attributes: Vec<(String, String)>,
+    /// Keys of `OTEL_RESOURCE_ATTRIBUTES` that had to be renamed: (given, sent).
+    pub renamed_attributes: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for OtlpConfig {
@@ -169,6 +186,7 @@ impl std::fmt::Debug for OtlpConfig {
             .field("compression", &self.compression)
             .field("timeout", &self.timeout)
             .field("resource_attributes", &self.resource_attributes)
+            .field("renamed_attributes", &self.renamed_attributes)
             .finish()
     }
 }
@@ -232,8 +250,18 @@ pub fn resolve(
             }
         })
         .transpose()?;
+    let mut renamed_attributes = Vec::new();
     let resource_attributes = match env("OTEL_RESOURCE_ATTRIBUTES") {
-        Some(text) => parse_key_values(&text, "OTEL_RESOURCE_ATTRIBUTES")?,
+        Some(text) => parse_key_values(&text, "OTEL_RESOURCE_ATTRIBUTES")?
+            .into_iter()
+            .map(|(k, v)| {
+                let key = label_key(&k);
+                if key != k {
+                    renamed_attributes.push((k, key.clone()));
+                }
+                (key, v)
+            })
+            .collect(),
         None => Vec::new(),
     };
     Ok(OtlpConfig {
@@ -244,7 +272,25 @@ pub fn resolve(
         compression,
         timeout,
         resource_attributes,
+        renamed_attributes,
     })
+}
+
+/// An attribute key every Pyroscope accepts as a label name: Pyroscope 1.20/1.21 turn dots into
+/// underscores and reject any other character but letters, digits and `_`, so those become `_`
+/// (`team-name` → `team_name`). Dots stay: they are the OpenTelemetry convention, and newer
+/// Pyroscope versions keep them.
+#[must_use]
+pub fn label_key(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn resolve_endpoint(
@@ -534,6 +580,26 @@ mod tests {
             OtlpArgs::default(),
         );
         assert!(e.contains("PEM"), "{e}");
+    }
+
+    #[test]
+    fn attribute_keys_pyroscope_would_reject_are_renamed() {
+        let c = with_env(
+            &[(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "team-name=a,k8s/ns=b,deployment.environment=c",
+            )],
+            &OtlpArgs::default(),
+        )
+        .unwrap();
+        let keys: Vec<&str> = c
+            .resource_attributes
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(keys, ["team_name", "k8s_ns", "deployment.environment"]);
+        assert_eq!(c.renamed_attributes.len(), 2);
+        assert_eq!(label_key("a.b_c9"), "a.b_c9");
     }
 
     #[test]

@@ -14,13 +14,13 @@ pub fn fold(profile: &SymbolizedProfile, options: FileOptions) -> Vec<(String, u
     for stack in profile.shown(options.include_idle) {
         let mut line = sanitize(&stack.process.name);
         for loc in &stack.user {
-            for frame in loc.frames.iter() {
+            for frame in loc.shown_frames().iter() {
                 line.push(';');
                 line.push_str(&sanitize(&frame.name));
             }
         }
         for loc in &stack.kernel {
-            for frame in loc.frames.iter() {
+            for frame in loc.shown_frames().iter() {
                 line.push(';');
                 line.push_str(&sanitize(&frame.name));
                 line.push_str("_[k]");

@@ -42,6 +42,18 @@ impl<K: Clone + Eq + Hash> Interner<K> {
         self.index.get(key).copied()
     }
 
+    /// The value at `index`.
+    #[must_use]
+    pub(super) fn value(&self, index: i32) -> Option<&K> {
+        self.values.get(usize::try_from(index).ok()?)
+    }
+
+    /// Number of values, the zero value included.
+    #[must_use]
+    pub(super) fn len(&self) -> usize {
+        self.values.len()
+    }
+
     /// The values, in index order (the zero value first).
     #[must_use]
     pub(super) fn into_values(self) -> Vec<K> {
@@ -64,6 +76,18 @@ impl Strings {
         self.0
             .get(s)
             .unwrap_or_else(|| self.0.intern(s.to_owned()).0)
+    }
+
+    /// The string at `index` (empty when out of range).
+    #[must_use]
+    pub(super) fn get(&self, index: i32) -> &str {
+        self.0.value(index).map_or("", String::as_str)
+    }
+
+    /// Number of strings, the empty one included.
+    #[must_use]
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
     }
 
     #[must_use]

@@ -151,14 +151,15 @@ impl Builder {
 
     fn location(&mut self, loc: &Location) -> u64 {
         let mapping_id = self.mapping(loc);
-        let name = self.string(loc.frames.first().map_or("", |f| &f.name));
+        // pprof files are read by people: unnamed addresses keep a readable label.
+        let frames = loc.shown_frames();
+        let name = self.string(frames.first().map_or("", |f| &f.name));
         let (id, new) = self.locations.intern((mapping_id, loc.address, name));
         if !new {
             return id as u64;
         }
         // pprof, like OTLP: innermost inlined function first.
-        let line = loc
-            .frames
+        let line = frames
             .iter()
             .rev()
             .map(|frame| {

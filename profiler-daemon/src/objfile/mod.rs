@@ -39,9 +39,11 @@ pub struct Module {
     pub build_id: Option<Arc<str>>,
     /// Where blazesym reads the file: `/proc/self/fd/N` of `_file`, else the path itself.
     pub read_path: PathBuf,
-    /// A separate debug file found by build id, with the binary's loadable segments to turn file
-    /// offsets into the addresses it is indexed by.
+    /// A separate debug file found by build id (indexed by virtual address, see
+    /// `virtual_address`).
     pub debug_file: Option<DebugFile>,
+    /// The loadable segments: (file offset, file size, virtual address).
+    segments: Vec<(u64, u64, u64)>,
     /// File size, the first identity check.
     size: u64,
     /// Content digest, computed when another file claims the same build id.
@@ -58,6 +60,7 @@ impl Module {
             id,
             read_path: path.clone(),
             name: file_name(&path),
+            segments: debug::load_segments(&path),
             path,
             build_id,
             debug_file: None,
@@ -65,6 +68,16 @@ impl Module {
             digest: OnceLock::new(),
             _file: None,
         }
+    }
+
+    /// The ELF virtual address of a file offset: what the file's symbol table and debug info are
+    /// indexed by (and what a backend's symbolizer looks up). `None` outside loadable segments.
+    #[must_use]
+    pub fn virtual_address(&self, offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|&&(start, size, _)| offset >= start && offset < start + size)
+            .map(|&(start, _, vaddr)| vaddr + (offset - start))
     }
 }
 
@@ -230,7 +243,8 @@ impl ModuleRegistry {
         self.next += 1;
         let debug_file = build_id
             .as_deref()
-            .and_then(|b| debug::find(&self.debug_dirs, b, &candidate.read_path));
+            .and_then(|b| debug::find(&self.debug_dirs, b));
+        let segments = debug::load_segments(&candidate.read_path);
         let module = Arc::new(Module {
             id,
             name: file_name(&candidate.path),
@@ -238,6 +252,7 @@ impl ModuleRegistry {
             build_id: build_id.clone(),
             read_path: candidate.read_path,
             debug_file,
+            segments,
             size: candidate.size,
             digest: candidate.digest,
             _file: candidate.file,

@@ -19,7 +19,7 @@ use crate::objfile::{self, ModuleId, ModuleRegistry};
 use crate::process::{ImageId, ProcessTable, UserLoc};
 use crate::procfs::ProcessInfo;
 use crate::profile::{Location, Profile, Stack, StackKey, SymbolizedProfile, call_sites};
-use crate::symbolize::{Resolved, SymbolizerStage, frame_unknown};
+use crate::symbolize::{Resolved, SymbolizerStage, unnamed};
 
 /// Sizes of what the collector holds, for gauges.
 #[derive(Debug, Clone, Copy, Default)]
@@ -243,7 +243,7 @@ impl Collector {
                     module: self.modules.get(module).map(Arc::clone),
                     address: offset,
                     kernel: false,
-                    frames: names.next().unwrap_or_else(|| frame_unknown(offset)),
+                    frames: names.next().unwrap_or_else(unnamed),
                 },
                 UserLoc::Process { addr } | UserLoc::Unmapped { addr } => Location {
                     module: None,
@@ -252,7 +252,7 @@ impl Collector {
                     frames: self
                         .live_names
                         .get(&(image, addr))
-                        .map_or_else(|| frame_unknown(addr), Arc::clone),
+                        .map_or_else(unnamed, Arc::clone),
                 },
             })
             .collect()
@@ -320,7 +320,8 @@ mod tests {
         let stack = &profile.stacks[0];
         assert_eq!(stack.process.pid, pid);
         assert_eq!(&*stack.process.name, format!("[unknown process {pid}]"));
-        assert_eq!(&*stack.user[0].frames[0].name, "[unknown] 0x1000");
+        assert!(stack.user[0].frames.is_empty());
+        assert_eq!(&*stack.user[0].shown_frames()[0].name, "[unknown] 0x1000");
         let mut totals = Totals::default();
         collector.totals(&mut totals);
         assert_eq!(totals.get(Count::UnknownProcess), 1);

@@ -23,6 +23,8 @@ pub struct ProcessInfo {
     pub exe_name: Arc<str>,
     /// Container id from the process's cgroup path (Docker, containerd, CRI-O, Podman).
     pub container_id: Option<Arc<str>>,
+    /// A kernel thread (or the idle task): no executable, named by the kernel.
+    pub kernel_thread: bool,
 }
 
 impl ProcessInfo {
@@ -32,19 +34,24 @@ impl ProcessInfo {
     pub fn read(proc_root: &Path, pid: u32, thread_comm: &str) -> Self {
         if pid == 0 {
             // Like perf: the idle task is "swapper".
-            return Self::named(0, "swapper");
+            return Self {
+                kernel_thread: true,
+                ..Self::named(0, "swapper")
+            };
         }
         let dir = proc_root.join(pid.to_string());
         let name: Arc<str> = read_comm(&dir)
             .unwrap_or_else(|| thread_comm.to_owned())
             .into();
+        let kernel_thread = is_kernel_thread(&dir);
         let exe_path: Option<Arc<str>> = std::fs::read_link(dir.join("exe"))
             .ok()
             .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").into());
-        let exe_name = exe_path
-            .as_deref()
-            .and_then(|p| Path::new(p).file_name())
-            .map_or_else(|| Arc::clone(&name), |n| n.to_string_lossy().into());
+        let exe_name = match exe_path.as_deref().and_then(|p| Path::new(p).file_name()) {
+            Some(file) => stable_exe_name(&file.to_string_lossy()),
+            None if kernel_thread => kernel_thread_base(&name).into(),
+            None => Arc::clone(&name),
+        };
         let container_id = std::fs::read_to_string(dir.join("cgroup"))
             .ok()
             .and_then(|text| container_id_from_cgroup(&text))
@@ -55,6 +62,7 @@ impl ProcessInfo {
             exe_path,
             exe_name,
             container_id,
+            kernel_thread,
         }
     }
 
@@ -73,8 +81,54 @@ impl ProcessInfo {
             name,
             exe_path: None,
             container_id: None,
+            kernel_thread: false,
         }
     }
+}
+
+/// `PF_KTHREAD` in `/proc/PID/stat`'s flags (field 9).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Whether `/proc/PID` is a kernel thread (false when unreadable: a gone process was not one we
+/// could tell).
+fn is_kernel_thread(pid_dir: &Path) -> bool {
+    let Ok(stat) = std::fs::read_to_string(pid_dir.join("stat")) else {
+        return false;
+    };
+    // The comm (field 2) may contain spaces and parentheses: fields restart after the last `)`.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6))
+        .and_then(|flags| flags.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// A kernel thread's name without its per-CPU, per-device or per-work suffix
+/// (`kworker/1:1-events` → `kworker`, `ksoftirqd/0` → `ksoftirqd`, `irq/25-virtio0` → `irq`), so
+/// that all threads of one kind are one label value.
+#[must_use]
+pub fn kernel_thread_base(comm: &str) -> &str {
+    let base = comm.split('/').next().unwrap_or(comm);
+    if base.is_empty() { comm } else { base }
+}
+
+/// An executable's file name, stable across runs: an anonymous `memfd:NAME-1a2b3c...` executable
+/// loses its random suffix (`memfd:sealed`), so restarts do not mint new label values.
+#[must_use]
+pub fn stable_exe_name(file_name: &str) -> Arc<str> {
+    let Some(rest) = file_name.strip_prefix("memfd:") else {
+        return Arc::from(file_name);
+    };
+    let name = match rest.rsplit_once('-') {
+        Some((name, suffix))
+            if !name.is_empty()
+                && !suffix.is_empty()
+                && suffix.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            name
+        }
+        _ => rest,
+    };
+    Arc::from(format!("memfd:{name}"))
 }
 
 /// `PID_DIR/comm` without the newline; `None` when the process is gone.
@@ -116,5 +170,28 @@ mod tests {
         );
         let unknown = ProcessInfo::unknown(42);
         assert_eq!((unknown.pid, &*unknown.name), (42, "[unknown process 42]"));
+        assert!(!info.kernel_thread);
+        // kthreadd (pid 2) is a kernel thread on every Linux.
+        let kthreadd = ProcessInfo::read(Path::new("/proc"), 2, "");
+        assert!(kthreadd.kernel_thread, "{kthreadd:?}");
+        assert_eq!(&*kthreadd.exe_name, "kthreadd");
+    }
+
+    #[test]
+    fn names_are_stable_across_runs() {
+        assert_eq!(
+            kernel_thread_base("kworker/1:1-events_power_efficient"),
+            "kworker"
+        );
+        assert_eq!(kernel_thread_base("ksoftirqd/0"), "ksoftirqd");
+        assert_eq!(kernel_thread_base("rcu_preempt"), "rcu_preempt");
+        assert_eq!(kernel_thread_base("/odd"), "/odd");
+        assert_eq!(
+            &*stable_exe_name("memfd:sealed-91173221a7ea"),
+            "memfd:sealed"
+        );
+        assert_eq!(&*stable_exe_name("memfd:91173221"), "memfd:91173221");
+        assert_eq!(&*stable_exe_name("memfd:my-app"), "memfd:my-app");
+        assert_eq!(&*stable_exe_name("python3.11"), "python3.11");
     }
 }

@@ -1,10 +1,11 @@
 //! A profile whose stacks are named frames: what every exporter consumes.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::objfile::Module;
 use crate::procfs::ProcessInfo;
-use crate::symbolize::Resolved;
+use crate::symbolize::{Frame, Resolved};
 
 /// One stack entry: an address, where it points and its names.
 #[derive(Debug, Clone)]
@@ -14,8 +15,27 @@ pub struct Location {
     /// Offset in `module`'s file, else the raw address.
     pub address: u64,
     pub kernel: bool,
-    /// The function, then the functions inlined into it (innermost last).
+    /// The function, then the functions inlined into it (innermost last); empty when no name
+    /// was found.
     pub frames: Resolved,
+}
+
+impl Location {
+    /// What a person reads for this location: its frames, or for an unnamed address one label
+    /// saying where it points (`[unknown] libfoo.so+0x1a2b`, `[unknown] [kernel]+0x...`,
+    /// `[unknown] 0x7f...`).
+    #[must_use]
+    pub fn shown_frames(&self) -> Cow<'_, [Frame]> {
+        if !self.frames.is_empty() {
+            return Cow::Borrowed(&self.frames);
+        }
+        let label = match (&self.module, self.kernel) {
+            (_, true) => format!("[unknown] [kernel]+0x{:x}", self.address),
+            (Some(m), false) => format!("[unknown] {}+0x{:x}", m.name, self.address),
+            (None, false) => format!("[unknown] 0x{:x}", self.address),
+        };
+        Cow::Owned(vec![Frame::named(&label, None, None)])
+    }
 }
 
 /// One aggregated stack with names.

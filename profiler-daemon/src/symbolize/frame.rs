@@ -5,7 +5,7 @@ use std::sync::Arc;
 /// One frame of a stack after symbolization.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Frame {
-    /// Function name (demangled), or `[unknown] module+0xoffset`.
+    /// Function name (demangled).
     pub name: Arc<str>,
     /// Source file, when debug info has it.
     pub file: Option<Arc<str>>,
@@ -25,30 +25,11 @@ impl Frame {
             line,
         }
     }
-
-    fn bare(name: String) -> Resolved {
-        Arc::from([Self {
-            name: Arc::from(name),
-            file: None,
-            line: None,
-        }])
-    }
 }
 
-/// An address in a known file that has no symbol covering it.
+/// No name found: an empty list. Exporters decide how an unnamed address shows (a readable label
+/// in local files, a bare address and mapping in OTLP, so that a backend can still name it).
 #[must_use]
-pub(super) fn unknown_in_module(module: &str, offset: u64) -> Resolved {
-    Frame::bare(format!("[unknown] {module}+0x{offset:x}"))
-}
-
-/// A user address outside any file mapping.
-#[must_use]
-pub(super) fn unknown_addr(addr: u64) -> Resolved {
-    Frame::bare(format!("[unknown] 0x{addr:x}"))
-}
-
-/// A kernel address kallsyms does not cover.
-#[must_use]
-pub(super) fn unknown_kernel(addr: u64) -> Resolved {
-    Frame::bare(format!("[unknown] [kernel]+0x{addr:x}"))
+pub fn unnamed() -> Resolved {
+    Arc::from([])
 }

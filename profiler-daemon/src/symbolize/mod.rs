@@ -11,7 +11,7 @@
 
 mod frame;
 
-pub use frame::{Frame, Resolved};
+pub use frame::{Frame, Resolved, unnamed};
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -114,7 +114,7 @@ impl SymbolizerStage {
             let results = if let Some(debug) = &module.debug_file {
                 let addrs: Vec<u64> = offsets
                     .iter()
-                    .map(|&o| debug.virtual_address(o).unwrap_or(0))
+                    .map(|&o| module.virtual_address(o).unwrap_or(0))
                     .collect();
                 let src = Source::Elf(Elf::new(debug.path.clone()));
                 self.symbolizer.symbolize(&src, Input::VirtOffset(&addrs))
@@ -133,7 +133,7 @@ impl SymbolizerStage {
             for (i, &offset) in offsets.iter().enumerate() {
                 let resolved = match results.get(i) {
                     Some(Symbolized::Sym(sym)) => frames_of(sym),
-                    _ => frame::unknown_in_module(&module.name, offset),
+                    _ => unnamed(),
                 };
                 self.user_cache.put((id, offset), Arc::clone(&resolved));
                 fresh.insert((id, offset), resolved);
@@ -145,19 +145,14 @@ impl SymbolizerStage {
                     .get(key)
                     .cloned()
                     .or_else(|| self.user_cache.get(key).cloned())
-                    .unwrap_or_else(|| {
-                        let name = modules
-                            .get(key.0)
-                            .map_or_else(|| Arc::from("?"), |m| Arc::clone(&m.name));
-                        frame::unknown_in_module(&name, key.1)
-                    })
+                    .unwrap_or_else(unnamed)
             })
             .collect()
     }
 
     /// Names addresses of live process `pid` that are outside file mappings: JIT code from its
     /// perf map (`/tmp/perf-PID.map` in its own mount namespace), the vDSO. Unnamed ones come
-    /// back as `[unknown] 0x...`.
+    /// back without frames.
     pub fn resolve_process(&mut self, pid: u32, addrs: &[u64]) -> Vec<Resolved> {
         let src = Source::Process(Process::new(pid.into()));
         let results = match self.symbolizer.symbolize(&src, Input::AbsAddr(addrs)) {
@@ -168,15 +163,13 @@ impl SymbolizerStage {
                 Vec::new()
             }
         };
-        addrs
-            .iter()
-            .enumerate()
-            .map(|(i, &addr)| match results.get(i) {
+        (0..addrs.len())
+            .map(|i| match results.get(i) {
                 Some(Symbolized::Sym(sym)) => {
                     self.stats.process_named += 1;
                     frames_of(sym)
                 }
-                _ => frame::unknown_addr(addr),
+                _ => unnamed(),
             })
             .collect()
     }
@@ -206,7 +199,7 @@ impl SymbolizerStage {
             for (i, &addr) in missing.iter().enumerate() {
                 let resolved = match results.get(i) {
                     Some(Symbolized::Sym(sym)) => frames_of(sym),
-                    _ => frame::unknown_kernel(addr),
+                    _ => unnamed(),
                 };
                 self.kernel_cache.put(addr, Arc::clone(&resolved));
                 fresh.insert(addr, resolved);
@@ -219,7 +212,7 @@ impl SymbolizerStage {
                     .get(a)
                     .cloned()
                     .or_else(|| self.kernel_cache.get(a).cloned())
-                    .unwrap_or_else(|| frame::unknown_kernel(*a))
+                    .unwrap_or_else(unnamed)
             })
             .collect()
     }
@@ -245,12 +238,6 @@ fn frames_of(sym: &Sym<'_>) -> Resolved {
         ));
     }
     Arc::from(frames)
-}
-
-/// A bare `[unknown] 0x...` frame.
-#[must_use]
-pub fn frame_unknown(addr: u64) -> Resolved {
-    frame::unknown_addr(addr)
 }
 
 #[cfg(test)]
@@ -288,10 +275,9 @@ mod tests {
         let before = stage.stats().cache_hits;
         let _ = stage.resolve_user(&[(module.id, offset)], &modules);
         assert_eq!(stage.stats().cache_hits, before + 1);
-        // Outside any mapping: named `[unknown] 0x..`, never dropped.
-        assert_eq!(
-            &*stage.resolve_process(pid, &[8])[0][0].name,
-            "[unknown] 0x8"
-        );
+        // Outside any mapping: no name, but one entry per address (never dropped).
+        let unnamed = stage.resolve_process(pid, &[8]);
+        assert_eq!(unnamed.len(), 1);
+        assert!(unnamed[0].is_empty());
     }
 }

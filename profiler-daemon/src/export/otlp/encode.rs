@@ -1,7 +1,15 @@
-//! Encodes a symbolized window as OTLP profiles requests (upstream proto v1.10): one
-//! `ResourceProfiles` per (service, executable, container), a deduplicated dictionary with the zero
-//! value at index 0 of every table, one value (the sample count) per sample, and requests split
-//! to stay within Pyroscope's limits (16000 samples per profile, 4 MiB per request).
+//! Encodes a symbolized window as OTLP profiles requests (upstream proto v1.10) that Grafana
+//! Pyroscope ingests at fleet scale:
+//! - one `ResourceProfiles` per (service, executable, container): every resource attribute and
+//!   every sample attribute becomes a Pyroscope series label, so pids, threads and paths are
+//!   opt-in (`Labels`), kernel threads are one service, and samples that then look alike are
+//!   merged;
+//! - each profile within Pyroscope's limits *after its conversion to pprof* (`budget`: samples ×
+//!   distinct mappings dominate), and each request within 4 MiB; a big service gets requests of
+//!   its own;
+//! - frames we could not name carry their address (as the file's symbol table has it) and
+//!   mapping with the build id, and no function, so a backend can still name them;
+//! - a deduplicated dictionary (`dictionary`) per request, one value (the count) per sample.
 
 use std::collections::HashMap;
 
@@ -11,12 +19,13 @@ use opentelemetry_proto::tonic::profiles::v1development as pb;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
 
-use crate::export::intern::{Interner, Strings};
-use crate::profile::{Location, Stack, SymbolizedProfile};
+use super::budget::ConvertedSize;
+use super::dictionary::Dictionary;
+use crate::profile::{Stack, SymbolizedProfile};
 
-/// Pyroscope rejects profiles with more samples.
+/// Pyroscope's default `max_profile_stacktrace_samples`.
 pub const MAX_SAMPLES_PER_PROFILE: usize = 16_000;
-/// Pyroscope rejects larger requests (uncompressed).
+/// Pyroscope's default limit on a request and on a converted profile (uncompressed).
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// Attribute keys (OpenTelemetry semantic conventions, as the reference profiler uses them).
@@ -33,45 +42,50 @@ pub mod keys {
     pub const BUILD_ID: &str = "process.executable.build_id.gnu";
 }
 
+/// The service of every kernel thread (and of the idle task).
+pub const KERNEL_SERVICE: &str = "kernel";
+
+/// Optional labels, each a multiplier of Pyroscope series (off by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "four independent switches, one per optional label"
+)]
+pub struct Labels {
+    /// `process.pid` on samples: one series per process.
+    pub pid: bool,
+    /// `thread.id` on samples: one series per thread.
+    pub thread_id: bool,
+    /// `thread.name` on samples (kernel threads without per-CPU suffixes).
+    pub thread_name: bool,
+    /// `process.executable.path` on the resource: one series per install location.
+    pub exe_path: bool,
+}
+
 /// What every resource of the daemon carries besides per-process attributes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EncodeOptions {
     pub host_name: String,
-    /// `OTEL_RESOURCE_ATTRIBUTES`; per-process attributes win over these.
+    /// `OTEL_RESOURCE_ATTRIBUTES` (keys already valid as Pyroscope labels); per-process
+    /// attributes win over these.
     pub resource_attributes: Vec<(String, String)>,
     /// Keep idle samples (pid 0).
     pub include_idle: bool,
+    pub labels: Labels,
+    /// Largest converted (pprof) profile and largest request, in bytes.
+    pub max_profile_bytes: usize,
 }
 
-/// Encodes `profile` into as many requests as the limits need (none for an empty window).
-#[must_use]
-pub fn encode(
-    profile: &SymbolizedProfile,
-    options: &EncodeOptions,
-) -> Vec<ExportProfilesServiceRequest> {
-    let stacks: Vec<&Stack> = profile.shown(options.include_idle).collect();
-    let mut out = Vec::new();
-    for chunk in stacks.chunks(MAX_SAMPLES_PER_PROFILE) {
-        encode_within_size(profile, chunk, options, &mut out);
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self {
+            host_name: String::new(),
+            resource_attributes: Vec::new(),
+            include_idle: false,
+            labels: Labels::default(),
+            max_profile_bytes: MAX_REQUEST_BYTES,
+        }
     }
-    out
-}
-
-/// Halves a chunk until its request fits `MAX_REQUEST_BYTES`.
-fn encode_within_size(
-    profile: &SymbolizedProfile,
-    chunk: &[&Stack],
-    options: &EncodeOptions,
-    out: &mut Vec<ExportProfilesServiceRequest>,
-) {
-    let request = encode_chunk(profile, chunk, options);
-    if request.encoded_len() <= MAX_REQUEST_BYTES || chunk.len() <= 1 {
-        out.push(request);
-        return;
-    }
-    let (a, b) = chunk.split_at(chunk.len() / 2);
-    encode_within_size(profile, a, options, out);
-    encode_within_size(profile, b, options, out);
 }
 
 /// Resource identity: what Pyroscope turns into series labels, so low-cardinality only.
@@ -83,30 +97,168 @@ struct ResourceKey {
     container_id: Option<String>,
 }
 
-fn encode_chunk(
+impl ResourceKey {
+    fn of(stack: &Stack, labels: Labels) -> Self {
+        let p = &stack.process;
+        Self {
+            // Later: service names from rules, the process's OTEL settings, Kubernetes, units.
+            service: if p.kernel_thread {
+                KERNEL_SERVICE.to_owned()
+            } else {
+                p.exe_name.to_string()
+            },
+            exe_name: p.exe_name.to_string(),
+            exe_path: labels
+                .exe_path
+                .then(|| p.exe_path.as_deref().map(str::to_owned))
+                .flatten(),
+            container_id: p.container_id.as_deref().map(str::to_owned),
+        }
+    }
+}
+
+/// Samples that look alike once pids and threads are left out are one sample.
+struct Merged<'p> {
+    /// One of the stacks merged (they share locations and attributes).
+    stack: &'p Stack,
+    stack_index: i32,
+    attributes: Vec<i32>,
+    count: u64,
+}
+
+/// One profile to send: a resource and samples that fit the limits together.
+struct Chunk<'p> {
+    resource: usize,
+    samples: Vec<&'p Merged<'p>>,
+    bytes: usize,
+}
+
+/// Encodes `profile` into as many requests as the limits need (none for an empty window).
+#[must_use]
+pub fn encode(
     profile: &SymbolizedProfile,
-    chunk: &[&Stack],
+    options: &EncodeOptions,
+) -> Vec<ExportProfilesServiceRequest> {
+    // The window's dictionary: to merge alike samples and to size each profile.
+    let mut window = Dictionary::new();
+    let mut resources: Vec<ResourceKey> = Vec::new();
+    let mut resource_of: HashMap<ResourceKey, usize> = HashMap::new();
+    let mut merged: Vec<Vec<Merged<'_>>> = Vec::new();
+    let mut merged_of: HashMap<(usize, i32, Vec<i32>), usize> = HashMap::new();
+    for stack in profile.shown(options.include_idle) {
+        let key = ResourceKey::of(stack, options.labels);
+        let resource = *resource_of.entry(key.clone()).or_insert_with(|| {
+            resources.push(key);
+            merged.push(Vec::new());
+            resources.len() - 1
+        });
+        let stack_index = window.stack(stack);
+        let attributes = window.sample_attributes(stack, options.labels);
+        let samples = &mut merged[resource];
+        let i = *merged_of
+            .entry((resource, stack_index, attributes.clone()))
+            .or_insert_with(|| {
+                samples.push(Merged {
+                    stack,
+                    stack_index,
+                    attributes,
+                    count: 0,
+                });
+                samples.len() - 1
+            });
+        samples[i].count += stack.count;
+    }
+    let period = period(profile);
+    let chunks = chunk(&window, &merged, options, period.unsigned_abs());
+    pack(&chunks, options.max_profile_bytes)
+        .into_iter()
+        .flat_map(|group| build_within_size(profile, &resources, &group, options))
+        .collect()
+}
+
+fn period(profile: &SymbolizedProfile) -> i64 {
+    1_000_000_000 / i64::from(profile.frequency.max(1))
+}
+
+/// Splits each resource's samples into profiles whose converted size and sample count fit.
+fn chunk<'p>(
+    window: &Dictionary,
+    merged: &'p [Vec<Merged<'p>>],
+    options: &EncodeOptions,
+    period: u64,
+) -> Vec<Chunk<'p>> {
+    let mut out = Vec::new();
+    for (resource, samples) in merged.iter().enumerate() {
+        let mut size = ConvertedSize::new(window, period, MAX_SAMPLES_PER_PROFILE);
+        let mut current: Vec<&Merged<'_>> = Vec::new();
+        for m in samples {
+            let cost = size.cost(window, m.stack_index, &m.attributes, m.count);
+            let full = size.samples() >= MAX_SAMPLES_PER_PROFILE
+                || size.bytes() + cost > options.max_profile_bytes;
+            if full && !current.is_empty() {
+                out.push(Chunk {
+                    resource,
+                    samples: std::mem::take(&mut current),
+                    bytes: size.bytes(),
+                });
+                size = ConvertedSize::new(window, period, MAX_SAMPLES_PER_PROFILE);
+            }
+            size.add(window, m.stack_index, &m.attributes, m.count);
+            current.push(m);
+        }
+        if !current.is_empty() {
+            out.push(Chunk {
+                resource,
+                samples: current,
+                bytes: size.bytes(),
+            });
+        }
+    }
+    out
+}
+
+/// Groups profiles into requests: together while their converted sizes add up to at most
+/// `max_bytes` (which bounds the request too), so a large service travels alone.
+fn pack<'c, 'p>(chunks: &'c [Chunk<'p>], max_bytes: usize) -> Vec<Vec<&'c Chunk<'p>>> {
+    let mut out: Vec<Vec<&Chunk<'_>>> = Vec::new();
+    let mut bytes = 0;
+    for c in chunks {
+        match out.last_mut() {
+            Some(group) if bytes + c.bytes <= max_bytes => group.push(c),
+            _ => {
+                out.push(vec![c]);
+                bytes = 0;
+            }
+        }
+        bytes += c.bytes;
+    }
+    out
+}
+
+/// Builds the request for `group`, halving it in the unexpected case that it is still too big.
+fn build_within_size(
+    profile: &SymbolizedProfile,
+    resources: &[ResourceKey],
+    group: &[&Chunk<'_>],
+    options: &EncodeOptions,
+) -> Vec<ExportProfilesServiceRequest> {
+    let request = build(profile, resources, group, options);
+    if request.encoded_len() <= options.max_profile_bytes || group.len() <= 1 {
+        return vec![request];
+    }
+    let (a, b) = group.split_at(group.len() / 2);
+    let mut out = build_within_size(profile, resources, a, options);
+    out.extend(build_within_size(profile, resources, b, options));
+    out
+}
+
+fn build(
+    profile: &SymbolizedProfile,
+    resources: &[ResourceKey],
+    group: &[&Chunk<'_>],
     options: &EncodeOptions,
 ) -> ExportProfilesServiceRequest {
     let mut dict = Dictionary::new();
-    let mut groups: Vec<(ResourceKey, Vec<pb::Sample>)> = Vec::new();
-    let mut group_of: HashMap<ResourceKey, usize> = HashMap::new();
-    for stack in chunk {
-        let key = ResourceKey {
-            // A later issue refines service naming; for now the executable's name.
-            service: stack.process.exe_name.to_string(),
-            exe_name: stack.process.exe_name.to_string(),
-            exe_path: stack.process.exe_path.as_deref().map(str::to_owned),
-            container_id: stack.process.container_id.as_deref().map(str::to_owned),
-        };
-        let group = *group_of.entry(key.clone()).or_insert_with(|| {
-            groups.push((key, Vec::new()));
-            groups.len() - 1
-        });
-        let sample = dict.sample(stack);
-        groups[group].1.push(sample);
-    }
-
     let sample_type = Some(pb::ValueType {
         type_strindex: dict.string("samples"),
         unit_strindex: dict.string("count"),
@@ -115,31 +267,37 @@ fn encode_chunk(
         type_strindex: dict.string("cpu"),
         unit_strindex: dict.string("nanoseconds"),
     });
-    let period = 1_000_000_000 / i64::from(profile.frequency.max(1));
     let scope = InstrumentationScope {
         name: "profiler".to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         ..InstrumentationScope::default()
     };
-    let resource_profiles = groups
-        .into_iter()
-        .map(|(key, samples)| pb::ResourceProfiles {
-            resource: Some(resource(&key, options)),
-            scope_profiles: vec![pb::ScopeProfiles {
-                scope: Some(scope.clone()),
-                profiles: vec![pb::Profile {
-                    sample_type,
-                    samples,
-                    time_unix_nano: profile.start_unix_nano,
-                    duration_nano: profile.duration_nano,
-                    period_type,
-                    period,
-                    profile_id: profile_id(),
-                    ..pb::Profile::default()
+    let resource_profiles = group
+        .iter()
+        .map(|chunk| {
+            let samples = chunk
+                .samples
+                .iter()
+                .map(|m| dict.sample(m.stack, options.labels, m.count))
+                .collect();
+            pb::ResourceProfiles {
+                resource: Some(resource(&resources[chunk.resource], options)),
+                scope_profiles: vec![pb::ScopeProfiles {
+                    scope: Some(scope.clone()),
+                    profiles: vec![pb::Profile {
+                        sample_type,
+                        samples,
+                        time_unix_nano: profile.start_unix_nano,
+                        duration_nano: profile.duration_nano,
+                        period_type,
+                        period: period(profile),
+                        profile_id: profile_id(),
+                        ..pb::Profile::default()
+                    }],
+                    schema_url: String::new(),
                 }],
                 schema_url: String::new(),
-            }],
-            schema_url: String::new(),
+            }
         })
         .collect();
     ExportProfilesServiceRequest {
@@ -198,196 +356,6 @@ fn profile_id() -> Vec<u8> {
         id.copy_from_slice(&now.to_le_bytes());
     }
     id
-}
-
-/// A value that can be an attribute in the dictionary.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum AttrValue {
-    Str(String),
-    Int(i64),
-}
-
-/// Interning tables of the `ProfilesDictionary`, each starting with its zero value.
-struct Dictionary {
-    strings: Strings,
-    functions: Interner<(i32, i32)>,
-    mappings: Interner<(i32, Option<i32>)>,
-    locations: Interner<(i32, u64, bool, i32)>,
-    stacks: Interner<Vec<i32>>,
-    attributes: Interner<(i32, AttrValue)>,
-    function_table: Vec<pb::Function>,
-    mapping_table: Vec<pb::Mapping>,
-    location_table: Vec<pb::Location>,
-    kernel_mapping: Option<i32>,
-}
-
-impl Dictionary {
-    fn new() -> Self {
-        Self {
-            strings: Strings::default(),
-            functions: Interner::new((0, 0)),
-            mappings: Interner::new((0, None)),
-            locations: Interner::new((0, 0, false, 0)),
-            stacks: Interner::new(Vec::new()),
-            attributes: Interner::new((0, AttrValue::Str(String::new()))),
-            function_table: vec![pb::Function::default()],
-            mapping_table: vec![pb::Mapping::default()],
-            location_table: vec![pb::Location::default()],
-            kernel_mapping: None,
-        }
-    }
-
-    fn string(&mut self, s: &str) -> i32 {
-        self.strings.intern(s)
-    }
-
-    fn attribute(&mut self, key: &str, value: AttrValue) -> i32 {
-        let key = self.string(key);
-        self.attributes.intern((key, value)).0
-    }
-
-    fn sample(&mut self, stack: &Stack) -> pb::Sample {
-        // Leaf first: kernel leaf .. kernel root, then user leaf .. user root.
-        let mut location_indices = Vec::with_capacity(stack.kernel.len() + stack.user.len());
-        for loc in stack.kernel.iter().rev().chain(stack.user.iter().rev()) {
-            location_indices.push(self.location(loc));
-        }
-        let stack_index = self.stacks.intern(location_indices).0;
-        let attribute_indices = vec![
-            self.attribute(keys::PID, AttrValue::Int(i64::from(stack.process.pid))),
-            self.attribute(keys::THREAD_ID, AttrValue::Int(i64::from(stack.tid))),
-            self.attribute(keys::THREAD_NAME, AttrValue::Str(stack.thread.to_string())),
-        ];
-        pb::Sample {
-            stack_index,
-            attribute_indices,
-            values: vec![i64::try_from(stack.count).unwrap_or(i64::MAX)],
-            ..pb::Sample::default()
-        }
-    }
-
-    fn mapping(&mut self, loc: &Location) -> i32 {
-        if loc.kernel {
-            if let Some(i) = self.kernel_mapping {
-                return i;
-            }
-            let filename = self.string("[kernel.kallsyms]");
-            let (i, _) = self.mappings.intern((filename, None));
-            self.mapping_table.push(pb::Mapping {
-                filename_strindex: filename,
-                ..pb::Mapping::default()
-            });
-            self.kernel_mapping = Some(i);
-            return i;
-        }
-        let Some(module) = &loc.module else {
-            return 0;
-        };
-        let filename = self.string(&module.path.to_string_lossy());
-        let build_id = module
-            .build_id
-            .as_deref()
-            .map(|b| self.attribute(keys::BUILD_ID, AttrValue::Str(b.to_owned())));
-        let (i, new) = self.mappings.intern((filename, build_id));
-        if new {
-            self.mapping_table.push(pb::Mapping {
-                filename_strindex: filename,
-                attribute_indices: build_id.into_iter().collect(),
-                ..pb::Mapping::default()
-            });
-        }
-        i
-    }
-
-    fn location(&mut self, loc: &Location) -> i32 {
-        let mapping_index = self.mapping(loc);
-        // Unmapped user addresses of different processes may coincide: key by their name too.
-        let name = self.string(loc.frames.first().map_or("", |f| &f.name));
-        let (i, new) = self
-            .locations
-            .intern((mapping_index, loc.address, loc.kernel, name));
-        if new {
-            // Innermost (inlined) first, the containing function last.
-            let lines = loc
-                .frames
-                .iter()
-                .rev()
-                .map(|frame| {
-                    let name = self.string(&frame.name);
-                    let file = frame.file.as_deref().map_or(0, |f| self.string(f));
-                    let (function_index, new_fn) = self.functions.intern((name, file));
-                    if new_fn {
-                        self.function_table.push(pb::Function {
-                            name_strindex: name,
-                            system_name_strindex: name,
-                            filename_strindex: file,
-                            start_line: 0,
-                        });
-                    }
-                    pb::Line {
-                        function_index,
-                        line: frame.line.map_or(0, i64::from),
-                        column: 0,
-                    }
-                })
-                .collect();
-            let frame_type = self.attribute(
-                keys::FRAME_TYPE,
-                AttrValue::Str(if loc.kernel { "kernel" } else { "native" }.to_owned()),
-            );
-            self.location_table.push(pb::Location {
-                mapping_index,
-                address: loc.address,
-                lines,
-                attribute_indices: vec![frame_type],
-            });
-        }
-        i
-    }
-
-    fn finish(self) -> pb::ProfilesDictionary {
-        let Dictionary {
-            strings,
-            stacks,
-            attributes,
-            function_table,
-            mapping_table,
-            location_table,
-            ..
-        } = self;
-        pb::ProfilesDictionary {
-            mapping_table,
-            location_table,
-            function_table,
-            link_table: vec![pb::Link::default()],
-            string_table: strings.into_values(),
-            attribute_table: attributes
-                .into_values()
-                .into_iter()
-                .enumerate()
-                .map(|(i, (key, value))| pb::KeyValueAndUnit {
-                    key_strindex: key,
-                    // Index 0 is the zero value: no value at all.
-                    value: if i == 0 {
-                        None
-                    } else {
-                        Some(AnyValue {
-                            value: Some(match value {
-                                AttrValue::Str(s) => any_value::Value::StringValue(s),
-                                AttrValue::Int(n) => any_value::Value::IntValue(n),
-                            }),
-                        })
-                    },
-                    unit_strindex: 0,
-                })
-                .collect(),
-            stack_table: stacks
-                .into_values()
-                .into_iter()
-                .map(|location_indices| pb::Stack { location_indices })
-                .collect(),
-        }
-    }
 }
 
 #[cfg(test)]

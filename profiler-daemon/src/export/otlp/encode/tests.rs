@@ -17,8 +17,30 @@ fn options() -> EncodeOptions {
             ("deployment.environment".to_owned(), "prod".to_owned()),
             ("service.name".to_owned(), "daemon-wide".to_owned()),
         ],
-        include_idle: false,
+        ..EncodeOptions::default()
     }
+}
+
+fn all_labels() -> EncodeOptions {
+    EncodeOptions {
+        labels: Labels {
+            pid: true,
+            thread_id: true,
+            thread_name: true,
+            exe_path: true,
+        },
+        ..options()
+    }
+}
+
+/// Every profile of every request.
+fn profiles(requests: &[ExportProfilesServiceRequest]) -> Vec<&pb::Profile> {
+    requests
+        .iter()
+        .flat_map(|r| &r.resource_profiles)
+        .flat_map(|rp| &rp.scope_profiles)
+        .flat_map(|sp| &sp.profiles)
+        .collect()
 }
 
 fn string(dict: &pb::ProfilesDictionary, i: i32) -> &str {
@@ -68,12 +90,23 @@ fn encodes_one_resource_per_executable_with_a_deduplicated_dictionary() {
         ),
         stack(0, 0, &[], &[&["do_idle"]], 50),
     ]);
-    let requests = encode(&p, &options());
+    let requests = encode(&p, &all_labels());
     assert_eq!(requests.len(), 1);
     let req = &requests[0];
     // Round trip through the wire format.
     let req = ExportProfilesServiceRequest::decode(req.encode_to_vec().as_slice()).unwrap();
     let dict = req.dictionary.as_ref().unwrap();
+
+    // By default the two threads' samples are one: no pid, thread or path labels.
+    let lean = &encode(&p, &options())[0];
+    let lean_profile = &lean.resource_profiles[0].scope_profiles[0].profiles[0];
+    assert_eq!(lean_profile.samples.len(), 1);
+    assert_eq!(lean_profile.samples[0].values, [5]);
+    assert!(lean_profile.samples[0].attribute_indices.is_empty());
+    assert_eq!(
+        resource_attr(&lean.resource_profiles[0], "process.executable.path"),
+        None
+    );
 
     // Index 0 of every table is the zero value.
     assert_eq!(dict.string_table[0], "");
@@ -242,20 +275,94 @@ fn splits_large_windows_into_requests_within_pyroscope_limits() {
         .map(|i| stack(7, i, &[&["main"], &[&format!("f{i}")]], &[], 1))
         .collect();
     let requests = encode(&profile(stacks), &options());
-    assert_eq!(requests.len(), 3);
-    let mut total = 0;
+    let all = profiles(&requests);
+    assert!(all.len() >= 3, "{} profiles", all.len());
     for req in &requests {
         assert!(req.encoded_len() <= MAX_REQUEST_BYTES);
-        for rp in &req.resource_profiles {
-            for sp in &rp.scope_profiles {
-                for p in &sp.profiles {
-                    assert!(p.samples.len() <= MAX_SAMPLES_PER_PROFILE);
-                    total += p.samples.len();
-                }
-            }
-        }
     }
-    assert_eq!(total, 40_000);
+    for p in &all {
+        assert!(p.samples.len() <= MAX_SAMPLES_PER_PROFILE);
+    }
+    assert_eq!(all.iter().map(|p| p.samples.len()).sum::<usize>(), 40_000);
+    // A lower limit (a tenant's max_profile_size_bytes) gives smaller profiles and requests.
+    let small = EncodeOptions {
+        max_profile_bytes: 256 * 1024,
+        ..options()
+    };
+    let stacks: Vec<_> = (0..40_000u32)
+        .map(|i| stack(7, i, &[&["main"], &[&format!("f{i}")]], &[], 1))
+        .collect();
+    let requests = encode(&profile(stacks), &small);
+    assert!(requests.len() > 3, "{} requests", requests.len());
+    for req in &requests {
+        assert!(req.encoded_len() <= 256 * 1024);
+    }
+}
+
+#[test]
+fn kernel_threads_are_one_service_and_unnamed_frames_stay_addresses() {
+    let kthread = |comm: &str, base: &str| {
+        let mut s = stack(9, 9, &[], &[&["worker_thread"]], 2);
+        s.process = std::sync::Arc::new(crate::procfs::ProcessInfo {
+            name: comm.into(),
+            exe_name: base.into(),
+            exe_path: None,
+            kernel_thread: true,
+            ..(*s.process).clone()
+        });
+        s
+    };
+    let mut unnamed = stack(7, 7, &[&["main"], &[]], &[], 3);
+    unnamed.user[1].frames = crate::symbolize::unnamed();
+    let p = profile(vec![
+        kthread("kworker/0:1-events", "kworker"),
+        kthread("kworker/1:2-mm_percpu_wq", "kworker"),
+        kthread("ksoftirqd/0", "ksoftirqd"),
+        unnamed,
+    ]);
+    let requests = encode(&p, &all_labels());
+    let req = &requests[0];
+    let dict = req.dictionary.as_ref().unwrap();
+    let services: Vec<(String, Option<&str>)> = req
+        .resource_profiles
+        .iter()
+        .map(|rp| {
+            (
+                pyroscope_service_name(rp),
+                resource_attr(rp, "process.executable.name"),
+            )
+        })
+        .collect();
+    assert!(services.contains(&("kernel".to_owned(), Some("kworker"))));
+    assert!(services.contains(&("kernel".to_owned(), Some("ksoftirqd"))));
+    assert_eq!(services.len(), 3, "{services:?}");
+    // Thread names lose their per-CPU and work suffixes.
+    let thread_names: std::collections::HashSet<&str> = dict
+        .attribute_table
+        .iter()
+        .filter(|kv| string(dict, kv.key_strindex) == "thread.name")
+        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        thread_names.iter().all(|t| !t.contains('/')),
+        "{thread_names:?}"
+    );
+    // The unnamed frame: an address in its mapping (with the build id), and no function.
+    let app = req
+        .resource_profiles
+        .iter()
+        .find(|rp| resource_attr(rp, "process.executable.name") == Some("app"))
+        .unwrap();
+    let sample = &app.scope_profiles[0].profiles[0].samples[0];
+    let leaf = &dict.location_table
+        [dict.stack_table[sample.stack_index as usize].location_indices[0] as usize];
+    assert!(leaf.lines.is_empty(), "{leaf:?}");
+    assert_eq!(leaf.address, 0x1001);
+    let mapping = &dict.mapping_table[leaf.mapping_index as usize];
+    assert_eq!(mapping.attribute_indices.len(), 1, "the build id");
 }
 
 #[test]

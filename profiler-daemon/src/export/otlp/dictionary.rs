@@ -1,0 +1,270 @@
+//! The `ProfilesDictionary` of one request: every string, function, mapping, location, stack and
+//! attribute once, each table starting with its zero value (OTLP v1.10 requires it).
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+use opentelemetry_proto::tonic::profiles::v1development as pb;
+
+use super::encode::{Labels, keys};
+use crate::export::intern::{Interner, Strings};
+use crate::profile::{Location, Stack};
+
+/// A value that can be an attribute in the dictionary.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum AttrValue {
+    Str(String),
+    Int(i64),
+}
+
+impl AttrValue {
+    /// The value as text (what Pyroscope makes of it as a label value).
+    pub(super) fn text_len(&self) -> usize {
+        match self {
+            AttrValue::Str(s) => s.len(),
+            AttrValue::Int(n) => n.to_string().len(),
+        }
+    }
+}
+
+/// Interning tables of the `ProfilesDictionary`, each starting with its zero value.
+pub(super) struct Dictionary {
+    strings: Strings,
+    functions: Interner<(i32, i32)>,
+    mappings: Interner<(i32, Option<i32>)>,
+    locations: Interner<(i32, u64, bool, i32)>,
+    stacks: Interner<Vec<i32>>,
+    attributes: Interner<(i32, AttrValue)>,
+    function_table: Vec<pb::Function>,
+    mapping_table: Vec<pb::Mapping>,
+    location_table: Vec<pb::Location>,
+    kernel_mapping: Option<i32>,
+}
+
+impl Dictionary {
+    pub(super) fn new() -> Self {
+        Self {
+            strings: Strings::default(),
+            functions: Interner::new((0, 0)),
+            mappings: Interner::new((0, None)),
+            locations: Interner::new((0, 0, false, 0)),
+            stacks: Interner::new(Vec::new()),
+            attributes: Interner::new((0, AttrValue::Str(String::new()))),
+            function_table: vec![pb::Function::default()],
+            mapping_table: vec![pb::Mapping::default()],
+            location_table: vec![pb::Location::default()],
+            kernel_mapping: None,
+        }
+    }
+
+    pub(super) fn string(&mut self, s: &str) -> i32 {
+        self.strings.intern(s)
+    }
+
+    pub(super) fn attribute(&mut self, key: &str, value: AttrValue) -> i32 {
+        let key = self.string(key);
+        self.attributes.intern((key, value)).0
+    }
+
+    /// The stack index of `stack` (leaf first: kernel leaf .. kernel root, user leaf .. root).
+    pub(super) fn stack(&mut self, stack: &Stack) -> i32 {
+        let mut location_indices = Vec::with_capacity(stack.kernel.len() + stack.user.len());
+        for loc in stack.kernel.iter().rev().chain(stack.user.iter().rev()) {
+            location_indices.push(self.location(loc));
+        }
+        self.stacks.intern(location_indices).0
+    }
+
+    /// The sample attributes of `stack` that `labels` asks for (none by default: each one is a
+    /// series label in Pyroscope).
+    pub(super) fn sample_attributes(&mut self, stack: &Stack, labels: Labels) -> Vec<i32> {
+        let mut out = Vec::new();
+        if labels.pid {
+            out.push(self.attribute(keys::PID, AttrValue::Int(i64::from(stack.process.pid))));
+        }
+        if labels.thread_id {
+            out.push(self.attribute(keys::THREAD_ID, AttrValue::Int(i64::from(stack.tid))));
+        }
+        if labels.thread_name {
+            let name = if stack.process.kernel_thread {
+                crate::procfs::kernel_thread_base(&stack.thread)
+            } else {
+                &stack.thread
+            };
+            out.push(self.attribute(keys::THREAD_NAME, AttrValue::Str(name.to_owned())));
+        }
+        out
+    }
+
+    /// One sample of `count` with this stack and these attributes.
+    pub(super) fn sample(&mut self, stack: &Stack, labels: Labels, count: u64) -> pb::Sample {
+        pb::Sample {
+            stack_index: self.stack(stack),
+            attribute_indices: self.sample_attributes(stack, labels),
+            values: vec![i64::try_from(count).unwrap_or(i64::MAX)],
+            ..pb::Sample::default()
+        }
+    }
+
+    fn mapping(&mut self, loc: &Location) -> i32 {
+        if loc.kernel {
+            if let Some(i) = self.kernel_mapping {
+                return i;
+            }
+            let filename = self.string("[kernel.kallsyms]");
+            let (i, _) = self.mappings.intern((filename, None));
+            self.mapping_table.push(pb::Mapping {
+                filename_strindex: filename,
+                ..pb::Mapping::default()
+            });
+            self.kernel_mapping = Some(i);
+            return i;
+        }
+        let Some(module) = &loc.module else {
+            return 0;
+        };
+        let filename = self.string(&module.path.to_string_lossy());
+        let build_id = module
+            .build_id
+            .as_deref()
+            .map(|b| self.attribute(keys::BUILD_ID, AttrValue::Str(b.to_owned())));
+        let (i, new) = self.mappings.intern((filename, build_id));
+        if new {
+            self.mapping_table.push(pb::Mapping {
+                filename_strindex: filename,
+                attribute_indices: build_id.into_iter().collect(),
+                ..pb::Mapping::default()
+            });
+        }
+        i
+    }
+
+    fn location(&mut self, loc: &Location) -> i32 {
+        let mapping_index = self.mapping(loc);
+        // A file's addresses as its symbol table has them (ELF virtual addresses): what a
+        // backend's symbolizer looks up for the frames we could not name.
+        let address = match &loc.module {
+            Some(module) if !loc.kernel => {
+                module.virtual_address(loc.address).unwrap_or(loc.address)
+            }
+            _ => loc.address,
+        };
+        // Unmapped user addresses of different processes may coincide: key by their name too.
+        let name = self.string(loc.frames.first().map_or("", |f| &f.name));
+        let (i, new) = self
+            .locations
+            .intern((mapping_index, address, loc.kernel, name));
+        if new {
+            // Innermost (inlined) first, the containing function last; none for an unnamed
+            // address, so that a backend takes it as not symbolized.
+            let lines = loc
+                .frames
+                .iter()
+                .rev()
+                .map(|frame| {
+                    let name = self.string(&frame.name);
+                    let file = frame.file.as_deref().map_or(0, |f| self.string(f));
+                    let (function_index, new_fn) = self.functions.intern((name, file));
+                    if new_fn {
+                        self.function_table.push(pb::Function {
+                            name_strindex: name,
+                            system_name_strindex: name,
+                            filename_strindex: file,
+                            start_line: 0,
+                        });
+                    }
+                    pb::Line {
+                        function_index,
+                        line: frame.line.map_or(0, i64::from),
+                        column: 0,
+                    }
+                })
+                .collect();
+            let frame_type = self.attribute(
+                keys::FRAME_TYPE,
+                AttrValue::Str(if loc.kernel { "kernel" } else { "native" }.to_owned()),
+            );
+            self.location_table.push(pb::Location {
+                mapping_index,
+                address,
+                lines,
+                attribute_indices: vec![frame_type],
+            });
+        }
+        i
+    }
+
+    // Read access for the size estimate (`budget`).
+
+    pub(super) fn stack_locations(&self, index: i32) -> &[i32] {
+        self.stacks.value(index).map_or(&[], Vec::as_slice)
+    }
+
+    pub(super) fn location_at(&self, index: i32) -> Option<&pb::Location> {
+        self.location_table.get(usize::try_from(index).ok()?)
+    }
+
+    pub(super) fn function_at(&self, index: i32) -> Option<&pb::Function> {
+        self.function_table.get(usize::try_from(index).ok()?)
+    }
+
+    pub(super) fn mapping_at(&self, index: i32) -> Option<&pb::Mapping> {
+        self.mapping_table.get(usize::try_from(index).ok()?)
+    }
+
+    pub(super) fn string_at(&self, index: i32) -> &str {
+        self.strings.get(index)
+    }
+
+    pub(super) fn attribute_at(&self, index: i32) -> Option<&(i32, AttrValue)> {
+        self.attributes.value(index)
+    }
+
+    /// Table sizes: (strings, functions, mappings, locations).
+    pub(super) fn sizes(&self) -> (usize, usize, usize, usize) {
+        (
+            self.strings.len(),
+            self.function_table.len(),
+            self.mapping_table.len(),
+            self.location_table.len(),
+        )
+    }
+
+    pub(super) fn finish(self) -> pb::ProfilesDictionary {
+        let Dictionary {
+            strings,
+            stacks,
+            attributes,
+            function_table,
+            mapping_table,
+            location_table,
+            ..
+        } = self;
+        pb::ProfilesDictionary {
+            mapping_table,
+            location_table,
+            function_table,
+            link_table: vec![pb::Link::default()],
+            string_table: strings.into_values(),
+            attribute_table: attributes
+                .into_values()
+                .into_iter()
+                .enumerate()
+                .map(|(i, (key, value))| pb::KeyValueAndUnit {
+                    key_strindex: key,
+                    // Index 0 is the zero value: no value at all.
+                    value: (i != 0).then_some(AnyValue {
+                        value: Some(match value {
+                            AttrValue::Str(s) => any_value::Value::StringValue(s),
+                            AttrValue::Int(n) => any_value::Value::IntValue(n),
+                        }),
+                    }),
+                    unit_strindex: 0,
+                })
+                .collect(),
+            stack_table: stacks
+                .into_values()
+                .into_iter()
+                .map(|location_indices| pb::Stack { location_indices })
+                .collect(),
+        }
+    }
+}
