@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::bpf::{BpfError, Design};
@@ -17,7 +17,8 @@ use crate::export::otlp::{
     send_loop,
 };
 use crate::pipeline::{Collector, Driver, Ending};
-use crate::telemetry::metrics::{Gauges, Health, Metrics};
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::{Gauges, Metrics};
 use crate::telemetry::server::{self, ServerError, ServerState};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +93,6 @@ pub fn run(config: &RunConfig, stop: &AtomicBool) -> Result<RunSummary, RunError
         let state = Arc::new(ServerState {
             metrics: Arc::clone(&shared.metrics),
             health: Arc::clone(&shared.health),
-            // Exports may fail for three windows before /readyz says not ready.
-            grace_ms: (config.interval * 3).as_millis() as u64,
         });
         runtime.block_on(server::start(addr, state))?;
     }
@@ -105,6 +104,7 @@ pub fn run(config: &RunConfig, stop: &AtomicBool) -> Result<RunSummary, RunError
             metrics: Arc::clone(&shared.metrics),
             health: Arc::clone(&shared.health),
         },
+        max_backoff(config.interval),
     ));
     for (given, sent) in &config.otlp.renamed_attributes {
         tracing::warn!(
@@ -121,7 +121,7 @@ pub fn run(config: &RunConfig, stop: &AtomicBool) -> Result<RunSummary, RunError
     );
 
     let pipeline = Pipeline::new(config, &shared).run(stop);
-    shared.health.attached.store(false, Ordering::Relaxed);
+    shared.health.set_attached(false);
     // Whatever happened, let the sender finish what it has (bounded), then report.
     shared.queue.close();
     let flushed = runtime
@@ -176,7 +176,7 @@ impl<'a> Pipeline<'a> {
     /// Runs until `stop`; returns the final totals and the samples exported.
     fn run(mut self, stop: &AtomicBool) -> Result<(Totals, u64), BpfError> {
         let mut driver = Driver::start(&self.config.sampler, Design::RingBuf, stop)?;
-        self.shared.health.attached.store(true, Ordering::Relaxed);
+        self.shared.health.set_attached(true);
         loop {
             let wall_start = SystemTime::now();
             let start = Instant::now();
@@ -229,6 +229,12 @@ impl<'a> Pipeline<'a> {
         self.logged = totals;
         totals
     }
+}
+
+/// The longest wait between export retries: half an interval (so that delivery resumes within
+/// about one interval of the collector's return), between 1 and 5 s.
+fn max_backoff(interval: Duration) -> Duration {
+    (interval / 2).clamp(Duration::from_secs(1), Duration::from_secs(5))
 }
 
 /// The encoder's labels from the configured list.

@@ -4,8 +4,7 @@
 //! registry on each scrape.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -41,6 +40,8 @@ pub struct Metrics {
     pid_filter: Gauge,
     queue_depth: Gauge,
     pub export_latency: Histogram,
+    /// Unix time of the last export the collector accepted (0: none yet).
+    pub last_export: Gauge<f64, AtomicU64>,
     last: Mutex<Totals>,
 }
 
@@ -67,6 +68,7 @@ impl Metrics {
             pid_filter: Gauge::default(),
             queue_depth: Gauge::default(),
             export_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            last_export: Gauge::default(),
             last: Mutex::new(Totals::default()),
             registry: Registry::default(),
         };
@@ -100,6 +102,16 @@ impl Metrics {
             "Duration of successful export attempts",
             m.export_latency.clone(),
         );
+        registry.register(
+            "last_export_success_timestamp_seconds",
+            "Unix time of the last export the collector accepted (0: none yet)",
+            m.last_export.clone(),
+        );
+        let build_info = Family::<Labels, Gauge>::default();
+        build_info
+            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        registry.register("build_info", "The profiler's version (always 1)", build_info);
         // Every series exists from the start, at 0: an alert on a loss sees 0, not "no data".
         m.update(&Totals::default());
         Self { registry, ..m }
@@ -155,52 +167,6 @@ impl Metrics {
     }
 }
 
-/// Liveness and readiness, shared by the pipeline, the sender and the HTTP server.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// The sampler is attached and running.
-    pub attached: AtomicBool,
-    /// Unix ms since when every export attempt has failed; 0 while exports succeed.
-    failing_since_ms: AtomicU64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-impl Health {
-    pub fn export_succeeded(&self) {
-        self.failing_since_ms.store(0, Ordering::Relaxed);
-    }
-
-    pub fn export_failed(&self) {
-        // Keep the time of the first failure in a row (one sender: no race to lose).
-        if self.failing_since_ms.load(Ordering::Relaxed) == 0 {
-            self.failing_since_ms.store(now_ms(), Ordering::Relaxed);
-        }
-    }
-
-    /// `Ok` when ready; else why not. Exports may fail for up to `grace_ms` before that counts.
-    pub fn ready(&self, grace_ms: u64) -> Result<(), String> {
-        if !self.attached.load(Ordering::Relaxed) {
-            return Err("the eBPF sampler is not attached".to_owned());
-        }
-        let since = self.failing_since_ms.load(Ordering::Relaxed);
-        if since != 0 {
-            let failing = now_ms().saturating_sub(since);
-            if failing > grace_ms {
-                return Err(format!(
-                    "exports have been failing for {} s",
-                    failing / 1000
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,20 +212,13 @@ mod tests {
             text.contains("profiler_export_latency_seconds_bucket"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn readiness_follows_attachment_and_export_failures() {
-        let h = Health::default();
-        assert!(h.ready(1000).is_err());
-        h.attached.store(true, Ordering::Relaxed);
-        assert!(h.ready(1000).is_ok());
-        h.export_failed();
-        assert!(h.ready(60_000).is_ok(), "within the grace period");
-        h.failing_since_ms
-            .store(now_ms() - 120_000, Ordering::Relaxed);
-        assert!(h.ready(60_000).unwrap_err().contains("failing"));
-        h.export_succeeded();
-        assert!(h.ready(60_000).is_ok());
+        assert!(
+            text.contains("profiler_build_info{version=\"0.1.0\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("profiler_last_export_success_timestamp_seconds 0"),
+            "{text}"
+        );
     }
 }

@@ -1,6 +1,7 @@
-//! Operating the daemon: logs (`tracing`, text or JSON), self-metrics (`metrics`) and the HTTP
-//! server for `/metrics`, `/healthz` and `/readyz` (`server`).
+//! Operating the daemon: logs (`tracing`, text or JSON), self-metrics (`metrics`), liveness and
+//! readiness (`health`) and the HTTP server for `/metrics`, `/healthz` and `/readyz` (`server`).
 
+pub mod health;
 pub mod metrics;
 pub mod server;
 

@@ -1,5 +1,5 @@
-//! The built-in HTTP server: `/metrics` (Prometheus text), `/healthz` (alive) and `/readyz`
-//! (sampler attached and exports not failing for too long).
+//! The built-in HTTP server: `/metrics` (Prometheus text), `/healthz` (alive, with how exports
+//! are going) and `/readyz` (the sampler is attached).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,14 +8,13 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
-use super::metrics::{Health, Metrics};
+use super::health::Health;
+use super::metrics::Metrics;
 
 /// What the handlers read.
 pub struct ServerState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    /// How long exports may fail before `/readyz` says not ready.
-    pub grace_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +37,7 @@ pub async fn start(addr: SocketAddr, state: Arc<ServerState>) -> Result<SocketAd
         .map_err(|source| ServerError { addr, source })?;
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/healthz", axum::routing::get(healthz))
         .route("/readyz", axum::routing::get(readyz))
         .with_state(state);
     tokio::spawn(async move {
@@ -60,8 +59,12 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
     )
 }
 
+async fn healthz(State(state): State<Arc<ServerState>>) -> String {
+    format!("ok: {}\n", state.health.detail())
+}
+
 async fn readyz(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
-    match state.health.ready(state.grace_ms) {
+    match state.health.ready() {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,

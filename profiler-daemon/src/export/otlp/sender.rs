@@ -11,10 +11,10 @@ use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfil
 use super::queue::RequestQueue;
 use super::transport::{SendError, Transport};
 use crate::counters::{Count, Totals};
-use crate::telemetry::metrics::{Health, Metrics};
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Export counters, shared with the pipeline thread, which publishes them with its own totals
 /// (summary line, metrics).
@@ -75,12 +75,36 @@ pub struct Observers {
     pub health: Arc<Health>,
 }
 
-/// Sends until the queue is closed and empty. Stops retrying a request once the queue is closed
-/// (shutdown: the caller bounds the remaining time).
-pub async fn send_loop(mut transport: Transport, queue: Arc<RequestQueue>, obs: Observers) {
+/// Sends until the queue is closed and empty. Retries wait with exponential backoff up to
+/// `max_backoff`, jittered so that a fleet does not retry in step after an outage. Stops retrying
+/// a request once the queue is closed (shutdown: the caller bounds the remaining time).
+pub async fn send_loop(
+    mut transport: Transport,
+    queue: Arc<RequestQueue>,
+    obs: Observers,
+    max_backoff: Duration,
+) {
     while let Some(request) = queue.pop().await {
-        send_one(&mut transport, &queue, &obs, &request).await;
+        send_one(&mut transport, &queue, &obs, &request, max_backoff).await;
     }
+}
+
+/// A wait between `backoff / 2` and `backoff` ("equal jitter"): spread, yet never much shorter
+/// than the backoff.
+fn jittered(backoff: Duration) -> Duration {
+    let mut random = [0u8; 8];
+    // SAFETY: writes at most random.len() bytes into the buffer.
+    let n = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+    let r = if n == 8 {
+        u64::from_ne_bytes(random)
+    } else {
+        // No entropy at hand: the clock's nanoseconds still differ between hosts.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()))
+    };
+    let fraction = (r % 1_000_001) as f64 / 1e6;
+    backoff.mul_f64(0.5 + fraction / 2.0)
 }
 
 /// Sends one request, retrying with backoff while that is worth it.
@@ -89,6 +113,7 @@ async fn send_one(
     queue: &RequestQueue,
     obs: &Observers,
     request: &ExportProfilesServiceRequest,
+    max_backoff: Duration,
 ) {
     let stats = &obs.stats;
     let mut backoff = FIRST_BACKOFF;
@@ -97,6 +122,7 @@ async fn send_one(
         let message = match transport.send(request).await {
             Ok(partial) => {
                 obs.health.export_succeeded();
+                obs.metrics.last_export.set(obs.health.last_success_seconds());
                 obs.metrics
                     .export_latency
                     .observe(start.elapsed().as_secs_f64());
@@ -139,12 +165,13 @@ async fn send_one(
             );
             return;
         }
+        let wait = jittered(backoff.min(max_backoff));
         tracing::warn!(
-            retry_in_ms = backoff.as_millis() as u64,
+            retry_in_ms = wait.as_millis() as u64,
             "export failed: {message}"
         );
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(max_backoff);
     }
 }
 
@@ -156,6 +183,14 @@ fn failed(obs: &Observers) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_and_whole_backoff_and_varies() {
+        let b = Duration::from_secs(4);
+        let waits: Vec<Duration> = (0..50).map(|_| jittered(b)).collect();
+        assert!(waits.iter().all(|w| *w >= b / 2 && *w <= b));
+        assert!(waits.iter().any(|w| *w != waits[0]), "the waits differ");
+    }
 
     #[test]
     fn every_export_count_reaches_the_totals() {
