@@ -30,12 +30,28 @@ fn main() -> ExitCode {
             return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
         }
     };
-    if !matches!(cli.command, Command::Run(_)) {
+    if let Some(level) = &cli.log_level
+        && let Err(err) = telemetry::validate_log_level(level)
+    {
+        return usage_error(&err);
+    }
+    let daemon = matches!(cli.command, Command::Run(_));
+    if !daemon {
         telemetry::init_logging(cli.log_level.as_deref(), None, LogFormat::Text);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(err) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+    // SIGHUP (a closed terminal, `systemctl reload`) never kills: `record` stops and writes its
+    // file as on SIGTERM; the daemon keeps going (it is counted in a flag nobody stops on).
+    let hangup = Arc::new(AtomicBool::new(false));
+    for (signal, flag) in [
+        (signal_hook::consts::SIGINT, &stop),
+        (signal_hook::consts::SIGTERM, &stop),
+        (
+            signal_hook::consts::SIGHUP,
+            if daemon { &hangup } else { &stop },
+        ),
+    ] {
+        if let Err(err) = signal_hook::flag::register(signal, Arc::clone(flag)) {
             eprintln!("error: cannot install the signal handler: {err}");
             return ExitCode::from(1);
         }

@@ -113,7 +113,7 @@ pub fn run(config: &RunConfig, stop: &AtomicBool) -> Result<RunSummary, RunError
         );
     }
     tracing::info!(
-        endpoint = %config.otlp.endpoint,
+        endpoint = %config.otlp.endpoint_for_logs(),
         protocol = ?config.otlp.protocol,
         interval = %humantime::format_duration(config.interval),
         frequency = config.sampler.frequency,

@@ -73,9 +73,9 @@ impl FileConfig {
 
 /// A duration value of the file, with an error naming the file and key.
 pub fn duration(path: &Path, key: &str, value: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(value).map_err(|_| ConfigError::File {
+    super::args::parse_duration(value).map_err(|why| ConfigError::File {
         path: path.to_path_buf(),
-        message: format!("key `{key}`: `{value}` is not a duration (expected e.g. `10s`, `500ms`)"),
+        message: format!("key `{key}`: {why}"),
     })
 }
 

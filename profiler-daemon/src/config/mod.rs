@@ -29,6 +29,8 @@ pub enum ConfigError {
     NoSuchPid(u32),
     #[error("--pid 0 is the idle task, not a process; use --include-idle to see idle time")]
     PidZero,
+    #[error("--pid {thread} is a thread of process {process}: use --pid {process}")]
+    PidIsThread { thread: u32, process: u32 },
     #[error("--ring-buffer-size must be a power of two of at least 4096 bytes, got {0}")]
     RingBufferSize(u32),
     #[error("--{name} must be at least 1")]
@@ -184,14 +186,35 @@ pub fn validate_pids(pids: &[u32], proc_root: &Path) -> Result<Vec<u32>, ConfigE
         if pid == 0 {
             return Err(ConfigError::PidZero);
         }
-        if !proc_root.join(pid.to_string()).exists() {
+        let dir = proc_root.join(pid.to_string());
+        if !dir.exists() {
             return Err(ConfigError::NoSuchPid(pid));
+        }
+        // /proc/TID exists for every thread too, but the filter matches processes (tgids).
+        if let Some(tgid) = thread_group(&dir)
+            && tgid != pid
+        {
+            return Err(ConfigError::PidIsThread {
+                thread: pid,
+                process: tgid,
+            });
         }
         if !out.contains(&pid) {
             out.push(pid);
         }
     }
     Ok(out)
+}
+
+/// The `Tgid:` of `/proc/PID/status`.
+fn thread_group(pid_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(pid_dir.join("status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Validated `profiler run` configuration.
@@ -479,6 +502,9 @@ mod tests {
         assert!(err.contains("expected e.g."), "{err}");
         let err = parse(&["profiler", "record", "-d", "0s", "-o", "a.svg"]).unwrap_err();
         assert!(err.contains("longer than zero"), "{err}");
+        let err = parse(&["profiler", "record", "-d", "18446744073709551615s", "-o", "a.svg"])
+            .unwrap_err();
+        assert!(err.contains("longer than a year"), "{err}");
         let err = parse(&["profiler", "record"]).unwrap_err();
         assert!(err.contains("--output"), "{err}");
         let err = parse(&["profiler", "record", "-o", "a.svg", "--pid", "0"]).unwrap_err();
@@ -504,5 +530,12 @@ mod tests {
         assert_eq!(validate_pids(&[42, 42], dir.path()).unwrap(), vec![42]);
         let err = validate_pids(&[43], dir.path()).unwrap_err();
         assert_eq!(err.to_string(), "--pid 43: no such process");
+        std::fs::create_dir(dir.path().join("44")).unwrap();
+        std::fs::write(dir.path().join("44/status"), "Name:\tw\nTgid:\t42\nPid:\t44\n").unwrap();
+        let err = validate_pids(&[44], dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--pid 44 is a thread of process 42: use --pid 42"
+        );
     }
 }

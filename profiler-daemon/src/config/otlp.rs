@@ -170,6 +170,27 @@ pub struct OtlpConfig {
     pub renamed_attributes: Vec<(String, String)>,
 }
 
+impl OtlpConfig {
+    /// The endpoint as logs and messages show it: a password or token in the URL is masked.
+    #[must_use]
+    pub fn endpoint_for_logs(&self) -> String {
+        redact_url(&self.endpoint)
+    }
+}
+
+/// `scheme://user:pass@host/...` → `scheme://***@host/...`; other URLs unchanged.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 impl std::fmt::Debug for OtlpConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Header values are often credentials: show names only.
@@ -179,7 +200,7 @@ impl std::fmt::Debug for OtlpConfig {
             .map(|(k, _)| format!("{k}=***"))
             .collect();
         f.debug_struct("OtlpConfig")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.endpoint_for_logs())
             .field("protocol", &self.protocol)
             .field("headers", &headers)
             .field("ca_file", &self.ca_file)
@@ -239,13 +260,15 @@ pub fn resolve(
             |v| Ok(PathBuf::from(v)),
         )?
         .map(|(path, source)| {
-            if path.is_file() {
+            // Read now: a wrong file should stop the daemon at start, not fail every export.
+            let pem = std::fs::read_to_string(&path).unwrap_or_default();
+            if pem.contains("-----BEGIN CERTIFICATE-----") {
                 Ok(path)
             } else {
                 Err(ConfigError::Invalid {
                     source_name: source.to_string(),
                     value: path.display().to_string(),
-                    expected: "a readable PEM file",
+                    expected: "a readable PEM file with a certificate",
                 })
             }
         })
@@ -319,7 +342,7 @@ fn resolve_endpoint(
     let value = value.trim().to_owned();
     let invalid = |expected| ConfigError::Invalid {
         source_name: source.to_owned(),
-        value: value.clone(),
+        value: redact_url(&value),
         expected,
     };
     let uri: http::Uri = value
@@ -580,6 +603,16 @@ mod tests {
             OtlpArgs::default(),
         );
         assert!(e.contains("PEM"), "{e}");
+        let not_pem = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(not_pem.path(), "not a certificate").unwrap();
+        let e = bad(
+            &[],
+            OtlpArgs {
+                otlp_ca: Some(not_pem.path().to_path_buf()),
+                ..Default::default()
+            },
+        );
+        assert!(e.contains("--otlp-ca") && e.contains("certificate"), "{e}");
     }
 
     #[test]
@@ -619,6 +652,35 @@ mod tests {
                 ("team".to_owned(), "a,b".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn credentials_in_the_endpoint_never_show() {
+        assert_eq!(
+            redact_url("https://user:pa55@collector:4318/v1"),
+            "https://***@collector:4318/v1"
+        );
+        assert_eq!(redact_url("http://collector:4317"), "http://collector:4317");
+        assert_eq!(redact_url("http://host/a@b"), "http://host/a@b");
+        let c = with_env(
+            &[],
+            &OtlpArgs {
+                otlp_endpoint: Some("http://u:pa55@collector:4317".into()),
+                ..OtlpArgs::default()
+            },
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("pa55"));
+        let e = with_env(
+            &[],
+            &OtlpArgs {
+                otlp_endpoint: Some("ftp://u:pa55@collector".into()),
+                ..OtlpArgs::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("pa55"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,19 @@ pub struct FileOptions {
     pub include_idle: bool,
 }
 
+/// This process's umask (`/proc/self/status`, Linux ≥ 4.7), else the usual 022. Read, not set:
+/// `umask(2)` cannot be read without changing it, and other threads may be creating files.
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
 /// Writes `profile` to `path` in `format` (atomically: a temporary file renamed into place, so a
 /// crash never leaves half a file).
 pub fn write_file(
@@ -54,9 +67,12 @@ pub fn write_file(
     };
     let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(write_err)?;
     std::io::Write::write_all(&mut tmp, &bytes).map_err(write_err)?;
-    // tempfile creates 0600; the output is for people to open, like any file a tool writes.
+    // tempfile creates 0600; the output is for people to open, like any file a tool writes:
+    // 0666 less the umask.
     tmp.as_file()
-        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+            0o666 & !process_umask(),
+        ))
         .map_err(write_err)?;
     tmp.persist(path).map_err(|e| write_err(e.error))?;
     Ok(())

@@ -9,6 +9,13 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// Checks a `--log-level` value (a level or a `RUST_LOG` directive).
+pub fn validate_log_level(level: &str) -> Result<(), String> {
+    EnvFilter::try_new(level)
+        .map(drop)
+        .map_err(|e| format!("--log-level `{level}`: {e} (expected error, warn, info, debug, trace or a RUST_LOG directive)"))
+}
+
 /// Installs the global subscriber. The level comes from `level` (the flag), else `RUST_LOG`,
 /// else `fallback` (the config file), else `info`. A bad filter falls back to `info` with a
 /// warning.

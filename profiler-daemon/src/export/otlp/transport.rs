@@ -68,7 +68,7 @@ impl Transport {
     /// Builds the client; connects lazily, so a collector that is down at start is not an error.
     pub fn new(config: &OtlpConfig) -> Result<Self, TransportError> {
         let setup = |message: String| TransportError::Setup {
-            endpoint: config.endpoint.clone(),
+            endpoint: config.endpoint_for_logs(),
             message,
         };
         let ca = match &config.ca_file {
@@ -154,7 +154,7 @@ impl Transport {
                 match client.export(req).await {
                     Ok(response) => Ok(response.into_inner().partial_success),
                     Err(status) => {
-                        let err = classify_grpc(&status);
+                        let err = classify_grpc(&status, metadata);
                         if matches!(err, SendError::Retryable(_)) {
                             // A fresh channel per retry: a lazy channel whose first connection
                             // failed does not reliably reconnect by itself.
@@ -180,18 +180,21 @@ impl Transport {
                         .map_err(|e| SendError::Permanent(format!("gzip failed: {e}")))?;
                     builder = builder.header(reqwest::header::CONTENT_ENCODING, "gzip");
                 }
-                let response = builder.body(body).send().await.map_err(|e| {
+                let mut response = builder.body(body).send().await.map_err(|e| {
                     // Connection refused, DNS, TLS handshake, timeout: the receiver may come back.
-                    SendError::Retryable(format!("HTTP request failed: {}", error_chain(&e)))
+                    // The URL is left out: it may carry credentials.
+                    SendError::Retryable(format!(
+                        "HTTP request failed: {}",
+                        error_chain(&e.without_url())
+                    ))
                 })?;
                 let status = response.status();
-                let bytes = response.bytes().await.unwrap_or_default();
+                let bytes = read_capped(&mut response).await;
                 if status.is_success() {
-                    let decoded = ExportProfilesServiceResponse::decode(bytes.as_ref()).ok();
+                    let decoded = ExportProfilesServiceResponse::decode(bytes.as_slice()).ok();
                     return Ok(decoded.and_then(|r| r.partial_success));
                 }
-                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
-                let message = format!("HTTP {status}: {}", text.trim());
+                let message = format!("HTTP {status}: {}", echoed(&bytes, headers));
                 Err(match status.as_u16() {
                     429 | 502 | 503 | 504 => SendError::Retryable(message),
                     _ => SendError::Permanent(message),
@@ -201,9 +204,54 @@ impl Transport {
     }
 }
 
+/// The most of a collector's answer that is read: a partial success or an error text is small,
+/// and a hostile or broken collector must not fill the daemon's memory.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The response body, up to `MAX_RESPONSE_BYTES` (the rest is not read).
+async fn read_capped(response: &mut reqwest::Response) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_RESPONSE_BYTES - out.len();
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= MAX_RESPONSE_BYTES {
+            break;
+        }
+    }
+    out
+}
+
+/// What a collector said, fit for a log line: at most 300 characters, control characters and
+/// NULs replaced, and any of our header values it echoes back (credentials) masked.
+fn echoed(bytes: &[u8], headers: &reqwest::header::HeaderMap) -> String {
+    let secrets: Vec<String> = headers
+        .values()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|v| v.len() >= 4)
+        .map(str::to_owned)
+        .collect();
+    sanitize(&String::from_utf8_lossy(bytes), &secrets)
+}
+
+fn sanitize(text: &str, secrets: &[String]) -> String {
+    let mut text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    for secret in secrets {
+        text = text.replace(secret.as_str(), "***");
+    }
+    let text = text.trim();
+    match text.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 fn grpc_client(endpoint: &Endpoint, gzip: bool) -> ProfilesServiceClient<Channel> {
     let client = ProfilesServiceClient::new(endpoint.connect_lazy())
-        .max_encoding_message_size(64 * 1024 * 1024);
+        .max_encoding_message_size(64 * 1024 * 1024)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES);
     if gzip {
         client.send_compressed(CompressionEncoding::Gzip)
     } else {
@@ -213,9 +261,22 @@ fn grpc_client(endpoint: &Endpoint, gzip: bool) -> ProfilesServiceClient<Channel
 
 /// Retryable gRPC codes per the OTLP specification (`RESOURCE_EXHAUSTED` included: receivers use
 /// it for back-pressure).
-fn classify_grpc(status: &tonic::Status) -> SendError {
+fn classify_grpc(status: &tonic::Status, metadata: &MetadataMap) -> SendError {
     use tonic::Code;
-    let message = format!("gRPC {:?}: {}", status.code(), status.message());
+    let secrets: Vec<String> = metadata
+        .iter()
+        .filter_map(|kv| match kv {
+            tonic::metadata::KeyAndValueRef::Ascii(_, v) => v.to_str().ok(),
+            tonic::metadata::KeyAndValueRef::Binary(..) => None,
+        })
+        .filter(|v| v.len() >= 4)
+        .map(str::to_owned)
+        .collect();
+    let message = format!(
+        "gRPC {:?}: {}",
+        status.code(),
+        sanitize(status.message(), &secrets)
+    );
     match status.code() {
         Code::Cancelled
         | Code::DeadlineExceeded
@@ -254,7 +315,7 @@ mod tests {
     fn grpc_codes_are_classified_per_the_specification() {
         let retry = |code| {
             matches!(
-                classify_grpc(&tonic::Status::new(code, "x")),
+                classify_grpc(&tonic::Status::new(code, "x"), &MetadataMap::new()),
                 SendError::Retryable(_)
             )
         };
@@ -264,5 +325,14 @@ mod tests {
         assert!(!retry(tonic::Code::InvalidArgument));
         assert!(!retry(tonic::Code::Unauthenticated));
         assert!(!retry(tonic::Code::Unimplemented));
+    }
+
+    #[test]
+    fn echoed_text_is_bounded_clean_and_masks_our_secrets() {
+        let secrets = vec!["Bearer s3cret".to_owned()];
+        let text = sanitize("bad token: Bearer s3cret\0\n\x1b[31m", &secrets);
+        assert_eq!(text, "bad token: ***   [31m");
+        let long = "x".repeat(1000);
+        assert_eq!(sanitize(&long, &[]).len(), 303);
     }
 }
