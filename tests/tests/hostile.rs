@@ -1,0 +1,278 @@
+//! Hostile input must not take the daemon down, exhaust it or make it leak a secret: a collector
+//! that answers with an endless body, bad arguments, signals, credentials in URLs, the umask.
+#![allow(clippy::unwrap_used, reason = "test helpers below fail loudly")]
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use profiler_tests::{
+    Workload, build_workload, privileged, profiler_bin, receiver, run_profiler, spawn_profiler,
+    terminate,
+};
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(i32::try_from(pid).unwrap(), sig) };
+}
+
+#[test]
+fn a_collector_answering_with_an_endless_body_costs_no_memory() {
+    let Some(_machine) = privileged("a_collector_answering_with_an_endless_body_costs_no_memory")
+    else {
+        return;
+    };
+    // An HTTP "collector" that answers every request with status 500 and a body that never ends.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&sent);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let counter = std::sync::Arc::clone(&counter);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                // Read the request head (and whatever body arrived): enough to answer.
+                let _read = stream.read(&mut buf);
+                let head = "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\n\
+                            transfer-encoding: chunked\r\n\r\n";
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let chunk = format!("{:x}\r\n{}\r\n", 65536, "A".repeat(65536));
+                // Up to 3 GiB, as long as the client reads.
+                for _ in 0..49_152 {
+                    if stream.write_all(chunk.as_bytes()).is_err() {
+                        return;
+                    }
+                    counter.fetch_add(65536, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_workload("split", dir.path());
+    let workload = Workload::spawn(&bin, &["30"]);
+    let daemon = spawn_profiler(
+        &[
+            "run",
+            // One process: the daemon's own baseline stays small and steady.
+            "--pid",
+            &workload.pid().to_string(),
+            "--otlp-endpoint",
+            &format!("http://{addr}"),
+            "--otlp-protocol",
+            "http/protobuf",
+            "--interval",
+            "1s",
+            "-F",
+            "99",
+            "--http-address",
+            "off",
+        ],
+        &[],
+    );
+    let pid = daemon.id();
+    let mut peak = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(8) {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, _, stderr, _) = terminate(daemon);
+    let sent_mib = sent.load(std::sync::atomic::Ordering::Relaxed) / (1024 * 1024);
+    println!(
+        "the collector pushed {sent_mib} MiB; daemon peak RSS {} MiB",
+        peak / 1024
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(sent_mib >= 1, "the attack did not happen");
+    // Reading the bodies whole took 6 GB here before they were capped.
+    assert!(peak < 100 * 1024, "peak RSS {} MiB", peak / 1024);
+    assert!(
+        stderr.contains("HTTP 500"),
+        "the failure is logged: {stderr}"
+    );
+    let longest = stderr.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2000, "a log line of {longest} bytes");
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_message() {
+    for (args, expect) in [
+        (
+            &["record", "-d", "18446744073709551615s", "-o", "x.svg"][..],
+            "longer than a year",
+        ),
+        (
+            &["run", "--interval", "99999999999s", "--http-address", "off"][..],
+            "longer than a year",
+        ),
+        (
+            &["--log-level", "bogus===", "record", "-o", "x.svg"][..],
+            "--log-level",
+        ),
+    ] {
+        let (code, _, stderr) = run_profiler(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_thread_id_as_pid_is_refused_with_its_process() {
+    let Some(_machine) = privileged("a_thread_id_as_pid_is_refused_with_its_process") else {
+        return;
+    };
+    // This test process has several threads (the test harness's): pick one that is not the
+    // leader.
+    let me = std::process::id();
+    let tid: u32 = std::fs::read_dir(format!("/proc/{me}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .find(|&t| t != me)
+        .expect("a second thread");
+    let (code, _, stderr) = run_profiler(&[
+        "record",
+        "-d",
+        "1s",
+        "--pid",
+        &tid.to_string(),
+        "-o",
+        "/tmp/x.svg",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("is a thread of process {me}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sighup_never_kills() {
+    let Some(_machine) = privileged("sighup_never_kills") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // `record` writes its file on SIGHUP, as on SIGTERM.
+    let out = dir.path().join("hup.folded");
+    let child = Command::new(profiler_bin())
+        .args(["record", "-d", "60s", "-o", out.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    signal(child.id(), libc::SIGHUP);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(out.exists(), "the file is written");
+    // The daemon keeps going after SIGHUP and still flushes on SIGTERM.
+    let recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
+    let daemon = spawn_profiler(
+        &[
+            "run",
+            "--otlp-endpoint",
+            &format!("http://{}", recv.addr),
+            "--interval",
+            "10m",
+            "--http-address",
+            "off",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    signal(daemon.id(), libc::SIGHUP);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        std::path::Path::new(&format!("/proc/{}", daemon.id())).exists(),
+        "the daemon survived SIGHUP"
+    );
+    let (code, stdout, stderr, _) = terminate(daemon);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("windows"),
+        "the summary is printed: {stdout}"
+    );
+    assert!(!recv.captures().is_empty(), "the open window was exported");
+}
+
+#[test]
+fn credentials_never_reach_the_logs() {
+    let Some(_machine) = privileged("credentials_never_reach_the_logs") else {
+        return;
+    };
+    // Nobody listens: every attempt fails and is logged, at trace level.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for protocol in ["grpc", "http/protobuf"] {
+        let daemon = spawn_profiler(
+            &[
+                "--log-level",
+                "trace",
+                "run",
+                "--otlp-endpoint",
+                &format!("http://scott:tiger-pa55@127.0.0.1:{port}"),
+                "--otlp-protocol",
+                protocol,
+                "--otlp-header",
+                "authorization=Bearer t0ken-s3cret",
+                "--interval",
+                "1s",
+                "-F",
+                "49",
+                "--http-address",
+                "off",
+            ],
+            &[],
+        );
+        std::thread::sleep(Duration::from_secs(4));
+        let (code, stdout, stderr, _) = terminate(daemon);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stderr.contains("export failed"), "{protocol}: {stderr}");
+        for secret in ["tiger-pa55", "t0ken-s3cret"] {
+            assert!(
+                !stderr.contains(secret) && !stdout.contains(secret),
+                "{protocol}: `{secret}` reached the output"
+            );
+        }
+    }
+}
+
+#[test]
+fn output_files_honour_the_umask() {
+    let Some(_machine) = privileged("output_files_honour_the_umask") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("private.folded");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 077 && exec {} record -d 1s -o {}",
+            profiler_bin().display(),
+            out.display()
+        ))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+}
