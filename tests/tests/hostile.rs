@@ -276,3 +276,125 @@ fn output_files_honour_the_umask() {
     let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{mode:o}");
 }
+
+/// Open descriptors of a process.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// An unprivileged local user holding thousands of half-sent requests open.
+const SLOW_CLIENTS: &str = r"
+import socket, sys, time
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+socks, end, opened = [], time.time() + seconds, 0
+while time.time() < end:
+    while len(socks) < 3000:
+        try:
+            s = socket.create_connection((host, port), timeout=1)
+            s.send(b'GET /metrics HTTP/1.1\r\nHost: x\r\n')
+            socks.append(s)
+            opened += 1
+        except OSError:
+            break
+    time.sleep(0.2)
+    alive = []
+    for s in socks:
+        try:
+            s.send(b'X')
+            alive.append(s)
+        except OSError:
+            s.close()
+    socks = alive
+print(opened)
+";
+
+#[test]
+fn a_flood_of_slow_clients_cannot_take_the_daemon_down() {
+    let Some(_machine) = privileged("a_flood_of_slow_clients_cannot_take_the_daemon_down") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_workload("split", dir.path());
+    let workload = Workload::spawn(&bin, &["40"]);
+    let recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
+    let http = receiver::free_addr();
+    let daemon = spawn_profiler(
+        &[
+            "run",
+            "--pid",
+            &workload.pid().to_string(),
+            "--otlp-endpoint",
+            &format!("http://{}", recv.addr),
+            "--interval",
+            "1s",
+            "-F",
+            "99",
+            "--http-address",
+            &http.to_string(),
+        ],
+        &[],
+    );
+    let pid = daemon.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let before = recv.captures().len();
+    // As `nobody`, with Debian's python (the daemon's user may not read root's pyenv).
+    let mut flood = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(SLOW_CLIENTS)
+        .args([
+            http.ip().to_string(),
+            http.port().to_string(),
+            "12".to_owned(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut peak_fds = 0;
+    let mut peak_rss = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(11) {
+        peak_fds = peak_fds.max(fds(pid));
+        peak_rss = peak_rss.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let during = recv.captures().len() - before;
+    let mut opened = String::new();
+    flood
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut opened)
+        .unwrap();
+    flood.wait().unwrap();
+    let opened: u64 = opened.trim().parse().unwrap_or(0);
+    // The flood is over: the endpoints answer again at once.
+    let answered = (0..40).any(|_| {
+        std::thread::sleep(Duration::from_millis(250));
+        std::net::TcpStream::connect(http).is_ok_and(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut text = String::new();
+            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .is_ok()
+                && s.read_to_string(&mut text).is_ok()
+                && text.starts_with("HTTP/1.1 200")
+        })
+    });
+    let (code, _, stderr, _) = terminate(daemon);
+    println!(
+        "{opened} slow connections; during the flood: peak {peak_fds} descriptors, peak RSS {} \
+         MiB, {during} windows exported",
+        peak_rss / 1024
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(opened >= 2000, "the flood opened only {opened} connections");
+    assert!(peak_fds < 400, "{peak_fds} descriptors");
+    assert!(peak_rss < 100 * 1024, "peak RSS {} MiB", peak_rss / 1024);
+    assert!(during >= 5, "exports went on: {during} windows");
+    assert!(answered, "/readyz answers after the flood");
+}
