@@ -138,13 +138,15 @@ pub struct LimitArgs {
 }
 
 /// The longest duration any flag takes: beyond it, deadlines would overflow the clock.
-pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+pub const MAX_DURATION: Duration = Duration::from_hours(366 * 24);
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)
         .map_err(|err| format!("{err} (expected e.g. `10s`, `2m`, `500ms`)"))?;
     if d > MAX_DURATION {
-        return Err(format!("`{s}` is longer than a year (366d), the longest accepted"));
+        return Err(format!(
+            "`{s}` is longer than a year (366d), the longest accepted"
+        ));
     }
     Ok(d)
 }

@@ -1,5 +1,5 @@
 //! Liveness and readiness, shared by the pipeline, the sender and the HTTP server. Ready means
-//! sampling: a collector outage must not take every pod of a DaemonSet out of service at once
+//! sampling: a collector outage must not take every pod of a `DaemonSet` out of service at once
 //! (a rollout would stall on the backend's health). Export health is a detail of `/healthz` and
 //! a metric, not a readiness condition.
 
