@@ -398,3 +398,66 @@ fn a_flood_of_slow_clients_cannot_take_the_daemon_down() {
     assert!(during >= 5, "exports went on: {during} windows");
     assert!(answered, "/readyz answers after the flood");
 }
+
+/// Overwrites the bytes of section `name` of the ELF file at `path` with `fill`.
+fn corrupt_section(path: &std::path::Path, name: &str, fill: u8) {
+    let out = Command::new("readelf")
+        .args(["-W", "-S"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "  [Nr] Name Type Address Off Size ..." with the name right after the bracket.
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name) || l.contains(&format!("] {name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"));
+    let fields: Vec<&str> = line.split(']').nth(1).unwrap().split_whitespace().collect();
+    let offset = usize::from_str_radix(fields[3], 16).unwrap();
+    let size = usize::from_str_radix(fields[4], 16).unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset..offset + size].fill(fill);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn corrupt_dwarf_falls_back_to_the_symbol_table() {
+    let Some(_machine) = privileged("corrupt_dwarf_falls_back_to_the_symbol_table") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_workload("split", dir.path());
+    let broken = dir.path().join("split-baddwarf");
+    std::fs::copy(&bin, &broken).unwrap();
+    corrupt_section(&broken, ".debug_info", 0xff);
+    corrupt_section(&broken, ".debug_abbrev", 0xff);
+    let workload = Workload::spawn(&broken, &["20"]);
+    let stacks = profiler_tests::record_folded(
+        dir.path(),
+        "baddwarf",
+        &[
+            "-F",
+            "499",
+            "-d",
+            "2s",
+            "--pid",
+            &workload.pid().to_string(),
+        ],
+    );
+    let (total, named) = profiler_tests::named_ratio(&stacks, "split-baddwarf");
+    let hot: u64 = stacks
+        .iter()
+        .filter(|(f, _)| {
+            f.iter()
+                .any(|x| x == "hot_a" || x == "hot_b" || x == "hot_c")
+        })
+        .map(|(_, c)| c)
+        .sum();
+    println!("{total} samples, {named} named, {hot} in the hot functions");
+    assert!(total > 300, "{total}");
+    assert!(named * 10 >= total * 9, "{named} of {total} named");
+    assert!(
+        hot * 10 >= total * 9,
+        "{hot} of {total} under their own names"
+    );
+}

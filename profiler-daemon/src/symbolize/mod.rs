@@ -127,7 +127,12 @@ impl SymbolizerStage {
                 Err(err) => {
                     self.stats.symbolize_errors += 1;
                     tracing::debug!(module = %module.path.display(), "symbolization failed: {err}");
-                    Vec::new()
+                    // Corrupt or unreadable debug info must not cost the symbol table's names.
+                    let mut elf = Elf::new(module.read_path.clone());
+                    elf.debug_syms = false;
+                    self.symbolizer
+                        .symbolize(&Source::Elf(elf), Input::FileOffset(&offsets))
+                        .unwrap_or_default()
                 }
             };
             for (i, &offset) in offsets.iter().enumerate() {
