@@ -150,10 +150,114 @@ impl Counter {
     }
 }
 
+/// Most rows one module's unwind table may hold. `ClickHouse`, the largest binary the peers
+/// report, has 2.79M; anything beyond this is rejected by the daemon rather than searched.
+pub const UNWIND_MAX_ROWS: u32 = 1 << 22;
+/// Iterations of `UnwindRow`'s binary search that always suffice for `UNWIND_MAX_ROWS` rows
+/// (`ceil(log2(UNWIND_MAX_ROWS + 1))`): the BPF walker's loop bound.
+pub const UNWIND_SEARCH_STEPS: u32 = 23;
+
+/// `UnwindRow::cfa_kind`: no usable rule here (a gap between functions, or a rule the walker
+/// cannot apply). Zero, so that an all-zero (unwritten) map slot reads as invalid.
+pub const CFA_INVALID: u8 = 0;
+/// `UnwindRow::cfa_kind`: CFA = rsp + `cfa_offset`.
+pub const CFA_RSP_OFFSET: u8 = 1;
+/// `UnwindRow::cfa_kind`: CFA = rbp + `cfa_offset`.
+pub const CFA_RBP_OFFSET: u8 = 2;
+/// `UnwindRow::cfa_kind`: a PLT stub: CFA = rsp + a, plus 8 when `(rip & 15) >= b`, with
+/// `(a, b) = cfa_pair()` (glibc's `rsp+8`, threshold 11). `rip` is the live instruction pointer,
+/// not the row-relative pc: PLT entries are 16-byte aligned in memory.
+pub const CFA_PLT: u8 = 3;
+/// `UnwindRow::cfa_kind`: CFA = `*(rsp + a) + b`, `(a, b) = cfa_pair()` (stack realignment,
+/// hand-written assembly).
+pub const CFA_DEREF_RSP: u8 = 4;
+/// `UnwindRow::cfa_kind`: CFA = `*(rbp + a) + b`, `(a, b) = cfa_pair()` (gcc's realigned frames
+/// with a DRAP register saved below rbp).
+pub const CFA_DEREF_RBP: u8 = 5;
+/// `UnwindRow::cfa_kind`: a signal trampoline (`__restore_rt`): the interrupted frame's rsp is at
+/// `rsp + a` and its rip at `rsp + b`, `(a, b) = cfa_pair()` (the kernel's `sigcontext`); rbp by
+/// `rbp_kind`. The next frame's pc is exact: look it up without the return-address `- 1`.
+pub const CFA_SIGNAL: u8 = 6;
+/// `UnwindRow::cfa_kind`: the outermost frame (the return address is undefined: `_start`, a
+/// thread's first frame in `clone3`): the stack is complete.
+pub const CFA_END: u8 = 7;
+
+/// `UnwindRow::rbp_kind`: the caller's rbp is the current rbp.
+pub const RBP_UNCHANGED: u8 = 0;
+/// `UnwindRow::rbp_kind`: the caller's rbp is at `CFA + rbp_offset`.
+pub const RBP_AT_CFA_OFFSET: u8 = 1;
+/// `UnwindRow::rbp_kind`: the caller's rbp is at `rsp + rbp_offset` (signal frames).
+pub const RBP_AT_RSP_OFFSET: u8 = 2;
+/// `UnwindRow::rbp_kind`: the caller's rbp is at `rbp + rbp_offset` (realigned frames).
+pub const RBP_AT_RBP_OFFSET: u8 = 3;
+/// `UnwindRow::rbp_kind`: the caller's rbp cannot be recovered; a caller whose CFA needs rbp
+/// cannot be unwound.
+pub const RBP_UNSUPPORTED: u8 = 4;
+
+/// One row of a module's unwind table: the rule that holds from `pc` up to the next row's `pc`.
+/// A table is sorted by `pc`, with no two rows equal but for `pc`; every function's last row is
+/// followed by a `CFA_INVALID` row at its end unless the next function starts right there, and
+/// the last row is always such a marker.
+///
+/// `pc` is a 32-bit offset from the table's base (its module's lowest executable virtual
+/// address), not a 64-bit virtual address: that makes a row 12 bytes instead of 16, a quarter
+/// less map memory for every table. 32 bits always suffice: x86-64 code models keep a module's
+/// code within 2 GiB. The walker never sees the base: the daemon folds it into each mapping's
+/// bias, so `pc = rip - (bias + base)` costs nothing more per step.
+///
+/// Applying a row (all reads from the current frame's registers, before any is replaced): the
+/// CFA by `cfa_kind`; the caller's rip at CFA - 8 (`CFA_SIGNAL`: at `rsp + b`), its rsp the CFA,
+/// its rbp by `rbp_kind`. 12 bytes, 4-byte aligned, no padding.
+///
+/// Lookup: the last row whose `pc` is at most the wanted pc, by this binary search over `n`
+/// rows (at most `UNWIND_SEARCH_STEPS` iterations for `UNWIND_MAX_ROWS` rows):
+/// `lo = 0; hi = n; while lo < hi { mid = (lo + hi) / 2; if rows[mid].pc <= pc { lo = mid + 1 }
+/// else { hi = mid } }`; the row is `rows[lo - 1]`, none when `lo == 0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UnwindRow {
+    /// First pc the row holds for, as an offset from the table's base.
+    pub pc: u32,
+    /// `CFA_*`.
+    pub cfa_kind: u8,
+    /// `RBP_*`.
+    pub rbp_kind: u8,
+    /// Offset for `rbp_kind` (`RBP_AT_*`).
+    pub rbp_offset: i16,
+    /// `CFA_RSP_OFFSET`, `CFA_RBP_OFFSET`: the offset (frames can exceed 32 KiB). `CFA_PLT`,
+    /// `CFA_DEREF_*`, `CFA_SIGNAL`: two 16-bit constants `(a, b)`, see `cfa_pair`.
+    pub cfa_offset: i32,
+}
+
+impl UnwindRow {
+    /// `cfa_offset` holding the pair `(a, b)`: `a` in the low 16 bits, `b` in the high 16 bits.
+    #[must_use]
+    pub const fn pack_pair(a: i16, b: i16) -> i32 {
+        ((b as i32) << 16) | (a as u16 as i32)
+    }
+
+    /// The pair `(a, b)` of a `CFA_PLT`, `CFA_DEREF_*` or `CFA_SIGNAL` row.
+    #[must_use]
+    pub const fn cfa_pair(&self) -> (i16, i16) {
+        (self.cfa_offset as i16, (self.cfa_offset >> 16) as i16)
+    }
+
+    /// The same rule (everything but `pc`): consecutive rows with the same rule are merged.
+    #[must_use]
+    pub const fn same_rule(&self, other: &UnwindRow) -> bool {
+        self.cfa_kind == other.cfa_kind
+            && self.rbp_kind == other.rbp_kind
+            && self.rbp_offset == other.rbp_offset
+            && self.cfa_offset == other.cfa_offset
+    }
+}
+
 // The layouts are part of the kernel/user contract: any change must be deliberate.
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 56);
 const _: () = assert!(core::mem::size_of::<SampleRecord>() == 56 + 2 * 8 * MAX_FRAMES);
 const _: () = assert!(core::mem::size_of::<AggregateKey>() == 40);
+const _: () = assert!(core::mem::size_of::<UnwindRow>() == 12);
+const _: () = assert!(core::mem::align_of::<UnwindRow>() == 4);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -164,4 +268,6 @@ mod pod {
     unsafe impl aya::Pod for super::SampleRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AggregateKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UnwindRow {}
 }

@@ -21,3 +21,4 @@ pub mod procfs;
 pub mod profile;
 pub mod symbolize;
 pub mod telemetry;
+pub mod unwind;
