@@ -260,10 +260,19 @@ impl Collector {
 
     /// Forgets process images that ended or whose process is gone (their stacks were exported).
     pub fn prune_exited(&mut self) {
-        let gone: HashSet<ImageId> = self.processes.prune().into_iter().collect();
-        if !gone.is_empty() {
-            self.live_names
-                .retain(|(image, _), _| !gone.contains(image));
+        let pruned = self.processes.prune_with_pids();
+        if pruned.is_empty() {
+            return;
+        }
+        let gone: HashSet<ImageId> = pruned.iter().map(|&(id, _)| id).collect();
+        self.live_names
+            .retain(|(image, _), _| !gone.contains(image));
+        // What blazesym keeps per process (its vDSO, perf map) goes with the process: under
+        // churn it would otherwise grow with every pid ever seen.
+        for (_, pid) in pruned {
+            if !self.processes.knows(pid) {
+                self.symbolizer.forget_process(pid);
+            }
         }
     }
 }

@@ -71,6 +71,12 @@ impl ProcessTable {
         self.stats
     }
 
+    /// Whether any image of `pid` is still kept.
+    #[must_use]
+    pub fn knows(&self, pid: u32) -> bool {
+        self.by_pid.contains_key(&pid)
+    }
+
     /// Distinct processes (pids) known.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -248,13 +254,21 @@ impl ProcessTable {
     /// Drops images that ended and processes that are gone (after their window was exported);
     /// returns the images dropped.
     pub fn prune(&mut self) -> Vec<ImageId> {
-        let dead: Vec<ImageId> = self
+        self.prune_with_pids()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Like `prune`, with the pid of each image dropped.
+    pub fn prune_with_pids(&mut self) -> Vec<(ImageId, u32)> {
+        let dead: Vec<(ImageId, u32)> = self
             .images
             .values()
             .filter(|i| i.pid != 0 && (i.ended_ns.is_some() || !procfs::alive(i.pid)))
-            .map(|i| i.id)
+            .map(|i| (i.id, i.pid))
             .collect();
-        for id in &dead {
+        for (id, _) in &dead {
             if let Some(image) = self.images.remove(id)
                 && let Some(ids) = self.by_pid.get_mut(&image.pid)
             {

@@ -88,6 +88,16 @@ impl SymbolizerStage {
         }
     }
 
+    /// Forgets what blazesym keeps about process `pid` (gone).
+    pub fn forget_process(&mut self, pid: u32) {
+        let evict = blazesym::symbolize::evict::Evict::Process(
+            blazesym::symbolize::evict::Process::new(pid.into()),
+        );
+        if let Err(err) = self.symbolizer.evict(&evict) {
+            tracing::debug!(pid, "forgetting a process failed: {err}");
+        }
+    }
+
     /// Names (module, offset) pairs, symbolizing the ones not cached (batched per module).
     pub fn resolve_user(
         &mut self,
