@@ -165,7 +165,7 @@ fn fake_collector(answer: Option<&'static [u8]>) -> SocketAddr {
                         let _written = stream.write_all(bytes);
                     }
                     // Hang: hold the connection without a word.
-                    None => std::thread::sleep(Duration::from_secs(60)),
+                    None => std::thread::sleep(Duration::from_mins(1)),
                 }
             });
         }
