@@ -42,6 +42,12 @@ fn share(stacks: &[(Vec<String>, u64)], process: &str, pred: impl Fn(&[String]) 
 }
 
 fn record_with(caps: &[&str], dir: &Path, split: &Path, sys: &Path) -> Outcome {
+    record_as(None, caps, dir, split, sys)
+}
+
+/// As `record_with`, run by user `user` (with the capabilities ambient, as systemd's
+/// `AmbientCapabilities` gives them) when given, else by root.
+fn record_as(user: Option<u32>, caps: &[&str], dir: &Path, split: &Path, sys: &Path) -> Outcome {
     // Another user's binary that only its owner may read.
     let private = dir.join("split-other");
     std::fs::copy(split, &private).unwrap();
@@ -77,7 +83,8 @@ fn record_with(caps: &[&str], dir: &Path, split: &Path, sys: &Path) -> Outcome {
     std::fs::remove_file(&deleted_path).unwrap();
     let syscalls = Workload::spawn(sys, &["10"]);
 
-    let out = dir.join("caps.folded");
+    // Per user: in the sticky directory nobody may replace root's file.
+    let out = dir.join(format!("caps-{}.folded", user.unwrap_or(0)));
     let bounding = format!(
         "--bounding-set=-all,{}",
         caps.iter()
@@ -85,9 +92,36 @@ fn record_with(caps: &[&str], dir: &Path, split: &Path, sys: &Path) -> Outcome {
             .collect::<Vec<_>>()
             .join(",")
     );
-    let status = Command::new("setpriv")
-        .args([bounding.as_str(), "--inh-caps=-all", "--"])
-        .arg(profiler_bin())
+    let listed = caps
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut setpriv = Command::new("setpriv");
+    match user {
+        Some(uid) => {
+            // The daemon's user may not reach root's build tree: run a copy from `dir`.
+            let bin = dir.join("profiler");
+            std::fs::copy(profiler_bin(), &bin).unwrap();
+            setpriv
+                .args([
+                    format!("--reuid={uid}"),
+                    format!("--regid={uid}"),
+                    "--clear-groups".to_owned(),
+                    bounding,
+                    format!("--inh-caps=-all,{listed}"),
+                    format!("--ambient-caps=-all,{listed}"),
+                    "--".to_owned(),
+                ])
+                .arg(bin);
+        }
+        None => {
+            setpriv
+                .args([bounding.as_str(), "--inh-caps=-all", "--"])
+                .arg(profiler_bin());
+        }
+    }
+    let status = setpriv
         .args(["record", "-F", "499", "-d", "2s", "-o"])
         .arg(&out)
         .status()
@@ -133,6 +167,27 @@ fn the_minimal_capability_set_names_everything_and_each_capability_is_needed() {
         all.other_user, all.deleted, all.kernel_named
     );
     assert!(all.other_user > 0.9 && all.deleted > 0.9 && all.kernel_named > 0.5);
+    // The same, as an unprivileged user with the set as ambient capabilities: how the systemd
+    // unit runs it (`DynamicUser=yes`, `AmbientCapabilities=`). The output directory must let it
+    // write.
+    assert!(
+        Command::new("chmod")
+            .arg("1777")
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let unprivileged = record_as(Some(65534), &MINIMAL, dir.path(), &split, &sys);
+    println!(
+        "as nobody with the minimal set: other user {:.2}, deleted {:.2}, kernel {:.2}",
+        unprivileged.other_user, unprivileged.deleted, unprivileged.kernel_named
+    );
+    assert!(
+        unprivileged.other_user > 0.9
+            && unprivileged.deleted > 0.9
+            && unprivileged.kernel_named > 0.5
+    );
 
     for (missing, breaks) in [
         ("dac_read_search", "other_user"),
