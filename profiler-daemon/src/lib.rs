@@ -14,6 +14,8 @@ pub mod commands;
 pub mod config;
 pub mod counters;
 pub mod export;
+#[cfg(test)]
+mod fuzz;
 pub mod objfile;
 pub mod pipeline;
 pub mod process;
