@@ -502,8 +502,15 @@ mod tests {
         assert!(err.contains("expected e.g."), "{err}");
         let err = parse(&["profiler", "record", "-d", "0s", "-o", "a.svg"]).unwrap_err();
         assert!(err.contains("longer than zero"), "{err}");
-        let err = parse(&["profiler", "record", "-d", "18446744073709551615s", "-o", "a.svg"])
-            .unwrap_err();
+        let err = parse(&[
+            "profiler",
+            "record",
+            "-d",
+            "18446744073709551615s",
+            "-o",
+            "a.svg",
+        ])
+        .unwrap_err();
         assert!(err.contains("longer than a year"), "{err}");
         let err = parse(&["profiler", "record"]).unwrap_err();
         assert!(err.contains("--output"), "{err}");
@@ -531,7 +538,11 @@ mod tests {
         let err = validate_pids(&[43], dir.path()).unwrap_err();
         assert_eq!(err.to_string(), "--pid 43: no such process");
         std::fs::create_dir(dir.path().join("44")).unwrap();
-        std::fs::write(dir.path().join("44/status"), "Name:\tw\nTgid:\t42\nPid:\t44\n").unwrap();
+        std::fs::write(
+            dir.path().join("44/status"),
+            "Name:\tw\nTgid:\t42\nPid:\t44\n",
+        )
+        .unwrap();
         let err = validate_pids(&[44], dir.path()).unwrap_err();
         assert_eq!(
             err.to_string(),

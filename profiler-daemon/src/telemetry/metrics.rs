@@ -111,7 +111,11 @@ impl Metrics {
         build_info
             .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
-        registry.register("build_info", "The profiler's version (always 1)", build_info);
+        registry.register(
+            "build_info",
+            "The profiler's version (always 1)",
+            build_info,
+        );
         // Every series exists from the start, at 0: an alert on a loss sees 0, not "no data".
         m.update(&Totals::default());
         Self { registry, ..m }

@@ -122,7 +122,9 @@ async fn send_one(
         let message = match transport.send(request).await {
             Ok(partial) => {
                 obs.health.export_succeeded();
-                obs.metrics.last_export.set(obs.health.last_success_seconds());
+                obs.metrics
+                    .last_export
+                    .set(obs.health.last_success_seconds());
                 obs.metrics
                     .export_latency
                     .observe(start.elapsed().as_secs_f64());
