@@ -262,7 +262,19 @@ impl RunConfig {
             Some(path) => Some((file::FileConfig::load(path)?, path.clone())),
             None => None,
         };
-        let merged = merge(args, file.as_ref(), explicit)?;
+        Self::validated(args, file.as_ref(), env, explicit).map_err(|err| match &file {
+            Some((_, path)) => blame_file(err, path, explicit),
+            None => err,
+        })
+    }
+
+    fn validated(
+        args: &RunArgs,
+        file: Option<&(file::FileConfig, PathBuf)>,
+        env: &dyn Fn(&str) -> Option<String>,
+        explicit: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, ConfigError> {
+        let merged = merge(args, file, explicit)?;
         let args = &merged.args;
         if args.interval < Duration::from_millis(100) {
             return Err(ConfigError::Invalid {
@@ -303,6 +315,45 @@ impl RunConfig {
             log_format: args.log_format,
             log_level: merged.log_level,
         })
+    }
+}
+
+/// An invalid value that came from the configuration file (not from a flag) is reported with the
+/// file, its line and key, like the file's other errors.
+fn blame_file(err: ConfigError, path: &Path, explicit: &dyn Fn(&str) -> bool) -> ConfigError {
+    let key = match &err {
+        ConfigError::Frequency(_) => "frequency".to_owned(),
+        ConfigError::RingBufferSize(_) => "ring-buffer-size".to_owned(),
+        ConfigError::ZeroLimit { name } => (*name).to_owned(),
+        ConfigError::NoSuchPid(_) | ConfigError::PidZero | ConfigError::PidIsThread { .. } => {
+            "pid".to_owned()
+        }
+        ConfigError::Invalid { source_name, .. } => {
+            match source_name.strip_prefix("--").or_else(|| {
+                source_name
+                    .strip_prefix("config file key `")?
+                    .strip_suffix('`')
+            }) {
+                Some(key) => key.to_owned(),
+                None => return err,
+            }
+        }
+        _ => return err,
+    };
+    if explicit(&key.replace('-', "_")) {
+        return err;
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let Some(line) = text.lines().position(|l| {
+        l.trim_start()
+            .strip_prefix(key.as_str())
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    }) else {
+        return err;
+    };
+    ConfigError::File {
+        path: path.to_path_buf(),
+        message: format!("line {}, key `{key}`: {err}", line + 1),
     }
 }
 
@@ -528,6 +579,32 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("power of two"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_from_the_file_name_its_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        for (text, key, line) in [
+            ("interval = \"10s\"\nfrequency = 0\n", "frequency", 2),
+            ("otlp-endpoint = \"ftp://x\"\n", "otlp-endpoint", 1),
+            ("\n\nmax-stacks = 0\n", "max-stacks", 3),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let cli = Cli::try_parse_from(["profiler", "run", "--config", path.to_str().unwrap()])
+                .unwrap();
+            let Command::Run(args) = cli.command else {
+                panic!("not run")
+            };
+            let err = RunConfig::from_args(&args, &|_| None, &|_| false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(path.to_str().unwrap())
+                    && err.contains(&format!("line {line}, key `{key}`")),
+                "{err}"
+            );
+        }
     }
 
     #[test]
