@@ -7,6 +7,9 @@
 //! 2. Overhead against the peers: a fixed amount of work (the `split` workload) timed alone and
 //!    under `profiler record`, `perf record -a -g` and `bpftrace` at the same frequency; plus
 //!    each profiler's own CPU time and peak memory.
+//! 3. A soak: `profiler run` for 10 minutes at 999 Hz with its collector unreachable (an outage:
+//!    the export queue full, retries) while short processes churn; RSS per minute
+//!    (`cargo xtask bench soak` runs only this; `SOAK_MINUTES` shortens it).
 //!
 //! Two binaries: the measurement-only subcommands (`bpf-cost`, `bench-symbolize`) exist only with
 //! profiler-daemon's `bench` feature, so they run from a build with it in its own target
@@ -27,8 +30,14 @@ const HZ: &str = "999";
 /// runs): its own, so that it never replaces the shipped `target/release/profiler`.
 const BENCH_TARGET_DIR: &str = "target/bench-build";
 
-pub(crate) fn run(_args: &[String]) -> Result<()> {
+pub(crate) fn run(args: &[String]) -> Result<()> {
     cargo(&["build", "--release", "-p", "profiler-daemon"])?;
+    if args.first().map(String::as_str) == Some("soak") {
+        let dir = workspace().join("target/bench");
+        std::fs::create_dir_all(&dir)?;
+        let split = build_split(&dir)?;
+        return soak(&workspace().join("target/release/profiler"), &split);
+    }
     cargo(&[
         "build",
         "--release",
@@ -48,6 +57,85 @@ pub(crate) fn run(_args: &[String]) -> Result<()> {
     symbolization(&measuring, &shipped)?;
     bpf_cost(&measuring, &split)?;
     overhead(&shipped, &split, &dir)?;
+    soak(&shipped, &split)?;
+    Ok(())
+}
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// `profiler run` through a long outage under process churn: RSS per minute.
+fn soak(profiler: &Path, split: &Path) -> Result<()> {
+    let minutes: u64 = std::env::var("SOAK_MINUTES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(10);
+    println!(
+        "## Soak: `profiler run` at {HZ} Hz for {minutes} min, collector unreachable, short \
+         processes churning on both CPUs"
+    );
+    // Nothing listens on port 1: every export fails and is retried; the queue stays full.
+    let mut daemon = Command::new(profiler)
+        .args([
+            "run",
+            "--otlp-endpoint",
+            "http://127.0.0.1:1",
+            "--interval",
+            "10s",
+        ])
+        .args(["-F", HZ, "--http-address", "off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting profiler run")?;
+    let stop_churn = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawned = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let lanes: Vec<_> = (0..2)
+        .map(|_| {
+            let (split, stop, count) = (
+                split.to_path_buf(),
+                std::sync::Arc::clone(&stop_churn),
+                std::sync::Arc::clone(&spawned),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if Command::new(&split).args(["10", "5"]).status().is_ok() {
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    println!("| minute | RSS (MiB) | processes started |\n|---|---|---|");
+    for minute in 1..=minutes {
+        std::thread::sleep(Duration::from_mins(1));
+        println!(
+            "| {minute} | {:.1} | {} |",
+            rss_mib(daemon.id()),
+            spawned.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    stop_churn.store(true, std::sync::atomic::Ordering::Relaxed);
+    for lane in lanes {
+        if lane.join().is_err() {
+            eprintln!("a churn lane panicked");
+        }
+    }
+    if let Err(e) = daemon.kill() {
+        eprintln!("stopping the daemon: {e}");
+    }
+    if let Err(e) = daemon.wait() {
+        eprintln!("reaping the daemon: {e}");
+    }
+    println!();
     Ok(())
 }
 
