@@ -77,6 +77,14 @@ fn metrics_describe_a_real_workload_and_its_exports() {
     assert_eq!(status, 200);
     assert!(metric(&text, "profiler_samples_total") >= 199.0, "{text}");
     assert!(metric(&text, "profiler_bpf_events_total{outcome=\"emitted\"}") >= 199.0);
+    // Samples are samples: exec/exit events travel in the same ring buffer but are counted
+    // apart, so the daemon never counts more samples than the kernel emitted.
+    assert!(
+        metric(&text, "profiler_samples_total")
+            <= metric(&text, "profiler_bpf_events_total{outcome=\"emitted\"}"),
+        "{text}"
+    );
+    assert!(metric(&text, "profiler_build_info{version=") >= 1.0, "{text}");
     assert!(metric(&text, "profiler_exports_total{result=\"sent\"}") >= 1.0);
     assert!(
         metric(
