@@ -99,8 +99,10 @@ pub(crate) fn admit() -> Option<(u32, u32)> {
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     if tgid == 0 {
-        bump(Counter::Idle);
+        // Counted as idle only when left out: included idle samples are emitted, and each run
+        // has exactly one outcome (emitted, idle, filtered out, or lost).
         if !config(&INCLUDE_IDLE) {
+            bump(Counter::Idle);
             return None;
         }
     } else if tgid == config32(&SELF_TGID) {
