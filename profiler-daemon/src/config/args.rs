@@ -28,7 +28,7 @@ pub struct RecordArgs {
     #[arg(long, short = 'o', value_name = "PATH")]
     pub output: PathBuf,
 
-    /// Keep samples of idle CPUs (pid 0) in the output; they are always counted.
+    /// Keep samples of idle CPUs (pid 0) in the output (else they are only counted, as idle).
     #[arg(long)]
     pub include_idle: bool,
 
@@ -51,7 +51,7 @@ pub struct RunArgs {
     #[arg(long, short = 'p', value_name = "PID")]
     pub pid: Vec<u32>,
 
-    /// Export idle-CPU samples (pid 0) too; they are always counted.
+    /// Export idle-CPU samples (pid 0) too (else they are only counted, as idle).
     #[arg(long)]
     pub include_idle: bool,
 
