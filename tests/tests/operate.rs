@@ -84,7 +84,10 @@ fn metrics_describe_a_real_workload_and_its_exports() {
             <= metric(&text, "profiler_bpf_events_total{outcome=\"emitted\"}"),
         "{text}"
     );
-    assert!(metric(&text, "profiler_build_info{version=") >= 1.0, "{text}");
+    assert!(
+        metric(&text, "profiler_build_info{version=") >= 1.0,
+        "{text}"
+    );
     assert!(metric(&text, "profiler_exports_total{result=\"sent\"}") >= 1.0);
     assert!(
         metric(
