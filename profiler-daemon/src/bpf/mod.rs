@@ -1,13 +1,17 @@
-//! Kernel side of the pipeline: loads the eBPF sampler, attaches it to a `cpu-clock` perf event on
-//! every online CPU, drains the ring buffer and reads the outcome counters.
+//! Kernel side of the pipeline: probes the kernel's BPF features, loads the eBPF sampler,
+//! attaches it to a `cpu-clock` perf event on every online CPU, drains the ring buffer and reads
+//! the outcome counters.
 
 mod counters;
+pub mod probe;
 mod record;
+pub mod unwind;
 
+pub use probe::{Feature, Features, Support};
 pub use record::{ProcessEvent, RawSample, comm_to_string};
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::perf_event::{
@@ -64,6 +68,14 @@ impl Design {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
+    #[error(
+        "this kernel ({release}) lacks the {what}: {without} (`profiler check` lists every probe)"
+    )]
+    Unsupported {
+        release: String,
+        what: &'static str,
+        without: &'static str,
+    },
     #[error(
         "loading the eBPF object failed: {source}{hint}",
         hint = permission_hint(source)
@@ -152,23 +164,61 @@ pub struct Sampler {
     cpus: usize,
     process_events: bool,
     ring_bytes: u32,
+    features: Features,
+    load: LoadStats,
+    unwind_maps: Option<unwind::UnwindMaps>,
+}
+
+/// What loading the sampler program cost the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadStats {
+    /// Time in `BPF_PROG_LOAD`: the verifier, then the JIT.
+    pub duration: Duration,
+    /// Instructions the verifier processed (Linux ≥ 5.16 reports it).
+    pub verified_insns: Option<u32>,
 }
 
 impl Sampler {
     /// Loads the programs, configures the filter and attaches on every online CPU.
     pub fn start(config: &SamplerConfig, design: Design) -> Result<Self, BpfError> {
+        Self::start_unwinding(config, design, &unwind::UnwindConfig::default())
+    }
+
+    /// `start`, with the user stack walker `unwind` asks for (`--unwind`).
+    pub fn start_unwinding(
+        config: &SamplerConfig,
+        design: Design,
+        unwind: &unwind::UnwindConfig,
+    ) -> Result<Self, BpfError> {
         raise_memlock_limit();
         raise_nofile_limit();
+        let features = Features::probe();
+        tracing::debug!(%features, "BPF features probed");
+        if let Some(feature) = features.missing_required() {
+            return Err(BpfError::Unsupported {
+                release: kernel_release(),
+                what: feature.what(),
+                without: feature.without(),
+            });
+        }
         let cpus = aya::util::online_cpus()
             .map_err(|(what, source)| BpfError::OnlineCpus { what, source })?;
         let ring_bytes = config
             .ring_buffer_bytes
             .unwrap_or_else(|| ring_buffer_bytes(cpus.len()));
-        let mut ebpf = load(config, design, ring_bytes)?;
+        let mut ebpf = load(config, design, ring_bytes, unwind)?;
         if !config.pids.is_empty() {
             fill_pid_filter(&mut ebpf, &config.pids)?;
         }
+        let started = Instant::now();
         let program = load_program(&mut ebpf, design)?;
+        let load = LoadStats {
+            duration: started.elapsed(),
+            verified_insns: program
+                .info()
+                .ok()
+                .and_then(|info| info.verified_instruction_count()),
+        };
         // cpu-clock counts nanoseconds, so a fixed period gives exactly `frequency` samples per
         // second of CPU time (frequency mode would let the kernel adapt the period).
         let period = 1_000_000_000 / u64::from(config.frequency);
@@ -186,9 +236,15 @@ impl Sampler {
             cpus = cpus.len(),
             period_ns = period,
             program = design.program(),
+            load_ms = load.duration.as_millis(),
+            verified_insns = load.verified_insns,
             "sampler attached"
         );
-        let process_events = design == Design::RingBuf && attach_process_events(&mut ebpf);
+        let mut features = features;
+        if design == Design::RingBuf {
+            features.btf_tracepoints = attach_process_events(&mut ebpf, &features);
+        }
+        let process_events = features.btf_tracepoints.is_available();
 
         let samples = if design.uses_ring_buffer() {
             let map = take_map(&mut ebpf, "SAMPLES")?;
@@ -206,7 +262,9 @@ impl Sampler {
                     source,
                 }
             })?;
+        let unwind_maps = unwind::take_maps(&mut ebpf, unwind)?;
         Ok(Self {
+            unwind_maps,
             ebpf,
             samples,
             counters,
@@ -215,7 +273,26 @@ impl Sampler {
             cpus: cpus.len(),
             process_events,
             ring_bytes,
+            features,
+            load,
         })
+    }
+
+    /// The table walker's maps, to fill (once; `None` with `--unwind fp`).
+    pub fn take_unwind_maps(&mut self) -> Option<unwind::UnwindMaps> {
+        self.unwind_maps.take()
+    }
+
+    /// The kernel's BPF features, as probed at start.
+    #[must_use]
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// What loading the sampler program cost (verifier and JIT).
+    #[must_use]
+    pub fn load_stats(&self) -> LoadStats {
+        self.load
     }
 
     /// Whether exec/exit events are delivered (they need kernel BTF).
@@ -292,7 +369,12 @@ impl Sampler {
 }
 
 /// Creates the maps (sized for `design`) and patches the configuration globals.
-fn load(config: &SamplerConfig, design: Design, ring_bytes: u32) -> Result<Ebpf, BpfError> {
+fn load(
+    config: &SamplerConfig,
+    design: Design,
+    ring_bytes: u32,
+    unwind: &unwind::UnwindConfig,
+) -> Result<Ebpf, BpfError> {
     let filter = u32::from(!config.pids.is_empty());
     let include_idle = u32::from(config.include_idle);
     let self_tgid = if config.profile_self {
@@ -310,6 +392,7 @@ fn load(config: &SamplerConfig, design: Design, ring_bytes: u32) -> Result<Ebpf,
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
         .override_global("SELF_TGID", &self_tgid, true)
         .map_max_entries("PIDS", pid_slots);
+    unwind::configure(&mut loader, unwind);
     if design.uses_ring_buffer() {
         loader.map_max_entries("SAMPLES", ring_bytes);
         // The aggregation maps (bench builds only) are unused: no kernel memory for them.
@@ -373,37 +456,52 @@ fn load_program(ebpf: &mut Ebpf, design: Design) -> Result<&mut PerfEvent, BpfEr
     Ok(program)
 }
 
-/// Attaches the exec/exit BTF tracepoints. Without kernel BTF (or on a refusal) the profiler still
-/// works, but cannot tell an `exec`'s images apart nor catch processes that exit before their
-/// first samples are read: say so once.
-fn attach_process_events(ebpf: &mut Ebpf) -> bool {
+/// Attaches the exec/exit BTF tracepoints: the probe of BTF tracepoints is this real attach
+/// (aya's generic probe of tracing programs needs fentry trampolines, which kernels without
+/// function tracing lack while their BTF tracepoints work). Without them (no kernel BTF, or a
+/// refusal) the profiler still works, but cannot tell an `exec`'s images apart nor catch
+/// processes that exit before their first samples are read: say so once.
+fn attach_process_events(ebpf: &mut Ebpf, features: &Features) -> Support {
+    if features.btf.is_missing() {
+        tracing::warn!(
+            "this kernel lacks {}: exec/exit tracking is off",
+            Feature::Btf.what()
+        );
+        return Support::Missing;
+    }
     let btf = match aya::Btf::from_sys_fs() {
         Ok(btf) => btf,
         Err(err) => {
-            tracing::warn!("no kernel BTF ({err}): exec/exit tracking is off");
-            return false;
+            tracing::warn!("cannot read the kernel's BTF ({err}): exec/exit tracking is off");
+            return Support::Unknown(err.to_string());
         }
     };
     for (program, event) in [
         ("on_exec", "sched_process_exec"),
         ("on_exit", "sched_process_exit"),
     ] {
-        let result = (|| -> Result<(), String> {
-            let prog: &mut aya::programs::BtfTracePoint = ebpf
-                .program_mut(program)
-                .ok_or("missing from the object")?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-            prog.load(event, &btf).map_err(|e| e.to_string())?;
-            prog.attach().map_err(|e| e.to_string())?;
+        let Some(prog) = ebpf.program_mut(program) else {
+            tracing::warn!("the eBPF object has no `{program}`: exec/exit tracking is off");
+            return Support::Unknown(format!("the eBPF object has no `{program}`"));
+        };
+        let result = (|| -> Result<(), aya::programs::ProgramError> {
+            let prog: &mut aya::programs::BtfTracePoint = prog.try_into()?;
+            prog.load(event, &btf)?;
+            prog.attach()?;
             Ok(())
         })();
         if let Err(err) = result {
             tracing::warn!("cannot attach to {event} ({err}): exec/exit tracking is off");
-            return false;
+            return probe::support_after(&err);
         }
     }
-    true
+    Support::Available
+}
+
+/// The kernel's release string, for messages.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "release unknown".to_owned(), |s| s.trim().to_owned())
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, BpfError> {

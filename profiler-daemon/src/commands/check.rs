@@ -1,12 +1,13 @@
-//! `profiler check`: diagnoses the host — kernel, BTF, perf events, capabilities, bpffs, memlock,
-//! loading and attaching the real sampler, and whether the configured collector is reachable —
-//! one line per check. Exit code 0 when the daemon can run here, 1 otherwise.
+//! `profiler check`: diagnoses the host — kernel, each BPF feature probe, perf events,
+//! capabilities, bpffs, memlock, loading and attaching the real sampler (with the verifier's
+//! cost), and whether the configured collector is reachable — one line per check. Exit code 0
+//! when the daemon can run here, 1 otherwise.
 
 use std::fmt;
 use std::net::ToSocketAddrs as _;
 use std::time::Duration;
 
-use crate::bpf::{Design, Sampler};
+use crate::bpf::{Design, Feature, Features, Sampler, Support};
 use crate::config::SamplerConfig;
 use crate::config::otlp::OtlpConfig;
 
@@ -173,52 +174,56 @@ fn perf_event(type_: u32, config: u64) -> std::io::Result<()> {
 #[must_use]
 pub fn run(otlp: Option<&OtlpConfig>) -> Vec<Check> {
     let release = kernel_release();
-    let mut out = vec![kernel_check(&release), btf_check()];
+    // The sampler goes first: attaching it is also the probe of BTF tracepoints.
+    let (sampler, features) = sampler_check();
+    let mut out = vec![kernel_check(&release)];
+    out.extend(probe_checks(&features));
     out.extend(perf_checks());
     out.extend(capability_checks());
     out.push(bpffs_check());
     out.push(memlock_check(&release));
-    out.push(sampler_check());
+    out.push(sampler);
     if let Some(otlp) = otlp {
         out.push(collector_check(otlp));
     }
     out
 }
 
+/// The release, for the record: the probes below decide what works, not the version number
+/// (distribution kernels backport BPF features).
 fn kernel_check(release: &str) -> Check {
-    match major_minor(release) {
-        Some(v) if v >= (5, 8) => check(
-            "kernel",
-            Status::Ok,
-            format!("{release} (needs ≥ 5.8: BPF ring buffer)"),
-        ),
-        Some(_) => check(
-            "kernel",
-            Status::Fail,
-            format!("{release}: the BPF ring buffer needs Linux ≥ 5.8"),
-        ),
-        None => check(
-            "kernel",
-            Status::Warn,
-            format!("cannot tell the version of `{release}`"),
-        ),
-    }
+    check(
+        "kernel",
+        Status::Ok,
+        format!("{release} (BPF features probed below; tested from 5.10, see the README)"),
+    )
 }
 
-fn btf_check() -> Check {
-    if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        check(
-            "btf",
-            Status::Ok,
-            "/sys/kernel/btf/vmlinux present (exec/exit tracking)",
-        )
-    } else {
-        check(
-            "btf",
-            Status::Warn,
-            "no /sys/kernel/btf/vmlinux: exec/exit tracking off (short-lived processes lose names)",
-        )
-    }
+/// One line per probed BPF feature: required ones fail when missing, exec/exit tracking's warn.
+fn probe_checks(features: &Features) -> Vec<Check> {
+    Feature::ALL
+        .into_iter()
+        .map(|feature| {
+            let what = feature.what();
+            match features.get(feature) {
+                Support::Available => check(feature.name(), Status::Ok, what),
+                Support::Missing => check(
+                    feature.name(),
+                    match feature {
+                        _ if feature.required() => Status::Fail,
+                        Feature::Btf | Feature::BtfTracepoints => Status::Warn,
+                        _ => Status::Ok,
+                    },
+                    format!("missing: {what}; {}", feature.without()),
+                ),
+                Support::Unknown(err) => check(
+                    feature.name(),
+                    Status::Warn,
+                    format!("cannot tell ({err}): {what}"),
+                ),
+            }
+        })
+        .collect()
 }
 
 fn perf_checks() -> [Check; 2] {
@@ -315,8 +320,9 @@ fn memlock_check(release: &str) -> Check {
     )
 }
 
-/// Loads and attaches the real sampler for a moment.
-fn sampler_check() -> Check {
+/// Loads and attaches the real sampler for a moment; returns that check and the BPF features it
+/// probed (probed on their own when it does not start).
+fn sampler_check() -> (Check, Features) {
     let config = SamplerConfig {
         frequency: 1,
         pids: Vec::new(),
@@ -325,21 +331,37 @@ fn sampler_check() -> Check {
         profile_self: false,
     };
     match Sampler::start(&config, Design::RingBuf) {
-        Ok(sampler) => check(
-            "sampler",
-            Status::Ok,
-            format!(
-                "eBPF sampler loaded and attached on {} CPUs{}",
-                sampler.cpus(),
-                if sampler.process_events() {
-                    ", exec/exit tracking on"
-                } else {
-                    ", exec/exit tracking off"
-                }
-            ),
+        Ok(sampler) => {
+            let load = sampler.load_stats();
+            let line = check(
+                "sampler",
+                Status::Ok,
+                format!(
+                    "eBPF sampler loaded and attached on {} CPUs{}; verifier and JIT took {} ms{}",
+                    sampler.cpus(),
+                    if sampler.process_events() {
+                        ", exec/exit tracking on"
+                    } else {
+                        ", exec/exit tracking off"
+                    },
+                    format_ms(load.duration),
+                    load.verified_insns
+                        .map(|n| format!(" ({n} instructions processed)"))
+                        .unwrap_or_default()
+                ),
+            );
+            (line, sampler.features().clone())
+        }
+        Err(e) => (
+            check("sampler", Status::Fail, e.to_string().replace('\n', " | ")),
+            Features::probe(),
         ),
-        Err(e) => check("sampler", Status::Fail, e.to_string().replace('\n', " | ")),
     }
+}
+
+/// Milliseconds with one decimal: loading a small program takes well under one.
+fn format_ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
 /// TCP reachability of the collector's host and port.
@@ -391,6 +413,43 @@ mod tests {
         assert_eq!(major_minor("6.18.44-fc-v657"), Some((6, 18)));
         assert_eq!(major_minor("5.10.0"), Some((5, 10)));
         assert_eq!(major_minor("weird"), None);
+    }
+
+    #[test]
+    fn probes_fail_only_where_the_sampler_cannot_run() {
+        let features = Features {
+            ring_buffer: Support::Available,
+            get_stack: Support::Missing,
+            btf: Support::Missing,
+            btf_tracepoints: Support::Missing,
+            tail_calls: Support::Missing,
+            map_in_map: Support::Available,
+            task_pt_regs: Support::Unknown("Operation not permitted".to_owned()),
+            bpf_loop: Support::Missing,
+        };
+        let lines: Vec<String> = probe_checks(&features)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(lines.len(), Feature::ALL.len());
+        assert!(lines[0].starts_with("ok    ring buffer"), "{}", lines[0]);
+        assert!(
+            lines[1].starts_with("FAIL  bpf_get_stack  missing"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[2].starts_with("warn  btf"), "{}", lines[2]);
+        assert!(lines[3].starts_with("warn  btf tracepoint"), "{}", lines[3]);
+        assert!(
+            lines[4].starts_with("ok    tail calls     missing"),
+            "{}",
+            lines[4]
+        );
+        assert!(
+            lines[6].starts_with("warn  task_pt_regs   cannot tell"),
+            "{}",
+            lines[6]
+        );
     }
 
     #[test]
