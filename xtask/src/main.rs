@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | bench`.
+//! Project tasks: `cargo xtask setup | test | bench | vm | install`.
 //!
 //! - `setup` installs, only when missing, what building and testing need on a fresh Debian
 //!   machine (see ../shared/ENVIRONMENT.md): LLVM 22 for bpf-linker, the nightly's rust-src,
@@ -6,12 +6,16 @@
 //! - `test` is the README's test command and what `.ci/run` runs: setup, fmt, clippy, build, all
 //!   tests (privileged ones included: run it as root). Clippy runs twice, on the shipped build
 //!   and on the measurement-only `bench` feature build (host and eBPF), so code behind the
-//!   feature cannot rot. Its last stdout line is the totals over every test suite,
-//!   `N passed, M failed`, summed from cargo test's `test result:` lines.
+//!   feature cannot rot. Then the kernel matrix (`vm.rs`): the smoke suite on the host's kernel
+//!   and on Debian's 6.1 and 6.12 booted under QEMU, each kernel counted as one test. Its last
+//!   stdout line is the totals, `N passed, M failed`: cargo test's `test result:` lines plus the
+//!   matrix.
 //! - `bench` measures the sampler side by side with perf and bpftrace (see `bench.rs`).
+//! - `vm` runs the kernel matrix alone, on the kernels asked for (see `vm.rs`).
 
 mod bench;
 mod setup;
+mod vm;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{ChildStdout, Command, ExitCode, ExitStatus, Stdio};
@@ -30,8 +34,16 @@ fn main() -> Result<ExitCode> {
             setup::run()?;
             bench::run(&args[1..]).map(|()| ExitCode::SUCCESS)
         }
+        Some("vm") => {
+            setup::run()?;
+            Ok(if vm::command(&args[1..])? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         _ => {
-            eprintln!("usage: cargo xtask <setup|test|bench|install>");
+            eprintln!("usage: cargo xtask <setup|test|bench|vm|install>");
             Ok(ExitCode::from(2))
         }
     }
@@ -53,10 +65,17 @@ fn test() -> Result<ExitCode> {
     ebpf_clippy(&["--features", "bench"])?;
     cargo(&["build", "--release"])?;
     // No fail-fast: the totals then cover every suite, not just those before the first failure.
-    let (totals, status) = cargo_test(&["test", "--workspace", "--release", "--no-fail-fast"])?;
+    let (mut totals, status) = cargo_test(&["test", "--workspace", "--release", "--no-fail-fast"])?;
+    // Each kernel is one test: booted, the smoke suite passed on it, or not.
+    let kernels = vm::matrix(vm::CI_MATRIX);
+    let failed_kernels = kernels.iter().filter(|k| !k.passed).count() as u64;
+    totals.passed += kernels.len() as u64 - failed_kernels;
+    totals.failed += failed_kernels;
     let ok = status.success() && totals.failed == 0;
     if !ok {
-        eprintln!("error: the tests failed (cargo test: {status})");
+        eprintln!(
+            "error: the tests failed (cargo test: {status}; kernels failed: {failed_kernels})"
+        );
     }
     // Whatever went to stderr must not land after the totals line in a merged log.
     std::io::stderr().flush()?;

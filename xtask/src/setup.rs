@@ -8,7 +8,8 @@ use crate::run as exec;
 
 /// Debian packages: LLVM 22 (bpf-linker links against it), clang (test workloads with frame
 /// pointers), perf and bpftrace (the peers the tests and benchmarks compare against), protoc
-/// (an independent decoder of our pprof output).
+/// (an independent decoder of our pprof output), and for the kernel matrix (`cargo xtask vm`)
+/// QEMU, kmod (depmod for the guests' modules) and a static busybox (virtme-ng's initramfs).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -16,18 +17,25 @@ const PACKAGES: &[&str] = &[
     "linux-perf",
     "bpftrace",
     "protobuf-compiler",
+    "qemu-system-x86",
+    "kmod",
+    "busybox-static",
     // Usually present already: openssl (test certificates), systemd (systemd-analyze),
-    // util-linux (setpriv, unshare).
+    // util-linux (setpriv, unshare), the archive keys (the kernel matrix's own apt lists).
     "openssl",
     "systemd",
     "util-linux",
+    "debian-archive-keyring",
 ];
 
 /// Python packages for the tests: the official OpenTelemetry protobuf bindings (proto v1.10).
-/// `kubernetes-validate` checks the manifests against the Kubernetes API schemas.
+/// `kubernetes-validate` checks the manifests against the Kubernetes API schemas. virtme-ng
+/// boots the kernel matrix's guests (pinned: its command line and guest init are what
+/// `vm.rs` was tested with).
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("opentelemetry-proto", ">=1.43"),
     ("kubernetes-validate", ">=1.30"),
+    ("virtme-ng", "==1.42"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
