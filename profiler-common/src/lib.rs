@@ -16,6 +16,12 @@ pub const FLAG_KERNEL_STACK_FAILED: u32 = 1;
 /// `SampleHeader::flags`: the user stack walk failed (the sample is still delivered).
 pub const FLAG_USER_STACK_FAILED: u32 = 1 << 1;
 
+/// `SampleHeader::flags`: the user stack was cut short (walker step limit, or a frame the walker
+/// could not follow): the outermost frames are missing.
+pub const FLAG_USER_TRUNCATED: u32 = 1 << 2;
+/// `SampleHeader::flags`: the user stack was walked with unwind tables (`--unwind tables`).
+pub const FLAG_USER_TABLES: u32 = 1 << 3;
+
 /// `SampleHeader::flags`: not a sample but a process event: the process (tgid) replaced its image
 /// with `execve`. Sent in the same ring buffer as the samples, so user space sees it in order:
 /// samples before it belong to the old image, samples after it to the new one.
@@ -110,10 +116,21 @@ pub enum Counter {
     Events = 9,
     /// Process events lost because the ring buffer was full.
     EventsLost = 10,
+    /// Table walker: the user stack reached its outermost frame (`CFA_END`, or a zero return
+    /// address).
+    UnwindComplete = 11,
+    /// Table walker: the user stack was cut short (step limit, a bad frame): flagged truncated.
+    UnwindTruncated = 12,
+    /// Table walker: the process has no tables loaded: today's frame-pointer stack instead.
+    UnwindNoTables = 13,
+    /// Table walker: a frame outside every mapping with a table, stepped by frame pointer.
+    UnwindFpStep = 14,
+    /// Table walker: a row without a usable rule (`CFA_INVALID`, or an unreadable CFA).
+    UnwindBadRule = 15,
 }
 
 /// Number of `Counter` slots.
-pub const COUNTER_SLOTS: u32 = 11;
+pub const COUNTER_SLOTS: u32 = 16;
 
 impl Counter {
     /// Every counter, in index order.
@@ -129,6 +146,11 @@ impl Counter {
         Counter::StackCollision,
         Counter::Events,
         Counter::EventsLost,
+        Counter::UnwindComplete,
+        Counter::UnwindTruncated,
+        Counter::UnwindNoTables,
+        Counter::UnwindFpStep,
+        Counter::UnwindBadRule,
     ];
 
     /// Stable `snake_case` name, used in logs, summaries and metrics.
@@ -146,6 +168,11 @@ impl Counter {
             Counter::StackCollision => "stack_collision",
             Counter::Events => "events",
             Counter::EventsLost => "events_lost",
+            Counter::UnwindComplete => "unwind_complete",
+            Counter::UnwindTruncated => "unwind_truncated",
+            Counter::UnwindNoTables => "unwind_no_tables",
+            Counter::UnwindFpStep => "unwind_fp_step",
+            Counter::UnwindBadRule => "unwind_bad_rule",
         }
     }
 }
@@ -252,12 +279,49 @@ impl UnwindRow {
     }
 }
 
+/// Most executable mappings with tables one process may have in `UnwindProcess` (the walker
+/// scans them per frame). Beyond that the daemon keeps the lowest; frames elsewhere are stepped
+/// by frame pointer.
+pub const UNWIND_MAX_MAPPINGS: usize = 128;
+/// Most user frames the table walker produces; a deeper stack is flagged truncated.
+pub const UNWIND_MAX_FRAMES: usize = 64;
+
+/// One executable file mapping of a process whose module has a table in the rows array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    /// First address of the mapping.
+    pub start: u64,
+    /// One past its last address.
+    pub end: u64,
+    /// Subtracted from an address in the mapping to give the row pc (load bias plus the table's
+    /// base): `pc = addr - bias`.
+    pub bias: u64,
+    /// Index of the table's first row in the rows array.
+    pub first_row: u32,
+    /// Rows in the table.
+    pub rows: u32,
+}
+
+/// The value of the walker's per-process map: the process's mappings with tables, sorted by
+/// `start`, non-overlapping; `len` of them are valid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnwindProcess {
+    pub len: u32,
+    /// Zero (explicit padding).
+    pub pad: u32,
+    pub mappings: [UnwindMapping; UNWIND_MAX_MAPPINGS],
+}
+
 // The layouts are part of the kernel/user contract: any change must be deliberate.
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 56);
 const _: () = assert!(core::mem::size_of::<SampleRecord>() == 56 + 2 * 8 * MAX_FRAMES);
 const _: () = assert!(core::mem::size_of::<AggregateKey>() == 40);
 const _: () = assert!(core::mem::size_of::<UnwindRow>() == 12);
 const _: () = assert!(core::mem::align_of::<UnwindRow>() == 4);
+const _: () = assert!(core::mem::size_of::<UnwindMapping>() == 32);
+const _: () = assert!(core::mem::size_of::<UnwindProcess>() == 8 + 32 * UNWIND_MAX_MAPPINGS);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -270,4 +334,8 @@ mod pod {
     unsafe impl aya::Pod for super::AggregateKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UnwindRow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UnwindMapping {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UnwindProcess {}
 }

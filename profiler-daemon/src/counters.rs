@@ -102,6 +102,16 @@ pub const FAMILIES: &[Family] = &[
         help: "Samples in export requests delivered",
     },
     Family {
+        name: "user_unwind",
+        label_key: Some("outcome"),
+        help: "User stacks walked with unwind tables (--unwind tables), by outcome",
+    },
+    Family {
+        name: "unwind_tables",
+        label_key: Some("event"),
+        help: "Modules' unwind tables loaded into the kernel, evicted or failed to build",
+    },
+    Family {
         name: "export_rejected_profiles",
         label_key: None,
         help: "Profiles a receiver rejected in a partial success",
@@ -135,6 +145,11 @@ catalog! {
     UserStackFailed => "stack_walks_failed", Some("user"), "user_stack_failed", WalkFailed;
     EventsSent => "process_events", Some("sent"), "events", Count;
     EventsLost => "process_events", Some("lost"), "events_lost", EventLoss;
+    UnwindComplete => "user_unwind", Some("complete"), "unwind_complete", Count;
+    UnwindTruncated => "user_unwind", Some("truncated"), "unwind_truncated", Count;
+    UnwindNoTables => "user_unwind", Some("no_tables"), "unwind_no_tables", Count;
+    UnwindFpStep => "user_unwind", Some("fp_step"), "unwind_fp_step", Count;
+    UnwindBadRule => "user_unwind", Some("bad_rule"), "unwind_bad_rule", Count;
     // User side: the collector.
     Received => "samples", None, "received", Count;
     Malformed => "samples_lost", Some("malformed"), "malformed", SampleLoss;
@@ -148,6 +163,9 @@ catalog! {
     SymbolizeMiss => "symbolize", Some("miss"), "symbolize_miss", Count;
     SymbolizeError => "symbolize", Some("error"), "symbolize_error", Count;
     ProcessNamed => "symbolize", Some("process_named"), "process_named", Count;
+    TablesLoaded => "unwind_tables", Some("loaded"), "tables_loaded", Count;
+    TablesEvicted => "unwind_tables", Some("evicted"), "tables_evicted", Count;
+    TablesFailed => "unwind_tables", Some("failed"), "tables_failed", Count;
     // Export.
     Windows => "windows", None, "windows", Count;
     ExportSent => "exports", Some("sent"), "sent", Count;
@@ -173,6 +191,11 @@ impl Count {
             BpfCounter::StackCollision => Self::StackCollision,
             BpfCounter::Events => Self::EventsSent,
             BpfCounter::EventsLost => Self::EventsLost,
+            BpfCounter::UnwindComplete => Self::UnwindComplete,
+            BpfCounter::UnwindTruncated => Self::UnwindTruncated,
+            BpfCounter::UnwindNoTables => Self::UnwindNoTables,
+            BpfCounter::UnwindFpStep => Self::UnwindFpStep,
+            BpfCounter::UnwindBadRule => Self::UnwindBadRule,
         }
     }
 

@@ -29,8 +29,11 @@ use aya_ebpf::{
 };
 use profiler_common::{
     COMM_LEN, COUNTER_SLOTS, Counter, FLAG_EVENT_EXEC, FLAG_EVENT_EXIT, FLAG_KERNEL_STACK_FAILED,
-    FLAG_USER_STACK_FAILED, MAX_FRAMES, SampleHeader, SampleRecord,
+    FLAG_USER_STACK_FAILED, FLAG_USER_TABLES, FLAG_USER_TRUNCATED, MAX_FRAMES, SampleHeader,
+    SampleRecord,
 };
+
+use crate::unwind::{self, Walk};
 
 /// 1 when only the processes in `PIDS` are sampled (set by the loader).
 #[unsafe(no_mangle)]
@@ -39,6 +42,9 @@ static FILTER_PIDS: u32 = 0;
 /// itself would cost the daemon more memory than anything it profiles. Set by the loader.
 #[unsafe(no_mangle)]
 static SELF_TGID: u32 = 0;
+/// 1 when user stacks are walked with unwind tables (`--unwind tables`; set by the loader).
+#[unsafe(no_mangle)]
+static UNWIND_TABLES: u32 = 0;
 /// 1 when idle samples (pid 0) are delivered, not only counted (set by the loader).
 #[unsafe(no_mangle)]
 static INCLUDE_IDLE: u32 = 0;
@@ -162,12 +168,25 @@ fn try_sample_ringbuf(ctx: &PerfEventContext) {
 
         // The user frames follow the kernel frames. Kernel threads have no user stack: an
         // empty stack, not a failure.
-        let user = bpf_get_stack(
-            ctx.as_ptr(),
-            frames.add(kernel_len).cast(),
-            STACK_BYTES,
-            u64::from(BPF_F_USER_STACK),
-        );
+        let walked = if config(&UNWIND_TABLES) {
+            unwind::walk(ctx, tgid, &raw mut (*record).frames, kernel_len)
+        } else {
+            Walk::NoTables
+        };
+        let user = if let Walk::Frames { len, truncated } = walked {
+            flags |= FLAG_USER_TABLES;
+            if truncated {
+                flags |= FLAG_USER_TRUNCATED;
+            }
+            (len * 8) as i64
+        } else {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                frames.add(kernel_len).cast(),
+                STACK_BYTES,
+                u64::from(BPF_F_USER_STACK),
+            )
+        };
         let user_len = if user < 0 {
             bump(Counter::UserStackFailed);
             flags |= FLAG_USER_STACK_FAILED;

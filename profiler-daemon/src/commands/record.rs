@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::bpf::unwind::UnwindConfig;
 use crate::bpf::{BpfError, Design};
 use crate::config::RecordConfig;
 use crate::counters::{Count, Totals};
@@ -52,8 +53,16 @@ impl fmt::Display for RecordSummary {
 
 /// Records until `config.duration` passes or `stop` is set, then writes the output file.
 pub fn record(config: &RecordConfig, stop: &AtomicBool) -> Result<RecordSummary, RecordError> {
-    let mut driver = Driver::start(&config.sampler, Design::RingBuf, stop)?;
+    let mut driver = Driver::start_unwinding(
+        &config.sampler,
+        Design::RingBuf,
+        &UnwindConfig::of(&config.limits),
+        stop,
+    )?;
     let mut collector = Collector::new(&config.limits, config.sampler.frequency);
+    if let Some(maps) = driver.take_unwind_maps() {
+        collector.set_unwind_maps(maps);
+    }
     let start = Instant::now();
     let wall_start = SystemTime::now();
     let ending = driver.run_until(start + config.duration, &mut collector, |_, _| {})?;

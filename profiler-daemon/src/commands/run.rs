@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::bpf::unwind::UnwindConfig;
 use crate::bpf::{BpfError, Design};
 use crate::config::RunConfig;
 use crate::config::otlp::ExtraLabel;
@@ -175,7 +176,15 @@ impl<'a> Pipeline<'a> {
 
     /// Runs until `stop`; returns the final totals and the samples exported.
     fn run(mut self, stop: &AtomicBool) -> Result<(Totals, u64), BpfError> {
-        let mut driver = Driver::start(&self.config.sampler, Design::RingBuf, stop)?;
+        let mut driver = Driver::start_unwinding(
+            &self.config.sampler,
+            Design::RingBuf,
+            &UnwindConfig::of(&self.config.limits),
+            stop,
+        )?;
+        if let Some(maps) = driver.take_unwind_maps() {
+            self.collector.set_unwind_maps(maps);
+        }
         self.shared.health.set_attached(true);
         loop {
             let wall_start = SystemTime::now();

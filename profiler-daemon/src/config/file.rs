@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub open_modules: Option<usize>,
     pub profile_self: Option<bool>,
     pub debug_dir: Option<Vec<PathBuf>>,
+    pub unwind: Option<super::UnwindMode>,
+    pub unwind_table_memory: Option<u64>,
     pub http_address: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<super::LogFormat>,

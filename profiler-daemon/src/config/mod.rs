@@ -33,6 +33,8 @@ pub enum ConfigError {
     PidIsThread { thread: u32, process: u32 },
     #[error("--ring-buffer-size must be a power of two of at least 4096 bytes, got {0}")]
     RingBufferSize(u32),
+    #[error("--unwind-table-memory must be between 1 MiB and 4 GiB, got {0} bytes")]
+    UnwindTableMemory(u64),
     #[error("--{name} must be at least 1")]
     ZeroLimit { name: &'static str },
     #[error("config file `{path}`: {message}")]
@@ -97,6 +99,10 @@ pub struct Limits {
     pub debug_dirs: Vec<PathBuf>,
     /// Sample the profiler's own process too.
     pub profile_self: bool,
+    /// How user stacks are walked.
+    pub unwind: UnwindMode,
+    /// Kernel memory for unwind table rows (`--unwind tables`).
+    pub unwind_table_bytes: u64,
 }
 
 impl Limits {
@@ -119,7 +125,12 @@ impl Limits {
                 name: "symbol-cache-entries",
             });
         }
+        if args.unwind_table_memory < 1 << 20 || args.unwind_table_memory > 4 << 30 {
+            return Err(ConfigError::UnwindTableMemory(args.unwind_table_memory));
+        }
         Ok(Self {
+            unwind: args.unwind,
+            unwind_table_bytes: args.unwind_table_memory,
             ring_buffer_bytes: args.ring_buffer_size,
             max_stacks: args.max_stacks,
             symbol_cache_entries: args.symbol_cache_entries,
@@ -240,6 +251,23 @@ pub struct RunConfig {
 }
 
 /// Log output format.
+/// How user stacks are walked (`--unwind`). `auto` (tables where a module has them, frame
+/// pointers elsewhere, chosen per binary) is future work: until the tables path is proven on
+/// the kernels users run, frame pointers stay the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnwindMode {
+    /// Frame pointers (`bpf_get_stack`), as always.
+    #[default]
+    Fp,
+    /// `.eh_frame` unwind tables built by the daemon, walked in the kernel.
+    Tables,
+}
+
+/// Default `--unwind-table-memory`: 64 MiB of rows (5.6 M rows of 12 bytes; Debian's python3
+/// with libc and ld.so takes about 1 MiB).
+pub const DEFAULT_UNWIND_TABLE_BYTES: u64 = 64 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -415,6 +443,8 @@ fn apply_file(
     take!(open_modules, out.limits.open_modules);
     take!(profile_self, out.limits.profile_self);
     take!(debug_dir, out.limits.debug_dir);
+    take!(unwind, out.limits.unwind);
+    take!(unwind_table_memory, out.limits.unwind_table_memory);
     if let Some(v) = f.ring_buffer_size
         && !explicit("ring_buffer_size")
     {

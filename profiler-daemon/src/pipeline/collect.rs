@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Sink;
+use super::tables::{FileMapping, Tables};
+use crate::bpf::unwind::UnwindMaps;
 use crate::bpf::{ProcessEvent, RawSample};
 use crate::config::Limits;
 use crate::counters::{Count, Totals};
@@ -43,6 +45,8 @@ pub struct Collector {
     lost_profile_full: u64,
     unknown_process: u64,
     frequency: u32,
+    /// The table walker's maps, with `--unwind tables`.
+    tables: Option<Tables>,
 }
 
 impl Collector {
@@ -60,7 +64,37 @@ impl Collector {
             lost_profile_full: 0,
             unknown_process: 0,
             frequency,
+            tables: None,
         }
+    }
+
+    /// Fills the table walker's maps from now on (`--unwind tables`).
+    pub fn set_unwind_maps(&mut self, maps: UnwindMaps) {
+        self.tables = Some(Tables::new(maps));
+    }
+
+    /// Writes image `image`'s file mappings with tables for the walker.
+    fn update_tables(&mut self, image: ImageId) {
+        let Some(tables) = &mut self.tables else {
+            return;
+        };
+        let Some(pid) = self.processes.image(image).map(|i| i.pid) else {
+            return;
+        };
+        let mappings = self.processes.file_mappings(image);
+        if mappings.is_empty() {
+            return;
+        }
+        let mappings = mappings
+            .into_iter()
+            .map(|(start, end, offset, module)| FileMapping {
+                start,
+                end,
+                offset,
+                module,
+            })
+            .collect();
+        tables.update(pid, mappings);
     }
 
     /// Takes one drained batch, in ring buffer order.
@@ -79,11 +113,17 @@ impl Collector {
                     self.learn(&mut new_user);
                     self.processes
                         .exec(sample.tgid, sample.time_ns, &thread, &mut self.modules);
+                    if let Some(tables) = &mut self.tables {
+                        tables.remove(sample.tgid);
+                    }
                     continue;
                 }
                 Some(ProcessEvent::Exit) => {
                     self.learn(&mut new_user);
                     self.processes.exit(sample.tgid, sample.time_ns);
+                    if let Some(tables) = &mut self.tables {
+                        tables.remove(sample.tgid);
+                    }
                     continue;
                 }
                 None => {}
@@ -117,6 +157,7 @@ impl Collector {
     fn learn(&mut self, pending: &mut HashMap<ImageId, Vec<u64>>) {
         for (image, addrs) in pending.drain() {
             let live = self.processes.learn(image, &addrs, &mut self.modules);
+            self.update_tables(image);
             if live.is_empty() {
                 continue;
             }
@@ -146,6 +187,7 @@ impl Collector {
     pub fn totals(&self, totals: &mut Totals) {
         let p = self.processes.stats();
         let s = self.symbolizer.stats();
+        let t = self.tables.as_ref().map(Tables::stats).unwrap_or_default();
         for (count, value) in [
             (Count::Received, self.received),
             (Count::Malformed, self.malformed),
@@ -159,6 +201,9 @@ impl Collector {
             (Count::SymbolizeMiss, s.cache_misses),
             (Count::SymbolizeError, s.symbolize_errors),
             (Count::ProcessNamed, s.process_named),
+            (Count::TablesLoaded, t.loaded),
+            (Count::TablesEvicted, t.evicted),
+            (Count::TablesFailed, t.failed),
         ] {
             totals.set(count, value);
         }
@@ -272,6 +317,9 @@ impl Collector {
         for (_, pid) in pruned {
             if !self.processes.knows(pid) {
                 self.symbolizer.forget_process(pid);
+                if let Some(tables) = &mut self.tables {
+                    tables.remove(pid);
+                }
             }
         }
     }
@@ -313,6 +361,8 @@ mod tests {
             open_modules: 4,
             debug_dirs: Vec::new(),
             profile_self: false,
+            unwind: crate::config::UnwindMode::Fp,
+            unwind_table_bytes: crate::config::DEFAULT_UNWIND_TABLE_BYTES,
         }
     }
 

@@ -2,12 +2,14 @@
 //! `record`, `run` and the benchmark, and the collector it feeds (`collect`).
 
 pub mod collect;
+pub mod tables;
 
 pub use collect::Collector;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::bpf::unwind::{UnwindConfig, UnwindMaps};
 use crate::bpf::{BpfError, Design, RawSample, Sampler};
 use crate::config::SamplerConfig;
 use crate::counters::Totals;
@@ -45,11 +47,26 @@ impl<'s> Driver<'s> {
         design: Design,
         stop: &'s AtomicBool,
     ) -> Result<Self, BpfError> {
+        Self::start_unwinding(config, design, &UnwindConfig::default(), stop)
+    }
+
+    /// `start`, with the user stack walker `unwind` asks for (`--unwind`).
+    pub fn start_unwinding(
+        config: &SamplerConfig,
+        design: Design,
+        unwind: &UnwindConfig,
+        stop: &'s AtomicBool,
+    ) -> Result<Self, BpfError> {
         Ok(Self {
-            sampler: Sampler::start(config, design)?,
+            sampler: Sampler::start_unwinding(config, design, unwind)?,
             stop,
             peak_fill: 0.0,
         })
+    }
+
+    /// The table walker's maps (once; `None` with `--unwind fp`): give them to the collector.
+    pub fn take_unwind_maps(&mut self) -> Option<UnwindMaps> {
+        self.sampler.take_unwind_maps()
     }
 
     #[must_use]

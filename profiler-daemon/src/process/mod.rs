@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use snapshot::{Backing, Mapping, Snapshot};
 
-use crate::objfile::{ModuleId, ModuleRegistry};
+use crate::objfile::{Module, ModuleId, ModuleRegistry};
 use crate::procfs::{self, ProcessInfo, parse_maps};
 
 /// Identity of one process image: a process between its exec (or first sight) and its next exec
@@ -240,6 +240,24 @@ impl ProcessTable {
         }
         self.images.insert(id, image);
         live
+    }
+
+    /// The file mappings of image `id` while it is current (none once it ended): (start, end,
+    /// file offset, module).
+    #[must_use]
+    pub fn file_mappings(&self, id: ImageId) -> Vec<(u64, u64, u64, Arc<Module>)> {
+        let Some(image) = self.images.get(&id).filter(|i| i.ended_ns.is_none()) else {
+            return Vec::new();
+        };
+        image
+            .snapshot
+            .mappings()
+            .iter()
+            .filter_map(|m| match &m.backing {
+                Backing::File(module) => Some((m.start, m.end, m.offset, Arc::clone(module))),
+                Backing::Other => None,
+            })
+            .collect()
     }
 
     /// Where `addr` of image `id` points (learnt before with `learn`).

@@ -40,6 +40,11 @@ impl Snapshot {
         Self { mappings }
     }
 
+    /// Every mapping, by address.
+    pub(super) fn mappings(&self) -> &[Mapping] {
+        &self.mappings
+    }
+
     /// The mapping that contains `addr`.
     #[must_use]
     pub(super) fn find(&self, addr: u64) -> Option<&Mapping> {

@@ -1,0 +1,124 @@
+//! Loader side of the table walker (`--unwind tables`, `profiler-ebpf/src/unwind.rs`): patches
+//! `UNWIND_TABLES`, sizes the rows array by `--unwind-table-memory` and the per-process map, and
+//! hands the two maps to whoever fills them (`pipeline::tables`).
+
+use aya::EbpfLoader;
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
+use profiler_common::{UnwindProcess, UnwindRow};
+
+use super::BpfError;
+use crate::config::{Limits, UnwindMode};
+
+/// Processes with tables at most (`UNWIND_PROCS`, allocated on use: 4 KiB each).
+pub const MAX_PROCESSES: u32 = 8192;
+
+/// What the walker needs from the loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnwindConfig {
+    pub mode: UnwindMode,
+    /// Bytes of the rows array (`--unwind-table-memory`).
+    pub table_bytes: u64,
+}
+
+impl UnwindConfig {
+    /// `--unwind` and `--unwind-table-memory`.
+    #[must_use]
+    pub fn of(limits: &Limits) -> Self {
+        Self {
+            mode: limits.unwind,
+            table_bytes: limits.unwind_table_bytes,
+        }
+    }
+
+    /// Rows the array holds.
+    #[must_use]
+    pub fn rows(&self) -> u32 {
+        let rows = self.table_bytes / size_of::<UnwindRow>() as u64;
+        u32::try_from(rows).unwrap_or(u32::MAX).max(1)
+    }
+
+    fn tables(&self) -> bool {
+        self.mode == UnwindMode::Tables
+    }
+}
+
+/// Sets the walker's switch and map sizes on `loader` (tiny maps when the walker is off).
+pub(super) fn configure(loader: &mut EbpfLoader<'_>, config: &UnwindConfig) {
+    // The loader keeps a reference to the value until it loads: a static outlives it.
+    static ON: u32 = 1;
+    static OFF: u32 = 0;
+    let on = if config.tables() { &ON } else { &OFF };
+    loader.override_global("UNWIND_TABLES", on, true);
+    if config.tables() {
+        loader
+            .map_max_entries("UNWIND_ROWS", config.rows())
+            .map_max_entries("UNWIND_PROCS", MAX_PROCESSES);
+    } else {
+        loader
+            .map_max_entries("UNWIND_ROWS", 1)
+            .map_max_entries("UNWIND_PROCS", 1);
+    }
+    tracing::debug!(on, rows = config.rows(), "unwind tables configured");
+}
+
+/// Takes the walker's maps out of the loaded object (`None` when the walker is off).
+pub(super) fn take_maps(
+    ebpf: &mut aya::Ebpf,
+    config: &UnwindConfig,
+) -> Result<Option<UnwindMaps>, BpfError> {
+    if !config.tables() {
+        return Ok(None);
+    }
+    let rows =
+        Array::try_from(super::take_map(ebpf, "UNWIND_ROWS")?).map_err(|source| BpfError::Map {
+            name: "UNWIND_ROWS",
+            source,
+        })?;
+    let procs = BpfHashMap::try_from(super::take_map(ebpf, "UNWIND_PROCS")?).map_err(|source| {
+        BpfError::Map {
+            name: "UNWIND_PROCS",
+            source,
+        }
+    })?;
+    Ok(Some(UnwindMaps {
+        rows,
+        procs,
+        capacity: config.rows(),
+    }))
+}
+
+/// The walker's maps, filled by the daemon.
+pub struct UnwindMaps {
+    rows: Array<MapData, UnwindRow>,
+    procs: BpfHashMap<MapData, u32, UnwindProcess>,
+    capacity: u32,
+}
+
+impl UnwindMaps {
+    /// Rows the array holds.
+    #[must_use]
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Writes `rows` at `first..first + rows.len()`.
+    pub fn write_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), MapError> {
+        for (index, row) in (first..).zip(rows) {
+            self.rows.set(index, row, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the mappings with tables of process `tgid`.
+    pub fn set_process(&mut self, tgid: u32, value: &UnwindProcess) -> Result<(), MapError> {
+        self.procs.insert(tgid, value, 0)
+    }
+
+    /// Forgets process `tgid` (its samples fall back to frame pointers).
+    pub fn remove_process(&mut self, tgid: u32) {
+        // Absent already is fine.
+        if let Err(err) = self.procs.remove(&tgid) {
+            tracing::trace!(tgid, "no unwind entry to remove: {err}");
+        }
+    }
+}

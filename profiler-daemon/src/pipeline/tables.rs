@@ -1,0 +1,255 @@
+//! Fills the table walker's maps (`--unwind tables`): each module's unwind table is built once
+//! (keyed by `objfile::ModuleId`, so every process mapping the same file content shares it),
+//! placed in the rows array by first fit, and each process's file mappings with tables are
+//! written as one `UnwindProcess`. When the array is full, the least recently used modules are
+//! evicted (counted) and the processes that mapped them rewritten.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use profiler_common::{UNWIND_MAX_MAPPINGS, UnwindMapping, UnwindProcess};
+
+use crate::bpf::unwind::UnwindMaps;
+use crate::objfile::{Module, ModuleId};
+use crate::unwind;
+
+/// One file mapping of a process, as the walker needs it.
+#[derive(Debug, Clone)]
+pub struct FileMapping {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    pub module: Arc<Module>,
+}
+
+/// A module's table in the rows array.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    first: u32,
+    rows: u32,
+    /// The table's base (row pcs are offsets from it).
+    base: u64,
+    /// Tick of its last use, for eviction.
+    used: u64,
+}
+
+/// Counts, for the catalog.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TableStats {
+    pub loaded: u64,
+    pub evicted: u64,
+    pub failed: u64,
+    /// Rows in the array now.
+    pub rows: u64,
+}
+
+/// The tables in the kernel and the processes using them.
+pub struct Tables {
+    maps: UnwindMaps,
+    placed: HashMap<ModuleId, Placed>,
+    /// First row → module, to find free gaps.
+    by_first: BTreeMap<u32, ModuleId>,
+    /// Modules without a usable table (not retried).
+    failed: HashSet<ModuleId>,
+    /// Per process: the mappings last written (to skip unchanged rewrites).
+    processes: HashMap<u32, Vec<FileMapping>>,
+    tick: u64,
+    stats: TableStats,
+}
+
+impl Tables {
+    #[must_use]
+    pub fn new(maps: UnwindMaps) -> Self {
+        Self {
+            maps,
+            placed: HashMap::new(),
+            by_first: BTreeMap::new(),
+            failed: HashSet::new(),
+            processes: HashMap::new(),
+            tick: 0,
+            stats: TableStats::default(),
+        }
+    }
+
+    #[must_use]
+    pub fn stats(&self) -> TableStats {
+        self.stats
+    }
+
+    /// Makes process `pid`'s entry match `mappings` (its current file mappings), loading the
+    /// tables of modules not loaded yet.
+    pub fn update(&mut self, pid: u32, mut mappings: Vec<FileMapping>) {
+        mappings.sort_by_key(|m| m.start);
+        let unchanged = self.processes.get(&pid).is_some_and(|old| {
+            old.len() == mappings.len()
+                && old.iter().zip(&mappings).all(|(a, b)| {
+                    a.start == b.start && a.end == b.end && a.module.id == b.module.id
+                })
+        });
+        if unchanged {
+            return;
+        }
+        self.tick += 1;
+        for m in &mappings {
+            self.ensure(&m.module, &mappings);
+        }
+        self.processes.insert(pid, mappings);
+        self.write_process(pid);
+    }
+
+    /// Forgets process `pid` (it exited).
+    pub fn remove(&mut self, pid: u32) {
+        if self.processes.remove(&pid).is_some() {
+            self.maps.remove_process(pid);
+        }
+    }
+
+    /// Loads `module`'s table unless it is loaded or failed; `keep` are the modules of the
+    /// process being written (never evicted for each other).
+    fn ensure(&mut self, module: &Module, keep: &[FileMapping]) {
+        if let Some(placed) = self.placed.get_mut(&module.id) {
+            placed.used = self.tick;
+            return;
+        }
+        if self.failed.contains(&module.id) {
+            return;
+        }
+        let table = match unwind::build(&module.read_path) {
+            Ok(table) if !table.rows.is_empty() => table,
+            Ok(_) => {
+                self.fail(module, "no rows");
+                return;
+            }
+            Err(err) => {
+                self.fail(module, &err.to_string());
+                return;
+            }
+        };
+        let Ok(rows) = u32::try_from(table.rows.len()) else {
+            self.fail(module, "too many rows");
+            return;
+        };
+        let Some(first) = self.allocate(rows, keep) else {
+            self.fail(module, "larger than --unwind-table-memory allows");
+            return;
+        };
+        if let Err(err) = self.maps.write_rows(first, &table.rows) {
+            self.fail(module, &format!("writing rows: {err}"));
+            return;
+        }
+        self.placed.insert(
+            module.id,
+            Placed {
+                first,
+                rows,
+                base: table.base,
+                used: self.tick,
+            },
+        );
+        self.by_first.insert(first, module.id);
+        self.stats.loaded += 1;
+        self.stats.rows += u64::from(rows);
+        tracing::debug!(module = %module.path.display(), rows, first, "unwind table loaded");
+    }
+
+    fn fail(&mut self, module: &Module, why: &str) {
+        tracing::debug!(module = %module.path.display(), "no unwind table: {why}");
+        self.failed.insert(module.id);
+        self.stats.failed += 1;
+    }
+
+    /// First fit for `rows` rows, evicting the least recently used modules (not in `keep`) until
+    /// a gap is large enough.
+    fn allocate(&mut self, rows: u32, keep: &[FileMapping]) -> Option<u32> {
+        let capacity = self.maps.capacity();
+        if rows > capacity {
+            return None;
+        }
+        loop {
+            if let Some(first) = self.free_gap(rows, capacity) {
+                return Some(first);
+            }
+            let victim = self
+                .placed
+                .iter()
+                .filter(|(id, _)| !keep.iter().any(|m| m.module.id == **id))
+                .min_by_key(|(_, p)| p.used)
+                .map(|(&id, _)| id)?;
+            self.evict(victim);
+        }
+    }
+
+    fn free_gap(&self, rows: u32, capacity: u32) -> Option<u32> {
+        let mut next = 0u32;
+        for (&first, id) in &self.by_first {
+            if first - next >= rows {
+                return Some(next);
+            }
+            next = first + self.placed.get(id).map_or(0, |p| p.rows);
+        }
+        (capacity - next >= rows).then_some(next)
+    }
+
+    /// Drops `module`'s table and rewrites the processes that used it.
+    fn evict(&mut self, module: ModuleId) {
+        let Some(placed) = self.placed.remove(&module) else {
+            return;
+        };
+        self.by_first.remove(&placed.first);
+        self.stats.evicted += 1;
+        self.stats.rows -= u64::from(placed.rows);
+        let users: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(_, maps)| maps.iter().any(|m| m.module.id == module))
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in users {
+            self.write_process(pid);
+        }
+    }
+
+    /// Writes process `pid`'s `UnwindProcess` from its mappings whose tables are loaded.
+    fn write_process(&mut self, pid: u32) {
+        let Some(mappings) = self.processes.get(&pid) else {
+            return;
+        };
+        let mut value = UnwindProcess {
+            len: 0,
+            pad: 0,
+            mappings: [UnwindMapping::default(); UNWIND_MAX_MAPPINGS],
+        };
+        let mut len = 0;
+        for m in mappings {
+            let Some(placed) = self.placed.get(&m.module.id) else {
+                continue;
+            };
+            let Some(bias) = bias(m, placed.base) else {
+                continue;
+            };
+            let Some(slot) = value.mappings.get_mut(len) else {
+                break;
+            };
+            *slot = UnwindMapping {
+                start: m.start,
+                end: m.end,
+                bias,
+                first_row: placed.first,
+                rows: placed.rows,
+            };
+            len += 1;
+        }
+        value.len = len as u32;
+        if let Err(err) = self.maps.set_process(pid, &value) {
+            tracing::debug!(pid, "cannot write the unwind mappings: {err}");
+        }
+    }
+}
+
+/// What the walker subtracts from an address of `m` to get a row pc: the address's ELF virtual
+/// address is `addr - start + vaddr(offset)`, and the row pc is that minus the table's `base`.
+fn bias(m: &FileMapping, base: u64) -> Option<u64> {
+    let vaddr = m.module.virtual_address(m.offset)?;
+    Some(m.start.wrapping_sub(vaddr).wrapping_add(base))
+}
