@@ -137,14 +137,19 @@ fn a_thread_id_as_pid_is_refused_with_its_process() {
     let Some(_machine) = privileged("a_thread_id_as_pid_is_refused_with_its_process") else {
         return;
     };
-    // This test process has several threads (the test harness's): pick one that is not the
-    // leader.
+    // A thread of this test process that lives as long as the check.
     let me = std::process::id();
-    let tid: u32 = std::fs::read_dir(format!("/proc/{me}/task"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .find(|&t| t != me)
-        .expect("a second thread");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        tx.send(u32::try_from(tid).unwrap()).unwrap();
+        // Until the test is done with it.
+        let _done = done_rx.recv_timeout(Duration::from_secs(30));
+    });
+    let tid = rx.recv().unwrap();
+    assert_ne!(tid, me);
     let (code, _, stderr) = run_profiler(&[
         "record",
         "-d",
@@ -154,6 +159,8 @@ fn a_thread_id_as_pid_is_refused_with_its_process() {
         "-o",
         "/tmp/x.svg",
     ]);
+    done_tx.send(()).unwrap();
+    thread.join().unwrap();
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains(&format!("is a thread of process {me}")),
