@@ -13,12 +13,13 @@ use blazesym::inspect::Inspector;
 use blazesym::inspect::source::{Elf, Source};
 use clap::Args;
 
+use crate::bpf::unwind::UnwindConfig;
 use crate::bpf::{BpfError, Design, RawSample};
-use crate::config::SamplerConfig;
 use crate::config::args::parse_duration;
+use crate::config::{DEFAULT_UNWIND_TABLE_BYTES, Limits, SamplerConfig, UnwindMode};
 use crate::counters::Count;
 use crate::objfile::ModuleRegistry;
-use crate::pipeline::{Driver, Sink};
+use crate::pipeline::{Collector, Driver, Sink};
 use crate::symbolize::SymbolizerStage;
 
 /// Options of the hidden `profiler bpf-cost`.
@@ -33,6 +34,9 @@ pub struct BpfCostArgs {
     /// Samples per second on each CPU.
     #[arg(long, default_value_t = 999)]
     pub frequency: u32,
+    /// User stack walker (`tables`: every process's tables are loaded as `record` does).
+    #[arg(long, value_enum, default_value_t = UnwindMode::Fp)]
+    pub unwind: UnwindMode,
 }
 
 /// Options of the hidden `profiler bench-symbolize`.
@@ -89,6 +93,18 @@ pub fn measure(
     duration: Duration,
     stop: &AtomicBool,
 ) -> Result<BpfCost, BpfCostError> {
+    measure_unwinding(design, UnwindMode::Fp, frequency, duration, stop)
+}
+
+/// `measure` with the user stack walker `unwind`. With tables, the samples feed a collector (it
+/// loads the tables); otherwise they are dropped.
+pub fn measure_unwinding(
+    design: Design,
+    unwind: UnwindMode,
+    frequency: u32,
+    duration: Duration,
+    stop: &AtomicBool,
+) -> Result<BpfCost, BpfCostError> {
     // Statistics are collected while this fd is open.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .map_err(|e| BpfCostError::Stats(e.to_string()))?;
@@ -99,8 +115,29 @@ pub fn measure(
         ring_buffer_bytes: None,
         profile_self: false,
     };
-    let mut driver = Driver::start(&config, design, stop)?;
-    driver.run_until(Instant::now() + duration, &mut Discard, |_, _| {})?;
+    let unwind = UnwindConfig {
+        mode: unwind,
+        table_bytes: DEFAULT_UNWIND_TABLE_BYTES,
+    };
+    let mut driver = Driver::start_unwinding(&config, design, &unwind, stop)?;
+    let end = Instant::now() + duration;
+    if let Some(maps) = driver.take_unwind_maps() {
+        let limits = Limits {
+            ring_buffer_bytes: None,
+            max_stacks: 200_000,
+            symbol_cache_entries: 1000,
+            open_modules: 512,
+            debug_dirs: Vec::new(),
+            profile_self: false,
+            unwind: unwind.mode,
+            unwind_table_bytes: unwind.table_bytes,
+        };
+        let mut collector = Collector::new(&limits, frequency);
+        collector.set_unwind_maps(maps);
+        driver.run_until(end, &mut collector, |_, _| {})?;
+    } else {
+        driver.run_until(end, &mut Discard, |_, _| {})?;
+    }
     let (run_time, runs) = driver
         .sampler()
         .program_stats()

@@ -47,7 +47,21 @@ impl fmt::Display for RecordSummary {
             },
             self.totals.describe_losses(),
             self.totals.get(Count::Idle),
-        )
+        )?;
+        let complete = self.totals.get(Count::UnwindComplete);
+        let truncated =
+            self.totals.get(Count::UnwindTruncated) + self.totals.get(Count::UnwindBadRule);
+        let no_tables = self.totals.get(Count::UnwindNoTables);
+        if complete + truncated + no_tables > 0 {
+            let walked = complete + truncated;
+            write!(
+                f,
+                "; unwind tables: {complete} of {walked} user stacks complete ({:.1}%), \
+                 {no_tables} by frame pointers (no tables yet)",
+                100.0 * complete as f64 / walked.max(1) as f64
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Sink;
-use super::tables::{FileMapping, Tables};
+use super::tables::{FileMapping, TableWorker};
 use crate::bpf::unwind::UnwindMaps;
 use crate::bpf::{ProcessEvent, RawSample};
 use crate::config::Limits;
@@ -46,7 +46,7 @@ pub struct Collector {
     unknown_process: u64,
     frequency: u32,
     /// The table walker's maps, with `--unwind tables`.
-    tables: Option<Tables>,
+    tables: Option<TableWorker>,
 }
 
 impl Collector {
@@ -70,12 +70,12 @@ impl Collector {
 
     /// Fills the table walker's maps from now on (`--unwind tables`).
     pub fn set_unwind_maps(&mut self, maps: UnwindMaps) {
-        self.tables = Some(Tables::new(maps));
+        self.tables = Some(TableWorker::spawn(maps));
     }
 
     /// Writes image `image`'s file mappings with tables for the walker.
     fn update_tables(&mut self, image: ImageId) {
-        let Some(tables) = &mut self.tables else {
+        let Some(tables) = &self.tables else {
             return;
         };
         let Some(pid) = self.processes.image(image).map(|i| i.pid) else {
@@ -113,7 +113,7 @@ impl Collector {
                     self.learn(&mut new_user);
                     self.processes
                         .exec(sample.tgid, sample.time_ns, &thread, &mut self.modules);
-                    if let Some(tables) = &mut self.tables {
+                    if let Some(tables) = &self.tables {
                         tables.remove(sample.tgid);
                     }
                     continue;
@@ -121,7 +121,7 @@ impl Collector {
                 Some(ProcessEvent::Exit) => {
                     self.learn(&mut new_user);
                     self.processes.exit(sample.tgid, sample.time_ns);
-                    if let Some(tables) = &mut self.tables {
+                    if let Some(tables) = &self.tables {
                         tables.remove(sample.tgid);
                     }
                     continue;
@@ -187,7 +187,11 @@ impl Collector {
     pub fn totals(&self, totals: &mut Totals) {
         let p = self.processes.stats();
         let s = self.symbolizer.stats();
-        let t = self.tables.as_ref().map(Tables::stats).unwrap_or_default();
+        let t = self
+            .tables
+            .as_ref()
+            .map(TableWorker::stats)
+            .unwrap_or_default();
         for (count, value) in [
             (Count::Received, self.received),
             (Count::Malformed, self.malformed),
@@ -317,7 +321,7 @@ impl Collector {
         for (_, pid) in pruned {
             if !self.processes.knows(pid) {
                 self.symbolizer.forget_process(pid);
-                if let Some(tables) = &mut self.tables {
+                if let Some(tables) = &self.tables {
                     tables.remove(pid);
                 }
             }

@@ -3,9 +3,14 @@
 //! placed in the rows array by first fit, and each process's file mappings with tables are
 //! written as one `UnwindProcess`. When the array is full, the least recently used modules are
 //! evicted (counted) and the processes that mapped them rewritten.
+//!
+//! All of it runs on a thread of its own (`TableWorker`): building a large table (libLLVM: 1 M
+//! rows, seconds) must never hold up the drain of the ring buffer. Until a module's table is in,
+//! the walker steps its frames by frame pointer, or falls back to `bpf_get_stack`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use profiler_common::{UNWIND_MAX_MAPPINGS, UnwindMapping, UnwindProcess};
 
@@ -44,8 +49,77 @@ pub struct TableStats {
     pub rows: u64,
 }
 
+/// Updates waiting for the worker at most; beyond, an update is dropped (the collector sends it
+/// again at the process's next samples).
+const QUEUE: usize = 1024;
+
+enum Job {
+    Update(u32, Vec<FileMapping>),
+    Remove(u32),
+}
+
+/// `Tables` on a thread of its own, fed in order through a bounded queue.
+pub struct TableWorker {
+    jobs: Option<SyncSender<Job>>,
+    stats: Arc<Mutex<TableStats>>,
+}
+
+impl TableWorker {
+    /// Starts the thread (without it, nothing is loaded and stacks stay frame-pointer ones).
+    #[must_use]
+    pub fn spawn(maps: UnwindMaps) -> Self {
+        let (jobs, queue) = mpsc::sync_channel(QUEUE);
+        let stats = Arc::new(Mutex::new(TableStats::default()));
+        let shared = Arc::clone(&stats);
+        let spawned = std::thread::Builder::new()
+            .name("unwind-tables".to_owned())
+            .spawn(move || work(Tables::new(maps), &queue, &shared));
+        let jobs = match spawned {
+            Ok(_) => Some(jobs),
+            Err(err) => {
+                tracing::warn!("cannot start the unwind table thread ({err}): frame pointers only");
+                None
+            }
+        };
+        Self { jobs, stats }
+    }
+
+    /// See `Tables::update`.
+    pub fn update(&self, pid: u32, mappings: Vec<FileMapping>) {
+        if let Some(jobs) = &self.jobs
+            && let Err(TrySendError::Full(_)) = jobs.try_send(Job::Update(pid, mappings))
+        {
+            tracing::trace!(pid, "unwind table queue full: update dropped");
+        }
+    }
+
+    /// See `Tables::remove`. Waits for room: a lost removal would leave stale mappings.
+    pub fn remove(&self, pid: u32) {
+        if let Some(jobs) = &self.jobs
+            && jobs.send(Job::Remove(pid)).is_err()
+        {
+            tracing::trace!(pid, "unwind table thread gone");
+        }
+    }
+
+    #[must_use]
+    pub fn stats(&self) -> TableStats {
+        *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn work(mut tables: Tables, queue: &Receiver<Job>, stats: &Mutex<TableStats>) {
+    for job in queue {
+        match job {
+            Job::Update(pid, mappings) => tables.update(pid, mappings),
+            Job::Remove(pid) => tables.remove(pid),
+        }
+        *stats.lock().unwrap_or_else(PoisonError::into_inner) = tables.stats();
+    }
+}
+
 /// The tables in the kernel and the processes using them.
-pub struct Tables {
+struct Tables {
     maps: UnwindMaps,
     placed: HashMap<ModuleId, Placed>,
     /// First row → module, to find free gaps.
@@ -59,8 +133,7 @@ pub struct Tables {
 }
 
 impl Tables {
-    #[must_use]
-    pub fn new(maps: UnwindMaps) -> Self {
+    fn new(maps: UnwindMaps) -> Self {
         Self {
             maps,
             placed: HashMap::new(),
@@ -72,14 +145,13 @@ impl Tables {
         }
     }
 
-    #[must_use]
-    pub fn stats(&self) -> TableStats {
+    fn stats(&self) -> TableStats {
         self.stats
     }
 
     /// Makes process `pid`'s entry match `mappings` (its current file mappings), loading the
     /// tables of modules not loaded yet.
-    pub fn update(&mut self, pid: u32, mut mappings: Vec<FileMapping>) {
+    fn update(&mut self, pid: u32, mut mappings: Vec<FileMapping>) {
         mappings.sort_by_key(|m| m.start);
         let unchanged = self.processes.get(&pid).is_some_and(|old| {
             old.len() == mappings.len()
@@ -99,7 +171,7 @@ impl Tables {
     }
 
     /// Forgets process `pid` (it exited).
-    pub fn remove(&mut self, pid: u32) {
+    fn remove(&mut self, pid: u32) {
         if self.processes.remove(&pid).is_some() {
             self.maps.remove_process(pid);
         }
