@@ -6,6 +6,7 @@
     reason = "test support: failing loudly (panics, unwraps) is the point here"
 )]
 
+pub mod http;
 pub mod otlp;
 pub mod receiver;
 
@@ -281,4 +282,21 @@ pub fn perf_folded_for_pid(perf_data: &Path, pid: u32) -> Vec<(Vec<String>, u64)
             Some((frames, count))
         })
         .collect()
+}
+
+/// Resident memory of a process, in KiB (0 once it is gone).
+#[must_use]
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open descriptors of a process.
+#[must_use]
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }

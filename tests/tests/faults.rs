@@ -9,40 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use profiler_tests::http::{get, metric};
 use profiler_tests::receiver::{self, free_addr};
-use profiler_tests::{build_workload, privileged, spawn_profiler, terminate};
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .unwrap_or(0)
-}
-
-/// The value of a metric line starting with `prefix` in a `/metrics` text.
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1.0)
-}
-
-fn get(addr: SocketAddr, path: &str) -> String {
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let mut text = String::new();
-    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .is_ok()
-    {
-        let _read = s.read_to_string(&mut text);
-    }
-    text
-}
+use profiler_tests::{build_workload, privileged, rss_kib, spawn_profiler, terminate};
 
 /// Short processes, one after another on two lanes, until `stop`; counts them.
 fn churn(
@@ -106,7 +75,9 @@ fn a_collector_outage_under_process_churn_keeps_memory_flat_and_counts_every_dro
         peak = peak.max(rss_kib(pid));
         std::thread::sleep(Duration::from_millis(500));
     }
-    let text = get(http, "/metrics");
+    let text = get(http, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default();
     let dropped = metric(&text, "profiler_exports_total{result=\"dropped\"}");
     let failed = metric(&text, "profiler_exports_total{result=\"failed_attempt\"}");
     // The collector returns.

@@ -9,19 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use profiler_tests::{
-    Workload, build_workload, privileged, profiler_bin, receiver, run_profiler, spawn_profiler,
-    terminate,
+    Workload, build_workload, open_fds, privileged, profiler_bin, receiver, rss_kib, run_profiler,
+    spawn_profiler, terminate,
 };
-
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .unwrap_or(0)
-}
 
 fn signal(pid: u32, sig: i32) {
     // SAFETY: signalling our own child.
@@ -284,11 +274,6 @@ fn output_files_honour_the_umask() {
     assert_eq!(mode, 0o600, "{mode:o}");
 }
 
-/// Open descriptors of a process.
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
-}
-
 /// An unprivileged local user holding thousands of half-sent requests open.
 const SLOW_CLIENTS: &str = r"
 import socket, sys, time
@@ -366,7 +351,7 @@ fn a_flood_of_slow_clients_cannot_take_the_daemon_down() {
     let mut peak_rss = 0;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(11) {
-        peak_fds = peak_fds.max(fds(pid));
+        peak_fds = peak_fds.max(open_fds(pid));
         peak_rss = peak_rss.max(rss_kib(pid));
         std::thread::sleep(Duration::from_millis(250));
     }
