@@ -158,17 +158,19 @@ fn bpf_cost_cmd(args: &bench::BpfCostArgs, stop: &AtomicBool) -> ExitCode {
         Ok(hz) => hz,
         Err(err) => return usage_error(&err),
     };
-    match bench::measure_unwinding(args.design, args.unwind, hz, args.duration, stop) {
+    match bench::measure_unwinding(args.design, args.unwind, &args.pid, hz, args.duration, stop) {
         Ok(cost) => {
             println!(
-                "design={} unwind={:?} runs={} emitted={} run_time_ns={} ns_per_sample={:.0}",
+                "design={} unwind={:?} runs={} emitted={} run_time_ns={} ns_per_sample={:.0} \
+                 ns_per_emitted={:.0}",
                 clap::ValueEnum::to_possible_value(&args.design)
                     .map_or_else(String::new, |v| v.get_name().to_owned()),
                 args.unwind,
                 cost.runs,
                 cost.emitted,
                 cost.run_time.as_nanos(),
-                cost.ns_per_run()
+                cost.ns_per_run(),
+                cost.ns_per_emitted()
             );
             ExitCode::SUCCESS
         }

@@ -37,6 +37,9 @@ pub struct BpfCostArgs {
     /// User stack walker (`tables`: every process's tables are loaded as `record` does).
     #[arg(long, value_enum, default_value_t = UnwindMode::Fp)]
     pub unwind: UnwindMode,
+    /// Only sample these processes (the cost per emitted sample is then theirs).
+    #[arg(long)]
+    pub pid: Vec<u32>,
 }
 
 /// Options of the hidden `profiler bench-symbolize`.
@@ -77,6 +80,11 @@ pub struct BpfCost {
 
 impl BpfCost {
     #[must_use]
+    pub fn ns_per_emitted(&self) -> f64 {
+        self.run_time.as_nanos() as f64 / self.emitted.max(1) as f64
+    }
+
+    #[must_use]
     pub fn ns_per_run(&self) -> f64 {
         if self.runs == 0 {
             0.0
@@ -93,7 +101,7 @@ pub fn measure(
     duration: Duration,
     stop: &AtomicBool,
 ) -> Result<BpfCost, BpfCostError> {
-    measure_unwinding(design, UnwindMode::Fp, frequency, duration, stop)
+    measure_unwinding(design, UnwindMode::Fp, &[], frequency, duration, stop)
 }
 
 /// `measure` with the user stack walker `unwind`. With tables, the samples feed a collector (it
@@ -101,6 +109,7 @@ pub fn measure(
 pub fn measure_unwinding(
     design: Design,
     unwind: UnwindMode,
+    pids: &[u32],
     frequency: u32,
     duration: Duration,
     stop: &AtomicBool,
@@ -110,7 +119,7 @@ pub fn measure_unwinding(
         .map_err(|e| BpfCostError::Stats(e.to_string()))?;
     let config = SamplerConfig {
         frequency,
-        pids: Vec::new(),
+        pids: pids.to_vec(),
         include_idle: false,
         ring_buffer_bytes: None,
         profile_self: false,
