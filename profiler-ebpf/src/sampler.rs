@@ -42,9 +42,6 @@ static FILTER_PIDS: u32 = 0;
 /// itself would cost the daemon more memory than anything it profiles. Set by the loader.
 #[unsafe(no_mangle)]
 static SELF_TGID: u32 = 0;
-/// 1 when user stacks are walked with unwind tables (`--unwind tables`; set by the loader).
-#[unsafe(no_mangle)]
-static UNWIND_TABLES: u32 = 0;
 /// 1 when idle samples (pid 0) are delivered, not only counted (set by the loader).
 #[unsafe(no_mangle)]
 static INCLUDE_IDLE: u32 = 0;
@@ -128,14 +125,23 @@ pub(crate) fn comm() -> [u8; COMM_LEN] {
     bpf_get_current_comm().unwrap_or([0; COMM_LEN])
 }
 
+/// The sampler with frame-pointer user stacks (`--unwind fp`).
 #[perf_event]
 pub(crate) fn sample_ringbuf(ctx: PerfEventContext) -> u32 {
-    try_sample_ringbuf(&ctx);
+    try_sample_ringbuf(&ctx, false);
+    0
+}
+
+/// The sampler with the table walker (`--unwind tables`, see `unwind`). A program of its own,
+/// so that kernels without `bpf_loop` still load `sample_ringbuf`.
+#[perf_event]
+pub(crate) fn sample_unwind(ctx: PerfEventContext) -> u32 {
+    try_sample_ringbuf(&ctx, true);
     0
 }
 
 #[inline(always)]
-fn try_sample_ringbuf(ctx: &PerfEventContext) {
+fn try_sample_ringbuf(ctx: &PerfEventContext, tables: bool) {
     const STACK_BYTES: u32 = (MAX_FRAMES * 8) as u32;
     let Some((tgid, tid)) = admit() else {
         return;
@@ -168,7 +174,7 @@ fn try_sample_ringbuf(ctx: &PerfEventContext) {
 
         // The user frames follow the kernel frames. Kernel threads have no user stack: an
         // empty stack, not a failure.
-        let walked = if config(&UNWIND_TABLES) {
+        let walked = if tables {
             unwind::walk(ctx, tgid, &raw mut (*record).frames, kernel_len)
         } else {
             Walk::NoTables

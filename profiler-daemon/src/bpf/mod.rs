@@ -159,14 +159,18 @@ pub struct Sampler {
     ebpf: Ebpf,
     samples: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
-    #[cfg(feature = "bench")]
-    design: Design,
     cpus: usize,
     process_events: bool,
     ring_bytes: u32,
     features: Features,
     load: LoadStats,
     unwind_maps: Option<unwind::UnwindMaps>,
+    /// The sampler program attached.
+    #[cfg_attr(
+        not(feature = "bench"),
+        allow(dead_code, reason = "read by the bench only")
+    )]
+    program: &'static str,
 }
 
 /// What loading the sampler program cost the kernel.
@@ -211,7 +215,11 @@ impl Sampler {
             fill_pid_filter(&mut ebpf, &config.pids)?;
         }
         let started = Instant::now();
-        let program = load_program(&mut ebpf, design)?;
+        // The table walker is a program of its own: kernels without `bpf_loop` still load the
+        // frame-pointer one.
+        let (name, unwind) = unwind::load_sampler(&mut ebpf, design, unwind)?;
+        let unwind = &unwind;
+        let program = perf_event(&mut ebpf, name)?;
         let load = LoadStats {
             duration: started.elapsed(),
             verified_insns: program
@@ -235,7 +243,7 @@ impl Sampler {
         tracing::debug!(
             cpus = cpus.len(),
             period_ns = period,
-            program = design.program(),
+            program = name,
             load_ms = load.duration.as_millis(),
             verified_insns = load.verified_insns,
             "sampler attached"
@@ -265,11 +273,10 @@ impl Sampler {
         let unwind_maps = unwind::take_maps(&mut ebpf, unwind)?;
         Ok(Self {
             unwind_maps,
+            program: name,
             ebpf,
             samples,
             counters,
-            #[cfg(feature = "bench")]
-            design,
             cpus: cpus.len(),
             process_events,
             ring_bytes,
@@ -362,7 +369,7 @@ impl Sampler {
     #[cfg(feature = "bench")]
     #[must_use]
     pub fn program_stats(&self) -> Option<(Duration, u64)> {
-        let program = self.ebpf.program(self.design.program())?;
+        let program = self.ebpf.program(self.program)?;
         let info = program.info().ok()?;
         Some((info.run_time(), info.run_count()))
     }
@@ -427,9 +434,23 @@ fn fill_pid_filter(ebpf: &mut Ebpf, pids: &[u32]) -> Result<(), BpfError> {
     Ok(())
 }
 
-/// Loads the design's program into the kernel, with the verifier's log on rejection.
-fn load_program(ebpf: &mut Ebpf, design: Design) -> Result<&mut PerfEvent, BpfError> {
-    let name = design.program();
+/// The perf-event program `name` of the object.
+fn perf_event<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut PerfEvent, BpfError> {
+    ebpf.program_mut(name)
+        .ok_or(BpfError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| BpfError::Verify {
+            program: name,
+            source,
+            log: String::new(),
+        })
+}
+
+/// Loads program `name` into the kernel, with the verifier's log on rejection.
+fn load_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut PerfEvent, BpfError> {
     let program: &mut PerfEvent = ebpf
         .program_mut(name)
         .ok_or(BpfError::Missing {

@@ -1,12 +1,13 @@
-//! Loader side of the table walker (`--unwind tables`, `profiler-ebpf/src/unwind.rs`): patches
-//! `UNWIND_TABLES`, sizes the rows array by `--unwind-table-memory` and the per-process map, and
-//! hands the two maps to whoever fills them (`pipeline::tables`).
+//! Loader side of the table walker (`--unwind tables`, `profiler-ebpf/src/unwind.rs`): loads
+//! the `sample_unwind` program (frame pointers when the kernel refuses it), sizes the rows array
+//! by `--unwind-table-memory` and the per-process map, and hands the two maps to whoever fills
+//! them (`pipeline::tables`).
 
 use aya::EbpfLoader;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
 use profiler_common::{UnwindProcess, UnwindRow};
 
-use super::BpfError;
+use super::{BpfError, Design};
 use crate::config::{Limits, UnwindMode};
 
 /// Processes with tables at most (`UNWIND_PROCS`, allocated on use: 4 KiB each).
@@ -42,13 +43,11 @@ impl UnwindConfig {
     }
 }
 
-/// Sets the walker's switch and map sizes on `loader` (tiny maps when the walker is off).
+/// The sampler program with the table walker (the frame-pointer one is `Design::program`).
+pub const PROGRAM: &str = "sample_unwind";
+
+/// Sets the walker's map sizes on `loader` (tiny maps when the walker is off).
 pub(super) fn configure(loader: &mut EbpfLoader<'_>, config: &UnwindConfig) {
-    // The loader keeps a reference to the value until it loads: a static outlives it.
-    static ON: u32 = 1;
-    static OFF: u32 = 0;
-    let on = if config.tables() { &ON } else { &OFF };
-    loader.override_global("UNWIND_TABLES", on, true);
     if config.tables() {
         loader
             .map_max_entries("UNWIND_ROWS", config.rows())
@@ -58,7 +57,39 @@ pub(super) fn configure(loader: &mut EbpfLoader<'_>, config: &UnwindConfig) {
             .map_max_entries("UNWIND_ROWS", 1)
             .map_max_entries("UNWIND_PROCS", 1);
     }
-    tracing::debug!(on, rows = config.rows(), "unwind tables configured");
+    tracing::debug!(
+        tables = config.tables(),
+        rows = config.rows(),
+        "unwind tables configured"
+    );
+}
+
+/// Loads the sampler program: the table walker's when asked for and the kernel takes it (it
+/// needs `bpf_loop`, Linux 5.17, and `bpf_task_pt_regs`, 5.15), else the design's. Returns the
+/// program's name and the walker in force.
+pub(super) fn load_sampler(
+    ebpf: &mut aya::Ebpf,
+    design: Design,
+    config: &UnwindConfig,
+) -> Result<(&'static str, UnwindConfig), BpfError> {
+    if config.tables() && design == Design::RingBuf {
+        match super::load_program(ebpf, PROGRAM) {
+            Ok(_) => return Ok((PROGRAM, *config)),
+            Err(err) => {
+                tracing::warn!(
+                    "this kernel refused the unwind-table walker: stacks are walked by frame \
+                     pointers (--unwind fp); `profiler check` lists the kernel's features"
+                );
+                tracing::debug!("the walker's refusal: {err}");
+            }
+        }
+    }
+    super::load_program(ebpf, design.program())?;
+    let fp = UnwindConfig {
+        mode: UnwindMode::Fp,
+        ..*config
+    };
+    Ok((design.program(), fp))
 }
 
 /// Takes the walker's maps out of the loaded object (`None` when the walker is off).
