@@ -283,8 +283,9 @@ impl UnwindRow {
 /// scans them per frame). Beyond that the daemon keeps the lowest; frames elsewhere are stepped
 /// by frame pointer.
 pub const UNWIND_MAX_MAPPINGS: usize = 128;
-/// Most user frames the table walker produces; a deeper stack is flagged truncated.
-pub const UNWIND_MAX_FRAMES: usize = 64;
+/// Most user frames the table walker produces (as many as a record holds); a deeper stack is
+/// flagged truncated. The frames are `bpf_loop` iterations: the verifier checks one.
+pub const UNWIND_MAX_FRAMES: usize = MAX_FRAMES;
 
 /// One executable file mapping of a process whose module has a table in the rows array.
 #[repr(C)]
