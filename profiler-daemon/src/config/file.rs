@@ -106,7 +106,9 @@ mod tests {
             .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
             .filter(|k| !k.starts_with('#'))
             .collect();
-        assert_eq!(keys.len(), 23, "{keys:?}");
+        assert_eq!(keys.len(), 25, "{keys:?}");
+        assert_eq!(c.unwind, Some(super::super::UnwindMode::Fp));
+        assert_eq!(c.unwind_table_memory, Some(64 << 20));
     }
 
     #[test]
