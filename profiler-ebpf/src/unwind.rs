@@ -201,11 +201,11 @@ fn fp_step(regs: Regs) -> Option<Regs> {
     if regs.rbp <= regs.rsp || regs.rbp & 7 != 0 {
         return None;
     }
-    let rip = read_user(regs.rbp + 8)?;
+    let rip = read_user(regs.rbp.wrapping_add(8))?;
     let rbp = read_user(regs.rbp)?;
     Some(Regs {
         rip,
-        rsp: regs.rbp + 16,
+        rsp: regs.rbp.wrapping_add(16),
         rbp,
     })
 }

@@ -255,12 +255,12 @@ impl Tables {
     fn free_gap(&self, rows: u32, capacity: u32) -> Option<u32> {
         let mut next = 0u32;
         for (&first, id) in &self.by_first {
-            if first - next >= rows {
+            if first.saturating_sub(next) >= rows {
                 return Some(next);
             }
-            next = first + self.placed.get(id).map_or(0, |p| p.rows);
+            next = first.saturating_add(self.placed.get(id).map_or(0, |p| p.rows));
         }
-        (capacity - next >= rows).then_some(next)
+        (capacity.saturating_sub(next) >= rows).then_some(next)
     }
 
     /// Drops `module`'s table and rewrites the processes that used it.
@@ -270,7 +270,7 @@ impl Tables {
         };
         self.by_first.remove(&placed.first);
         self.stats.evicted += 1;
-        self.stats.rows -= u64::from(placed.rows);
+        self.stats.rows = self.stats.rows.saturating_sub(u64::from(placed.rows));
         let users: Vec<u32> = self
             .processes
             .iter()
