@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use profiler_tests::{Workload, privileged, record_folded, workspace};
+use profiler_tests::{Workload, privileged, record_folded, run_profiler, workspace};
 
 /// Builds `tests/workloads/nofp.c` without frame pointers into `dir`.
 fn build_nofp(dir: &Path) -> PathBuf {
@@ -153,5 +153,35 @@ fn debian_python3_stacks_reach_start() {
     assert!(
         share(fp_whole, fp_total) < 50.0,
         "frame pointers reach _start in Debian's python3? {fp_whole} of {fp_total}"
+    );
+}
+
+#[test]
+fn bad_unwind_settings_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.folded");
+    let out = out.to_str().unwrap();
+    let (code, _, stderr) = run_profiler(&[
+        "record",
+        "-d",
+        "1s",
+        "-o",
+        out,
+        "--unwind",
+        "tables",
+        "--unwind-table-memory",
+        "4096",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--unwind-table-memory") && stderr.contains("1 MiB"),
+        "{stderr}"
+    );
+    // `auto` is future work: refused, with the choices listed.
+    let (code, _, stderr) = run_profiler(&["record", "-d", "1s", "-o", out, "--unwind", "auto"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("fp") && stderr.contains("tables"),
+        "{stderr}"
     );
 }
