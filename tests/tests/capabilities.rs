@@ -121,12 +121,25 @@ fn record_as(user: Option<u32>, caps: &[&str], dir: &Path, split: &Path, sys: &P
                 .arg(profiler_bin());
         }
     }
-    let status = setpriv
+    let output = setpriv
         .args(["record", "-F", "499", "-d", "2s", "-o"])
         .arg(&out)
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success(), "profiler failed with {caps:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "profiler failed with {caps:?}: {stderr}"
+    );
+    // A missing optional capability is said at start, with what it costs.
+    for optional in ["sys_ptrace", "dac_read_search", "syslog"] {
+        let named = format!("CAP_{} missing", optional.to_ascii_uppercase());
+        assert_eq!(
+            stderr.contains(&named),
+            !caps.contains(&optional),
+            "{named} with {caps:?}: {stderr}"
+        );
+    }
     drop((other, deleted, syscalls));
     let stacks = parse_folded(&std::fs::read_to_string(&out).unwrap());
     let hot = |f: &[String]| f.iter().any(|x| x.starts_with("hot_"));
@@ -143,6 +156,10 @@ fn record_as(user: Option<u32>, caps: &[&str], dir: &Path, split: &Path, sys: &P
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario: the full set, as nobody, each capability removed, the manifests"
+)]
 fn the_minimal_capability_set_names_everything_and_each_capability_is_needed() {
     let Some(_machine) =
         privileged("the_minimal_capability_set_names_everything_and_each_capability_is_needed")
@@ -229,6 +246,11 @@ fn the_minimal_capability_set_names_everything_and_each_capability_is_needed() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "without {missing}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("verifier log") && stderr.contains("capabilities"),
+            "without {missing}, the message says what is missing: {stderr}"
+        );
     }
     // The shipped manifests carry exactly this set.
     let unit = std::fs::read_to_string(

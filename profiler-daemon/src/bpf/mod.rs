@@ -94,6 +94,15 @@ pub enum BpfError {
         source: aya::programs::ProgramError,
         log: String,
     },
+    #[error(
+        "the kernel did not allow loading the eBPF program `{program}`: {source}{hint}",
+        hint = PERMISSION_HINT
+    )]
+    NotPermitted {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("attaching to the cpu-clock perf event on CPU {cpu} failed: {source}{hint}", hint = permission_hint(source))]
     Attach {
         cpu: u32,
@@ -468,6 +477,14 @@ fn load_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut Pe
             aya::programs::ProgramError::LoadError { verifier_log, .. } => verifier_log.to_string(),
             _ => String::new(),
         };
+        // EPERM with no verifier output is a missing capability (CAP_BPF, CAP_PERFMON), not a
+        // rejection: say so, without an empty "verifier log".
+        if log.trim().is_empty() && !permission_hint(&source).is_empty() {
+            return BpfError::NotPermitted {
+                program: name,
+                source,
+            };
+        }
         BpfError::Verify {
             program: name,
             source,

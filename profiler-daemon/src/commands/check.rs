@@ -103,6 +103,20 @@ const CAPS: &[Cap] = &[
     },
 ];
 
+/// Warns, once per capability, about the optional capabilities this process lacks: the daemon
+/// runs without them, but some frames will stay unnamed, and people should know why.
+pub fn warn_missing_capabilities() {
+    let Some(caps) = effective_caps() else {
+        return;
+    };
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    for cap in CAPS.iter().filter(|c| !c.fatal) {
+        if !(has(cap.bit) || cap.alternative.is_some_and(has)) {
+            tracing::warn!("{} missing: {}", cap.name, cap.without);
+        }
+    }
+}
+
 /// The effective capability set of this process.
 fn effective_caps() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -67,6 +67,7 @@ impl fmt::Display for RecordSummary {
 
 /// Records until `config.duration` passes or `stop` is set, then writes the output file.
 pub fn record(config: &RecordConfig, stop: &AtomicBool) -> Result<RecordSummary, RecordError> {
+    super::check::warn_missing_capabilities();
     let mut driver = Driver::start_unwinding(
         &config.sampler,
         Design::RingBuf,

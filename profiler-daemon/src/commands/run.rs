@@ -74,6 +74,7 @@ struct Shared {
 
 /// Runs until `stop` is set; then exports the open window and waits (bounded) for delivery.
 pub fn run(config: &RunConfig, stop: &AtomicBool) -> Result<RunSummary, RunError> {
+    super::check::warn_missing_capabilities();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("profiler-io")
