@@ -250,6 +250,17 @@ fn credentials_never_reach_the_logs() {
             );
         }
     }
+    // `profiler check` tries the collector and prints its endpoint: without the password.
+    let (_, stdout, stderr) = run_profiler(&[
+        "check",
+        "--otlp-endpoint",
+        &format!("http://scott:tiger-pa55@127.0.0.1:{port}"),
+    ]);
+    assert!(stdout.contains("collector"), "{stdout}");
+    assert!(
+        !stdout.contains("tiger-pa55") && !stderr.contains("tiger-pa55"),
+        "check printed the password: {stdout}"
+    );
 }
 
 #[test]

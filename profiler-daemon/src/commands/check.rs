@@ -384,7 +384,7 @@ fn collector_check(otlp: &OtlpConfig) -> Check {
         return check(
             "collector",
             Status::Warn,
-            format!("cannot parse `{}`", otlp.endpoint),
+            format!("cannot parse `{}`", otlp.endpoint_for_logs()),
         );
     };
     let host = uri.host().unwrap_or("localhost").trim_matches(['[', ']']);
@@ -404,7 +404,7 @@ fn collector_check(otlp: &OtlpConfig) -> Check {
             return check(
                 "collector",
                 Status::Ok,
-                format!("{} reachable ({addr})", otlp.endpoint),
+                format!("{} reachable ({addr})", otlp.endpoint_for_logs()),
             );
         }
     }
@@ -413,7 +413,7 @@ fn collector_check(otlp: &OtlpConfig) -> Check {
         Status::Warn,
         format!(
             "{} not reachable: the daemon will run, queue and retry",
-            otlp.endpoint
+            otlp.endpoint_for_logs()
         ),
     )
 }
