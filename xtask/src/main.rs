@@ -7,9 +7,9 @@
 //!   tests (privileged ones included: run it as root). Clippy runs twice, on the shipped build
 //!   and on the measurement-only `bench` feature build (host and eBPF), so code behind the
 //!   feature cannot rot. Then the kernel matrix (`vm.rs`): the smoke suite on the host's kernel
-//!   and on Debian's 6.1 and 6.12 booted under QEMU, each kernel counted as one test. Its last
-//!   stdout line is the totals, `N passed, M failed`: cargo test's `test result:` lines plus the
-//!   matrix.
+//!   and on Debian's 5.10, 6.1 and 6.12 booted under QEMU, each kernel counted as one test. Its
+//!   last stdout line is the totals, `N passed, M failed`: cargo test's `test result:` lines plus
+//!   the matrix.
 //! - `bench` measures the sampler side by side with perf and bpftrace (see `bench.rs`).
 //! - `vm` runs the kernel matrix alone, on the kernels asked for (see `vm.rs`).
 
