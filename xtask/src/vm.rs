@@ -277,8 +277,13 @@ fn fetch(kernel: &Kernel) -> Result<Image> {
         .trim_end_matches("-unsigned")
         .to_owned();
     // virtme-ng builds the guest's initramfs from these modules; index them once here.
+    // By path: a non-login root shell's PATH may lack /usr/sbin.
+    let depmod = ["/usr/sbin/depmod", "/sbin/depmod"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("depmod");
     crate::run(
-        Command::new("depmod")
+        Command::new(depmod)
             .args(["-a", "-b"])
             .arg(&tree)
             .arg(&release),
