@@ -23,6 +23,9 @@ use crate::procfs::ProcessInfo;
 use crate::profile::{Location, Profile, Stack, StackKey, SymbolizedProfile, call_sites};
 use crate::symbolize::{Resolved, SymbolizerStage, unnamed};
 
+/// Most names of addresses outside files (JIT code, the vDSO) kept at once.
+const MAX_LIVE_NAMES: usize = 1 << 17;
+
 /// Sizes of what the collector holds, for gauges.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Held {
@@ -165,6 +168,10 @@ impl Collector {
                 continue;
             };
             let names = self.symbolizer.resolve_process(pid, &live);
+            // Names of JIT code grow with every address a JIT makes: bounded, starting over.
+            if self.live_names.len() + names.len() > MAX_LIVE_NAMES {
+                self.live_names.clear();
+            }
             self.live_names
                 .extend(live.into_iter().map(|a| (image, a)).zip(names));
         }

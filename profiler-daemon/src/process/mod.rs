@@ -14,6 +14,9 @@ use snapshot::{Backing, Mapping, Snapshot};
 use crate::objfile::{Module, ModuleId, ModuleRegistry};
 use crate::procfs::{self, ProcessInfo, parse_maps};
 
+/// Most user addresses remembered per process image (see `ProcessTable::learn`).
+pub const MAX_LOCS_PER_IMAGE: usize = 1 << 16;
+
 /// Identity of one process image: a process between its exec (or first sight) and its next exec
 /// or exit. Samples of different images never share address interpretations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -211,6 +214,11 @@ impl ProcessTable {
             .collect();
         fresh.sort_unstable();
         fresh.dedup();
+        // A long-lived process that keeps generating code (a JIT, an emulator) would grow this
+        // map without end: past the bound it starts over (addresses are re-learnt on demand).
+        if image.locs.len() + fresh.len() > MAX_LOCS_PER_IMAGE {
+            image.locs.clear();
+        }
         let current = image.ended_ns.is_none();
         if current && fresh.iter().any(|&a| image.snapshot.find(a).is_none()) {
             self.refresh(&mut image, modules);
