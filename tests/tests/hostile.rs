@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use profiler_tests::http::wait_status;
 use profiler_tests::{
     Workload, build_workload, open_fds, privileged, profiler_bin, receiver, rss_kib, run_profiler,
     spawn_profiler, terminate,
@@ -179,6 +180,7 @@ fn sighup_never_kills() {
     assert!(out.exists(), "the file is written");
     // The daemon keeps going after SIGHUP and still flushes on SIGTERM.
     let recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
+    let http = receiver::free_addr();
     let daemon = spawn_profiler(
         &[
             "run",
@@ -187,11 +189,14 @@ fn sighup_never_kills() {
             "--interval",
             "10m",
             "--http-address",
-            "off",
+            &http.to_string(),
         ],
         &[],
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Sampling (ready), so that the window SIGTERM exports has samples.
+    let (ready, _) = wait_status(http, "/readyz", 200, Duration::from_secs(30));
+    assert_eq!(ready, 200, "the daemon never became ready");
+    std::thread::sleep(Duration::from_secs(1));
     signal(daemon.id(), libc::SIGHUP);
     std::thread::sleep(Duration::from_secs(1));
     assert!(
@@ -239,7 +244,8 @@ fn credentials_never_reach_the_logs() {
             ],
             &[],
         );
-        std::thread::sleep(Duration::from_secs(4));
+        // Long enough for a start on a loaded machine and a few failed attempts.
+        std::thread::sleep(Duration::from_secs(8));
         let (code, stdout, stderr, _) = terminate(daemon);
         assert_eq!(code, 0, "{stderr}");
         assert!(stderr.contains("export failed"), "{protocol}: {stderr}");
