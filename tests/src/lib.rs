@@ -62,6 +62,18 @@ pub fn profiler_bin() -> PathBuf {
     path
 }
 
+/// clang's flags for workloads with complete frame-pointer stacks (and DWARF).
+pub const CLANG_FLAGS: [&str; 7] = [
+    "-O2",
+    "-g",
+    "-fno-omit-frame-pointer",
+    "-mno-omit-leaf-frame-pointer",
+    "-fno-optimize-sibling-calls",
+    // Else clang moves the frame setup of a leaf function past its hot loop.
+    "-mllvm",
+    "-enable-shrink-wrap=false",
+];
+
 /// Builds `tests/workloads/NAME.c` (or `.cpp`) with clang (clang++) and complete frame pointers
 /// into `dir`.
 #[must_use]
@@ -79,17 +91,8 @@ pub fn build_workload(name: &str, dir: &Path) -> PathBuf {
     };
     let out = dir.join(name);
     let status = Command::new(compiler)
-        .args([
-            "-O2",
-            "-g",
-            "-fno-omit-frame-pointer",
-            "-mno-omit-leaf-frame-pointer",
-            "-fno-optimize-sibling-calls",
-            // Else clang moves the frame setup of a leaf function past its hot loop.
-            "-mllvm",
-            "-enable-shrink-wrap=false",
-            "-o",
-        ])
+        .args(CLANG_FLAGS)
+        .arg("-o")
         .arg(&out)
         .arg(&src)
         .status()

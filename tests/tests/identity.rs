@@ -20,16 +20,7 @@ fn build(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let src = workspace().join("tests/workloads/identity.c");
     let out = dir.join(name);
     let status = Command::new("clang")
-        .args([
-            "-O2",
-            "-g",
-            "-fno-omit-frame-pointer",
-            "-mno-omit-leaf-frame-pointer",
-            "-fno-optimize-sibling-calls",
-            // Else clang moves the frame setup of a leaf function past its hot loop.
-            "-mllvm",
-            "-enable-shrink-wrap=false",
-        ])
+        .args(profiler_tests::CLANG_FLAGS)
         .args(extra)
         .arg("-o")
         .arg(&out)

@@ -16,20 +16,10 @@ use prost::Message as _;
 /// The lowest `--max-profile-bytes`: many profiles per window, so splitting is exercised.
 const LIMIT: u64 = 65_536;
 
-const CLANG_FLAGS: [&str; 8] = [
-    "-O2",
-    "-g",
-    "-fno-omit-frame-pointer",
-    "-mno-omit-leaf-frame-pointer",
-    "-fno-optimize-sibling-calls",
-    "-mllvm",
-    "-enable-shrink-wrap=false",
-    "-Wall",
-];
-
 fn clang(args: &[&str]) {
     let status = Command::new("clang")
-        .args(CLANG_FLAGS)
+        .args(profiler_tests::CLANG_FLAGS)
+        .arg("-Wall")
         .args(args)
         .status()
         .expect("clang runs");
