@@ -165,6 +165,9 @@ fn sighup_never_kills() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
+    // Something to sample: on a quiet host an idle window has nothing to export.
+    let bin = build_workload("split", dir.path());
+    let _workload = Workload::spawn(&bin, &["60"]);
     // `record` writes its file on SIGHUP, as on SIGTERM.
     let out = dir.path().join("hup.folded");
     let child = Command::new(profiler_bin())
@@ -217,6 +220,10 @@ fn credentials_never_reach_the_logs() {
     let Some(_machine) = privileged("credentials_never_reach_the_logs") else {
         return;
     };
+    // Something to sample: a quiet host's idle windows have nothing to export.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_workload("split", dir.path());
+    let _workload = Workload::spawn(&bin, &["60"]);
     // Nobody listens: every attempt fails and is logged, at trace level.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
