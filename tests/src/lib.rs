@@ -256,7 +256,13 @@ pub fn record_folded(dir: &Path, name: &str, args: &[&str]) -> Vec<(Vec<String>,
 #[must_use]
 pub fn perf_folded_for_pid(perf_data: &Path, pid: u32) -> Vec<(Vec<String>, u64)> {
     let script = Command::new("perf")
-        .args(["script", "-F", "comm,pid,tid,time,event,ip,sym,dso", "-i"])
+        .args([
+            "script",
+            "--no-inline",
+            "-F",
+            "comm,pid,tid,time,event,ip,sym,dso",
+            "-i",
+        ])
         .arg(perf_data)
         .output()
         .expect("perf script runs");
@@ -267,6 +273,8 @@ pub fn perf_folded_for_pid(perf_data: &Path, pid: u32) -> Vec<(Vec<String>, u64)
     );
     let mut options = inferno::collapse::perf::Options::default();
     options.include_pid = true;
+    // Kernel frames marked `_[k]`, as ours are.
+    options.annotate_kernel = true;
     let mut folded = Vec::new();
     inferno::collapse::Collapse::collapse(
         &mut inferno::collapse::perf::Folder::from(options),

@@ -219,7 +219,20 @@ impl Sampler {
         let ring_bytes = config
             .ring_buffer_bytes
             .unwrap_or_else(|| ring_buffer_bytes(cpus.len()));
-        let mut ebpf = load(config, design, ring_bytes, unwind)?;
+        // The rows array is allocated here: if the kernel will not give the memory, `auto`
+        // goes on with frame pointers (`tables` was asked for explicitly: that is an error).
+        let fp = unwind::UnwindConfig {
+            mode: crate::config::UnwindMode::Fp,
+            ..*unwind
+        };
+        let (mut ebpf, unwind) = match load(config, design, ring_bytes, unwind) {
+            Ok(ebpf) => (ebpf, unwind),
+            Err(err) if unwind.mode == crate::config::UnwindMode::Auto => {
+                unwind::refused(unwind.mode, &err);
+                (load(config, design, ring_bytes, &fp)?, &fp)
+            }
+            Err(err) => return Err(err),
+        };
         if !config.pids.is_empty() {
             fill_pid_filter(&mut ebpf, &config.pids)?;
         }

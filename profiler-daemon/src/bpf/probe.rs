@@ -3,8 +3,8 @@
 //! kernels backport features (RHEL's 4.18 has the ring buffer) and leave others out.
 //!
 //! The sampler needs the ring buffer and `bpf_get_stack`; exec/exit tracking needs kernel BTF and
-//! BTF tracepoints; the `.eh_frame` unwinder will choose its design from tail calls, map-in-map,
-//! `bpf_task_pt_regs` and `bpf_loop`. `bpf_get_stack`'s flags (`BPF_F_USER_STACK`, ...) came with
+//! BTF tracepoints; the `.eh_frame` table walker needs `bpf_task_pt_regs` and `bpf_loop` (tail
+//! calls and map-in-map are listed for information). `bpf_get_stack`'s flags (`BPF_F_USER_STACK`, ...) came with
 //! the helper and are checked when it runs, not by the verifier: a failed walk is counted
 //! (`profiler_stack_walks_failed_total`), so no probe is needed for them. The verifier's 1 M
 //! instruction budget (Linux ≥ 5.2) is older than the ring buffer, so every kernel that passes
@@ -148,9 +148,11 @@ impl Feature {
             Feature::Btf | Feature::BtfTracepoints => {
                 "exec/exit tracking off (short-lived processes lose names)"
             }
-            Feature::TailCalls | Feature::MapInMap | Feature::TaskPtRegs | Feature::BpfLoop => {
-                "not used yet (the coming .eh_frame unwinder chooses its design by it)"
+            Feature::TaskPtRegs | Feature::BpfLoop => {
+                "no unwind-table walker: user stacks by frame pointers only (shallow for code \
+                 built without them, such as Debian's python3 and glibc)"
             }
+            Feature::TailCalls | Feature::MapInMap => "not used (informational)",
         }
     }
 

@@ -39,7 +39,7 @@ impl UnwindConfig {
     }
 
     fn tables(&self) -> bool {
-        self.mode == UnwindMode::Tables
+        self.mode != UnwindMode::Fp
     }
 }
 
@@ -76,11 +76,7 @@ pub(super) fn load_sampler(
         match super::load_program(ebpf, PROGRAM) {
             Ok(_) => return Ok((PROGRAM, *config)),
             Err(err) => {
-                tracing::warn!(
-                    "this kernel refused the unwind-table walker: stacks are walked by frame \
-                     pointers (--unwind fp); `profiler check` lists the kernel's features"
-                );
-                tracing::debug!("the walker's refusal: {err}");
+                refused(config.mode, &err);
             }
         }
     }
@@ -90,6 +86,19 @@ pub(super) fn load_sampler(
         ..*config
     };
     Ok((design.program(), fp))
+}
+
+/// Says once that the walker is out: a warning when `--unwind tables` asked for it, a notice
+/// under `auto` (frame pointers are what `auto` means on such a kernel).
+pub(super) fn refused(mode: UnwindMode, err: &dyn std::fmt::Display) {
+    const WHY: &str = "stacks are walked by frame pointers; `profiler check` lists the kernel's \
+                       features";
+    if mode == UnwindMode::Tables {
+        tracing::warn!("this kernel refused the unwind-table walker: {WHY}");
+    } else {
+        tracing::info!("this kernel cannot run the unwind-table walker: {WHY}");
+    }
+    tracing::debug!("the walker's refusal: {err}");
 }
 
 /// Takes the walker's maps out of the loaded object (`None` when the walker is off).

@@ -225,7 +225,10 @@ fn probe_checks(features: &Features) -> Vec<Check> {
                     feature.name(),
                     match feature {
                         _ if feature.required() => Status::Fail,
-                        Feature::Btf | Feature::BtfTracepoints => Status::Warn,
+                        Feature::Btf
+                        | Feature::BtfTracepoints
+                        | Feature::TaskPtRegs
+                        | Feature::BpfLoop => Status::Warn,
                         _ => Status::Ok,
                     },
                     format!("missing: {what}; {}", feature.without()),

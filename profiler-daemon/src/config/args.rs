@@ -136,13 +136,14 @@ pub struct LimitArgs {
     #[arg(long, value_name = "DIR")]
     pub debug_dir: Vec<std::path::PathBuf>,
 
-    /// How user stacks are walked: `fp` (frame pointers) or `tables` (`.eh_frame` unwind tables
-    /// built by the daemon and walked in the kernel: whole stacks for code built without frame
-    /// pointers, such as Debian's python3 and glibc). `auto` is future work.
-    #[arg(long, value_name = "MODE", value_enum, default_value_t = super::UnwindMode::Fp)]
+    /// How user stacks are walked: `tables` (`.eh_frame` unwind tables built by the daemon and
+    /// walked in the kernel: whole stacks for code built without frame pointers, such as
+    /// Debian's python3 and glibc), `fp` (frame pointers only: cheaper, shallower) or `auto`
+    /// (tables where the kernel runs the walker, Linux 5.17+, else frame pointers).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = super::UnwindMode::Auto)]
     pub unwind: super::UnwindMode,
 
-    /// Kernel memory for unwind table rows with `--unwind tables`, in bytes (1 MiB..4 GiB;
+    /// Kernel memory for unwind table rows (`--unwind tables` or `auto`), in bytes (1 MiB..4 GiB;
     /// allocated at start). When full, the least recently used modules' tables are evicted.
     #[arg(long, value_name = "BYTES", default_value_t = super::DEFAULT_UNWIND_TABLE_BYTES)]
     pub unwind_table_memory: u64,

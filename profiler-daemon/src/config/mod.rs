@@ -251,16 +251,25 @@ pub struct RunConfig {
 }
 
 /// Log output format.
-/// How user stacks are walked (`--unwind`). `auto` (tables where a module has them, frame
-/// pointers elsewhere, chosen per binary) is future work: until the tables path is proven on
-/// the kernels users run, frame pointers stay the default.
+/// How user stacks are walked (`--unwind`).
+///
+/// `auto`, the default, is the table walker wherever the kernel runs it, and frame pointers
+/// where it does not (before Linux 5.17, or when the rows array cannot be allocated), said once
+/// in the log. On a binary built with frame pointers *and* tables, `auto` walks the tables too:
+/// the frame-pointer walk of such a binary still loses a caller whenever the sample lands in a
+/// library built without them (Debian's glibc: every `memcpy`, `malloc` and syscall wrapper),
+/// and choosing per binary would make one stack's frames depend on two walkers. The price is
+/// BPF time per sample (the README's figures); `fp` is there for who wants it lower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnwindMode {
-    /// Frame pointers (`bpf_get_stack`), as always.
+    /// Tables where the kernel can walk them, frame pointers elsewhere.
     #[default]
+    Auto,
+    /// Frame pointers (`bpf_get_stack`) only.
     Fp,
-    /// `.eh_frame` unwind tables built by the daemon, walked in the kernel.
+    /// `.eh_frame` unwind tables built by the daemon, walked in the kernel; warns when the
+    /// kernel refuses the walker.
     Tables,
 }
 
