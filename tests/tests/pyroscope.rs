@@ -200,7 +200,8 @@ fn converted_profiles_stay_within_the_limit_on_deep_stacks_over_many_libraries()
     );
     // A whole window (~4000 samples) splits into ~30 requests; the first window may be short
     // (the daemon's start), so wait for more than it can hold.
-    let _ = recv.wait_for(20, Duration::from_secs(30));
+    let arrived = recv.wait_for(20, Duration::from_secs(30));
+    assert!(!arrived.is_empty(), "no export arrived");
     let (code, _, stderr, _) = terminate(daemon);
     assert_eq!(code, 0, "{stderr}");
     let captures = recv.captures();
