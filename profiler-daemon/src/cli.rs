@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 
 #[cfg(feature = "bench")]
-use crate::commands::bench::{BenchSymbolizeArgs, BpfCostArgs};
+use crate::commands::bench::{BenchSymbolizeArgs, BenchTablesArgs, BpfCostArgs};
 use crate::config::args::{CheckArgs, RecordArgs, RunArgs};
 
 /// System-wide sampling CPU profiler (eBPF).
@@ -40,4 +40,8 @@ pub enum Command {
     #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchSymbolize(BenchSymbolizeArgs),
+    /// Measure unwind table size and build time (used by `cargo xtask bench`).
+    #[cfg(feature = "bench")]
+    #[command(hide = true)]
+    BenchTables(BenchTablesArgs),
 }

@@ -64,6 +64,8 @@ fn main() -> ExitCode {
         Command::BenchSymbolize(args) => bench_symbolize_cmd(&args),
         #[cfg(feature = "bench")]
         Command::BpfCost(args) => bpf_cost_cmd(&args, &stop),
+        #[cfg(feature = "bench")]
+        Command::BenchTables(args) => bench_tables_cmd(&args),
     }
 }
 
@@ -176,6 +178,46 @@ fn bpf_cost_cmd(args: &bench::BpfCostArgs, stop: &AtomicBool) -> ExitCode {
         }
         Err(err) => runtime_error(&anyhow::Error::new(err)),
     }
+}
+
+/// One line per binary (`table path=.. rows=.. bytes=.. build_ms=..`), then with `--host` the
+/// host's total (`host files=.. failed=.. rows=.. bytes=.. build_ms=..`).
+#[cfg(feature = "bench")]
+fn bench_tables_cmd(args: &bench::BenchTablesArgs) -> ExitCode {
+    for path in &args.binary {
+        match bench::table_cost(path) {
+            Ok(cost) => println!(
+                "table path={} rows={} bytes={} build_ms={:.1}",
+                path.display(),
+                cost.rows,
+                cost.bytes,
+                cost.build.as_secs_f64() * 1e3
+            ),
+            Err(err) => return runtime_error(&anyhow::Error::new(err)),
+        }
+    }
+    if args.host {
+        let (mut total, mut files, mut failed) = (bench::TableCost::default(), 0, 0);
+        for path in bench::host_executables() {
+            match bench::table_cost(&path) {
+                Ok(cost) => {
+                    files += 1;
+                    total.rows += cost.rows;
+                    total.bytes += cost.bytes;
+                    total.build += cost.build;
+                }
+                // Files without call frame information (or gone): the walker has no table.
+                Err(_) => failed += 1,
+            }
+        }
+        println!(
+            "host files={files} failed={failed} rows={} bytes={} build_ms={:.0}",
+            total.rows,
+            total.bytes,
+            total.build.as_secs_f64() * 1e3
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn usage_error(err: &dyn std::fmt::Display) -> ExitCode {

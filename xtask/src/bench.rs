@@ -10,6 +10,10 @@
 //! 3. A soak: `profiler run` for 10 minutes at 999 Hz with its collector unreachable (an outage:
 //!    the export queue full, retries) while short processes churn; RSS per minute
 //!    (`cargo xtask bench soak` runs only this; `SOAK_MINUTES` shortens it).
+//! 4. The user stack walkers (run after 1): BPF time per emitted sample with unwind tables and
+//!    with frame pointers, on Debian's python3 (no frame pointers) and on the frame-pointer
+//!    `split`, alternated; table rows, bytes and build time for libc, python3, perl and every
+//!    file mapped on the host.
 //!
 //! Two binaries: the measurement-only subcommands (`bpf-cost`, `bench-symbolize`) exist only with
 //! profiler-daemon's `bench` feature, so they run from a build with it in its own target
@@ -56,6 +60,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
 
     symbolization(&measuring, &shipped)?;
     bpf_cost(&measuring, &split)?;
+    unwinding(&measuring, &split, &dir)?;
     overhead(&shipped, &split, &dir)?;
     soak(&shipped, &split)?;
     Ok(())
@@ -268,6 +273,104 @@ fn bpf_cost(measuring: &Path, split: &Path) -> Result<()> {
     Ok(())
 }
 
+/// One `profiler bpf-cost` run: its `key=` figure.
+fn bpf_cost_figure(measuring: &Path, args: &[&str], key: &str) -> Result<f64> {
+    let out = Command::new(measuring)
+        .arg("bpf-cost")
+        .args(args)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("bpf-cost failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    println!("  {}", text.trim());
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse::<f64>().ok())
+        .with_context(|| format!("no {key} in bpf-cost output"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The table walker against frame pointers, per emitted sample, on the same processes in
+/// alternating rounds; then the tables' sizes and build times.
+fn unwinding(measuring: &Path, split: &Path, dir: &Path) -> Result<()> {
+    println!(
+        "## User stack walkers ({HZ} Hz, one process per CPU, 3 alternating rounds of 4 s; BPF \
+         time per emitted sample)"
+    );
+    let python = Path::new("/usr/bin/python3");
+    let script = dir.join("loop.py");
+    std::fs::write(
+        &script,
+        "import sys, time\n\
+         def work():\n    d = {}\n    for i in range(2000):\n        \
+         d[str(i)] = [j * 2 for j in range(20)]\n    return sorted(d.items())[:3]\n\
+         end = time.time() + float(sys.argv[1])\n\
+         while time.time() < end:\n    work()\n",
+    )?;
+    let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+    println!("| workload | tables (ns) | frame pointers (ns) | tables / fp |\n|---|---|---|---|");
+    for (name, program, args) in [
+        (
+            "Debian python3 (no frame pointers)",
+            python,
+            vec![script.display().to_string(), "40".to_owned()],
+        ),
+        ("split (frame pointers)", split, vec!["40".to_owned()]),
+    ] {
+        let children: Vec<Child> = (0..cpus)
+            .map(|_| Command::new(program).args(&args).spawn())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
+        let mut figures = [Vec::new(), Vec::new()];
+        for _round in 0..3 {
+            for (walker, out) in ["tables", "fp"].iter().zip(figures.iter_mut()) {
+                let mut args = vec!["--duration", "4s", "--frequency", HZ, "--unwind", walker];
+                for pid in &pids {
+                    args.extend(["--pid", pid]);
+                }
+                out.push(bpf_cost_figure(measuring, &args, "ns_per_emitted")?);
+            }
+        }
+        stop(children);
+        let [tables, fp] = figures;
+        let (tables, fp) = (median(tables), median(fp));
+        println!("| {name} | {tables:.0} | {fp:.0} | {:.2} |", tables / fp);
+    }
+    let out = Command::new(measuring)
+        .args(["bench-tables", "--host"])
+        .args(["--binary", "/usr/lib/x86_64-linux-gnu/libc.so.6"])
+        .args(["--binary", "/usr/bin/python3", "--binary", "/usr/bin/perl"])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "bench-tables failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let processes = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .count();
+    println!(
+        "Unwind tables (12-byte rows; the host line: every executable file mapped by the {processes} processes running now):"
+    );
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("  {line}");
+    }
+    println!();
+    Ok(())
+}
+
 struct Tool {
     name: &'static str,
     cmd: Option<Command>,
@@ -277,6 +380,10 @@ fn tools(profiler: &Path, dir: &Path) -> Vec<Tool> {
     let mut ours = Command::new(profiler);
     ours.args(["record", "-F", HZ, "-d", "10m", "-o"])
         .arg(dir.join("bench.svg"));
+    let mut ours_fp = Command::new(profiler);
+    ours_fp
+        .args(["record", "--unwind", "fp", "-F", HZ, "-d", "10m", "-o"])
+        .arg(dir.join("bench-fp.svg"));
     let mut perf = Command::new("perf");
     perf.args(["record", "-a", "-g", "-F", HZ, "-q", "-o"])
         .arg(dir.join("perf.data"));
@@ -292,8 +399,12 @@ fn tools(profiler: &Path, dir: &Path) -> Vec<Tool> {
             cmd: None,
         },
         Tool {
-            name: "profiler record",
+            name: "profiler record (unwind tables)",
             cmd: Some(ours),
+        },
+        Tool {
+            name: "profiler record --unwind fp",
+            cmd: Some(ours_fp),
         },
         Tool {
             name: "perf record -a -g",

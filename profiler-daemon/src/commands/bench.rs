@@ -228,3 +228,71 @@ pub fn symbolize(binary: &Path, count: usize) -> Result<SymbolizeBench, Symboliz
         warm,
     })
 }
+
+/// Options of the hidden `profiler bench-tables`.
+#[derive(Debug, Args)]
+pub struct BenchTablesArgs {
+    /// ELF files to build tables for, one line each.
+    #[arg(long)]
+    pub binary: Vec<PathBuf>,
+    /// Also every executable file mapped by a process on this host (each file once): the table
+    /// memory of a host where every process is sampled.
+    #[arg(long)]
+    pub host: bool,
+}
+
+/// One table built: rows, bytes, build time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TableCost {
+    pub rows: usize,
+    pub bytes: usize,
+    pub build: Duration,
+}
+
+/// Builds the unwind table of `path`, timed.
+pub fn table_cost(path: &Path) -> Result<TableCost, crate::unwind::UnwindError> {
+    let start = Instant::now();
+    let table = crate::unwind::build(path)?;
+    Ok(TableCost {
+        rows: table.rows.len(),
+        bytes: table.bytes(),
+        build: start.elapsed(),
+    })
+}
+
+/// Every executable file mapped on this host, once each (by device and inode), reached through
+/// its process's root (containers). Processes that exit meanwhile are skipped.
+#[must_use]
+pub fn host_executables() -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    let mut files = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return files;
+    };
+    for entry in procs.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            continue;
+        };
+        for line in maps.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(perms), Some(path)) = (fields.get(1), fields.get(5)) else {
+                continue;
+            };
+            if !perms.contains('x') || !path.starts_with('/') {
+                continue;
+            }
+            let file = PathBuf::from(format!("/proc/{pid}/root{path}"));
+            if let Ok(meta) = std::fs::metadata(&file) {
+                use std::os::unix::fs::MetadataExt as _;
+                if seen.insert((meta.dev(), meta.ino())) {
+                    files.push(file);
+                }
+            }
+        }
+    }
+    files
+}
