@@ -28,6 +28,12 @@ pub const FLAG_USER_TABLES: u32 = 1 << 3;
 pub const FLAG_EVENT_EXEC: u32 = 1 << 8;
 /// `SampleHeader::flags`: not a sample but a process event: the thread group leader exited.
 pub const FLAG_EVENT_EXIT: u32 = 1 << 9;
+/// `SampleHeader::flags`: not a sample but a process event: the kernel chose a free address range
+/// for a new mapping of the process (`mmap` without `MAP_FIXED`, as `dlopen` does first); the
+/// record's two user "frames" are the range's start and length. A range over a file user space
+/// still thinks mapped means that file was unmapped (a `dlclose`): user space ends the process's
+/// image there, so that the library loaded at the same address is named as itself.
+pub const FLAG_EVENT_NEW_AREA: u32 = 1 << 10;
 
 /// Fixed part of one sample sent from the kernel (also the whole of a process event).
 #[repr(C)]
@@ -302,6 +308,26 @@ pub struct UnwindMapping {
     pub first_row: u32,
     /// Rows in the table.
     pub rows: u32,
+    /// Id of this load of the table, unique for the daemon's life (never 0): the key of the
+    /// walker's row cache together with the pc.
+    pub table: u32,
+    /// Zero (explicit padding).
+    pub pad: u32,
+}
+
+/// Slots of the walker's per-CPU row cache (`UnwindCacheEntry`): a sample's frames are mostly
+/// the same return addresses as the last sample's, and a cached row costs one read instead of a
+/// binary search over a large table (each step a cache and TLB miss).
+pub const UNWIND_CACHE_SLOTS: u32 = 4096;
+
+/// One slot of the row cache: `key` is `table << 32 | pc` (0: empty).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindCacheEntry {
+    pub key: u64,
+    pub row: UnwindRow,
+    /// Zero (explicit padding).
+    pub pad: u32,
 }
 
 /// The value of the walker's per-process map: the process's mappings with tables, sorted by
@@ -321,8 +347,9 @@ const _: () = assert!(core::mem::size_of::<SampleRecord>() == 56 + 2 * 8 * MAX_F
 const _: () = assert!(core::mem::size_of::<AggregateKey>() == 40);
 const _: () = assert!(core::mem::size_of::<UnwindRow>() == 12);
 const _: () = assert!(core::mem::align_of::<UnwindRow>() == 4);
-const _: () = assert!(core::mem::size_of::<UnwindMapping>() == 32);
-const _: () = assert!(core::mem::size_of::<UnwindProcess>() == 8 + 32 * UNWIND_MAX_MAPPINGS);
+const _: () = assert!(core::mem::size_of::<UnwindMapping>() == 40);
+const _: () = assert!(core::mem::size_of::<UnwindProcess>() == 8 + 40 * UNWIND_MAX_MAPPINGS);
+const _: () = assert!(core::mem::size_of::<UnwindCacheEntry>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -74,12 +74,13 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "process_events",
         label_key: Some("outcome"),
-        help: "Process exec/exit events from the kernel, by outcome",
+        help: "Process events from the kernel (exec, exit, new mapping area), by outcome",
     },
     Family {
         name: "process_table",
         label_key: Some("event"),
-        help: "Process table events: execs, exits, failed mapping snapshots, unmapped addresses",
+        help: "Process table events: execs, exits, file mappings replaced (dlclose then dlopen \
+               at one address), failed mapping snapshots, unmapped addresses",
     },
     Family {
         name: "symbolize",
@@ -157,6 +158,7 @@ catalog! {
     UnknownProcess => "samples_unknown_process", None, "unknown_process", Count;
     Execs => "process_table", Some("exec"), "execs", Count;
     Exits => "process_table", Some("exit"), "exits", Count;
+    MappingsReplaced => "process_table", Some("mapping_replaced"), "mappings_replaced", Count;
     SnapshotFailed => "process_table", Some("snapshot_failed"), "snapshot_failed", Count;
     Unmapped => "process_table", Some("unmapped_address"), "unmapped", Count;
     SymbolizeHit => "symbolize", Some("hit"), "symbolize_hit", Count;

@@ -4,7 +4,9 @@
 //! `bench`, built only with the `bench` feature.)
 //!
 //! `on_exec` / `on_exit` (BTF tracepoints) put process events in the same ring buffer, so user
-//! space snapshots a new image's mappings right away and tells images and reused pids apart.
+//! space snapshots a new image's mappings right away and tells images and reused pids apart;
+//! `on_new_area` (the `vm_unmapped_area` tracepoint) tells it when a new mapping takes an address
+//! range, so that a library loaded where another was unloaded is learnt afresh.
 
 // The eBPF verifier and per-sample cost want everything inlined into the programs; program entry
 // points take their context by value (the macro's signature); `tgid`/`tid` are the kernel's names.
@@ -20,7 +22,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack, bpf_probe_read_kernel,
         generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     },
     macros::{btf_tracepoint, map, perf_event},
@@ -28,9 +30,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, PerfEventContext},
 };
 use profiler_common::{
-    COMM_LEN, COUNTER_SLOTS, Counter, FLAG_EVENT_EXEC, FLAG_EVENT_EXIT, FLAG_KERNEL_STACK_FAILED,
-    FLAG_USER_STACK_FAILED, FLAG_USER_TABLES, FLAG_USER_TRUNCATED, MAX_FRAMES, SampleHeader,
-    SampleRecord,
+    COMM_LEN, COUNTER_SLOTS, Counter, FLAG_EVENT_EXEC, FLAG_EVENT_EXIT, FLAG_EVENT_NEW_AREA,
+    FLAG_KERNEL_STACK_FAILED, FLAG_USER_STACK_FAILED, FLAG_USER_TABLES, FLAG_USER_TRUNCATED,
+    MAX_FRAMES, SampleHeader, SampleRecord,
 };
 
 use crate::unwind::{self, Walk};
@@ -252,6 +254,68 @@ fn send_event(flags: u32) {
     }
     entry.submit(u64::from(BPF_RB_FORCE_WAKEUP));
     bump(Counter::Events);
+}
+
+/// A process event with a payload: the header, then `range` as two user frames.
+#[repr(C)]
+struct RangeEvent {
+    header: SampleHeader,
+    range: [u64; 2],
+}
+
+/// A fresh address range for a new mapping of a sampled process (`vm_unmapped_area`, from
+/// `mmap` without `MAP_FIXED`): sent so that user space can tell a library loaded where another
+/// was unloaded from the one it knew. Ranges for anonymous memory are sent too (the kernel side
+/// cannot tell them apart cheaply); user space drops those with one lookup.
+#[btf_tracepoint(function = "vm_unmapped_area")]
+pub(crate) fn on_new_area(ctx: BtfTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if config(&FILTER_PIDS) {
+        // SAFETY: the value is a plain u8 and is only read.
+        if unsafe { PIDS.get(tgid) }.is_none() {
+            return 0;
+        }
+    }
+    if tgid == 0 || tgid == config32(&SELF_TGID) {
+        return 0;
+    }
+    // (addr, info): the address chosen (an error code when none was free) and the request,
+    // whose second field, after `flags`, is the length (the same in every kernel since 3.x).
+    let addr: u64 = ctx.arg(0);
+    let info: *const u64 = ctx.arg(1);
+    if addr & 0xfff != 0 || info.is_null() {
+        return 0;
+    }
+    // SAFETY: a probe read of the kernel's request; a fault returns an error.
+    let Ok(len) = (unsafe { bpf_probe_read_kernel(info.wrapping_add(1)) }) else {
+        return 0;
+    };
+    let Some(mut entry) = SAMPLES.reserve::<RangeEvent>(0) else {
+        bump(Counter::EventsLost);
+        return 0;
+    };
+    // SAFETY: writes a whole event into the reserved slot; helpers without arguments.
+    unsafe {
+        entry.as_mut_ptr().write(RangeEvent {
+            header: SampleHeader {
+                tgid,
+                tid: pid_tgid as u32,
+                cgroup_id: bpf_get_current_cgroup_id(),
+                time_ns: bpf_ktime_get_ns(),
+                cpu: bpf_get_smp_processor_id(),
+                kernel_len: 0,
+                user_len: 2,
+                flags: FLAG_EVENT_NEW_AREA,
+                comm: comm(),
+            },
+            range: [addr, len],
+        });
+    }
+    // No wakeup: nothing needs reading before the next drain.
+    entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+    bump(Counter::Events);
+    0
 }
 
 #[btf_tracepoint(function = "sched_process_exec")]

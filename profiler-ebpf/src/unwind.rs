@@ -11,8 +11,11 @@
 //! - `UNWIND_ROWS`: every loaded module's rows, one after another; a mapping names its table's
 //!   first row and row count. Sized by the daemon (`--unwind-table-memory`).
 //!
+//! - `UNWIND_CACHE`: per CPU, the rows found lately by (table load, pc): a hit skips the search.
+//!
 //! Per frame: find the mapping, `pc = addr - bias` (minus one for a return address, not for the
-//! leaf nor after a signal frame), binary search (`UNWIND_SEARCH_STEPS`), apply the row. A frame
+//! leaf nor after a signal frame), the row from the cache or by binary search
+//! (`UNWIND_SEARCH_STEPS`), apply the row. A frame
 //! outside every mapping with a table (JIT code, the vDSO) takes one guarded frame-pointer step.
 //! A process without tables falls back to the frame-pointer stack of `bpf_get_stack`.
 
@@ -32,19 +35,19 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
     },
     macros::map,
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, PerCpuArray},
     programs::PerfEventContext,
 };
 use profiler_common::{
     CFA_DEREF_RBP, CFA_DEREF_RSP, CFA_END, CFA_PLT, CFA_RBP_OFFSET, CFA_RSP_OFFSET, CFA_SIGNAL,
     Counter, MAX_FRAMES, RBP_AT_CFA_OFFSET, RBP_AT_RBP_OFFSET, RBP_AT_RSP_OFFSET, RBP_UNCHANGED,
-    UNWIND_MAX_FRAMES, UNWIND_MAX_MAPPINGS, UNWIND_SEARCH_STEPS, UnwindMapping, UnwindProcess,
-    UnwindRow,
+    UNWIND_CACHE_SLOTS, UNWIND_MAX_FRAMES, UNWIND_MAX_MAPPINGS, UNWIND_SEARCH_STEPS,
+    UnwindCacheEntry, UnwindMapping, UnwindProcess, UnwindRow,
 };
 
 use crate::sampler::bump;
 
-/// Processes with tables (tgid → mappings). The loader sizes it; values (4 KiB) are allocated
+/// Processes with tables (tgid → mappings). The loader sizes it; values (5 KiB) are allocated
 /// when inserted.
 #[map]
 static UNWIND_PROCS: HashMap<u32, UnwindProcess> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
@@ -52,6 +55,13 @@ static UNWIND_PROCS: HashMap<u32, UnwindProcess> = HashMap::with_max_entries(1, 
 /// Rows of every loaded table. The loader sizes it (`--unwind-table-memory`).
 #[map]
 static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, 0);
+
+/// Rows found lately, per CPU, direct-mapped by (table, pc): most frames of a sample are return
+/// addresses the last samples had too. Keys name the table's load, so an evicted table's rows
+/// are never served for another.
+#[map]
+static UNWIND_CACHE: PerCpuArray<UnwindCacheEntry> =
+    PerCpuArray::with_max_entries(UNWIND_CACHE_SLOTS, 0);
 
 /// The registers the walker follows.
 #[repr(C)]
@@ -143,6 +153,27 @@ fn find_row(mapping: &UnwindMapping, pc: u32) -> Option<UnwindRow> {
     UNWIND_ROWS
         .get(mapping.first_row.wrapping_add(lo - 1))
         .copied()
+}
+
+/// `find_row` through the row cache.
+#[inline(always)]
+fn cached_row(mapping: &UnwindMapping, pc: u32) -> Option<UnwindRow> {
+    let key = (u64::from(mapping.table) << 32) | u64::from(pc);
+    // Fibonacci hashing of the key; the slot count is a power of two.
+    let slot = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as u32 & (UNWIND_CACHE_SLOTS - 1);
+    let entry = UNWIND_CACHE.get_ptr_mut(slot);
+    if let Some(entry) = entry {
+        // SAFETY: this CPU's slot; perf-event programs do not nest on one CPU.
+        let entry = unsafe { &mut *entry };
+        if entry.key == key {
+            return Some(entry.row);
+        }
+        let row = find_row(mapping, pc)?;
+        entry.key = key;
+        entry.row = row;
+        return Some(row);
+    }
+    find_row(mapping, pc)
 }
 
 #[inline(always)]
@@ -314,7 +345,7 @@ fn step_state(index: u64, state: &mut State) -> bool {
     let next = if let Some(mapping) = find_mapping(procs, lookup) {
         let pc = lookup.wrapping_sub(mapping.bias);
         let row = if pc >> 32 == 0 {
-            find_row(&mapping, pc as u32)
+            cached_row(&mapping, pc as u32)
         } else {
             None
         };

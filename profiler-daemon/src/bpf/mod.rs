@@ -546,7 +546,30 @@ fn attach_process_events(ebpf: &mut Ebpf, features: &Features) -> Support {
             return probe::support_after(&err);
         }
     }
+    attach_new_area_events(ebpf, &btf);
     Support::Available
+}
+
+/// Attaches `on_new_area` (the `vm_unmapped_area` tracepoint): without it, a library loaded
+/// where another was unloaded keeps the first one's names; one log line says so.
+fn attach_new_area_events(ebpf: &mut Ebpf, btf: &aya::Btf) {
+    let result = (|| -> Result<(), String> {
+        let prog = ebpf
+            .program_mut("on_new_area")
+            .ok_or("the eBPF object has no `on_new_area`")?;
+        let prog: &mut aya::programs::BtfTracePoint =
+            prog.try_into().map_err(|e| format!("{e}"))?;
+        prog.load("vm_unmapped_area", btf)
+            .map_err(|e| format!("{e}"))?;
+        prog.attach().map_err(|e| format!("{e}"))?;
+        Ok(())
+    })();
+    if let Err(err) = result {
+        tracing::info!(
+            "cannot attach to vm_unmapped_area ({err}): a library loaded where another was \
+             unloaded keeps the first one's names"
+        );
+    }
 }
 
 /// The kernel's release string, for messages.

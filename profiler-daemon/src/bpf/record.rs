@@ -7,6 +7,11 @@ use profiler_common::{COMM_LEN, MAX_FRAMES, SampleHeader, SampleRecord};
 pub enum ProcessEvent {
     Exec,
     Exit,
+    /// A new mapping was given `[start, end)` (whatever user space knew mapped there is gone).
+    NewArea {
+        start: u64,
+        end: u64,
+    },
 }
 
 /// One sample as the kernel took it: frames are leaf first, as raw instruction pointers.
@@ -72,13 +77,21 @@ impl RawSample {
         })
     }
 
-    /// A process event (exec or exit), not a sample.
+    /// A process event (exec, exit, new area), not a sample.
     #[must_use]
     pub fn event(&self) -> Option<ProcessEvent> {
         if self.flags & profiler_common::FLAG_EVENT_EXEC != 0 {
             Some(ProcessEvent::Exec)
         } else if self.flags & profiler_common::FLAG_EVENT_EXIT != 0 {
             Some(ProcessEvent::Exit)
+        } else if self.flags & profiler_common::FLAG_EVENT_NEW_AREA != 0 {
+            // A record without its range covers nothing (still an event, never a sample).
+            let start = self.user.first().copied().unwrap_or(0);
+            let len = self.user.get(1).copied().unwrap_or(0);
+            Some(ProcessEvent::NewArea {
+                start,
+                end: start.saturating_add(len),
+            })
         } else {
             None
         }

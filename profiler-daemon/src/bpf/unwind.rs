@@ -10,7 +10,7 @@ use profiler_common::{UnwindProcess, UnwindRow};
 use super::{BpfError, Design};
 use crate::config::{Limits, UnwindMode};
 
-/// Processes with tables at most (`UNWIND_PROCS`, allocated on use: 4 KiB each).
+/// Processes with tables at most (`UNWIND_PROCS`, allocated on use: 5 KiB each).
 pub const MAX_PROCESSES: u32 = 8192;
 
 /// What the walker needs from the loader.
@@ -53,9 +53,11 @@ pub(super) fn configure(loader: &mut EbpfLoader<'_>, config: &UnwindConfig) {
             .map_max_entries("UNWIND_ROWS", config.rows())
             .map_max_entries("UNWIND_PROCS", MAX_PROCESSES);
     } else {
+        // The row cache (96 KiB per CPU with tables) shrinks to one slot too.
         loader
             .map_max_entries("UNWIND_ROWS", 1)
-            .map_max_entries("UNWIND_PROCS", 1);
+            .map_max_entries("UNWIND_PROCS", 1)
+            .map_max_entries("UNWIND_CACHE", 1);
     }
     tracing::debug!(
         tables = config.tables(),

@@ -129,6 +129,24 @@ impl Collector {
                     }
                     continue;
                 }
+                Some(ProcessEvent::NewArea { start, end }) => {
+                    // Only a range over a file we thought mapped matters (it was unloaded, and
+                    // something else goes there now): the image ends here, so that the samples
+                    // before keep the old library's names and the ones after learn the new one.
+                    if self.processes.maps_file_in(sample.tgid, start, end) {
+                        self.learn(&mut new_user);
+                        self.processes.mapping_replaced(
+                            sample.tgid,
+                            sample.time_ns,
+                            &thread,
+                            &mut self.modules,
+                        );
+                        if let Some(tables) = &self.tables {
+                            tables.remove(sample.tgid);
+                        }
+                    }
+                    continue;
+                }
                 None => {}
             }
             self.received += 1;
@@ -206,6 +224,7 @@ impl Collector {
             (Count::UnknownProcess, self.unknown_process),
             (Count::Execs, p.execs),
             (Count::Exits, p.exits),
+            (Count::MappingsReplaced, p.replaced),
             (Count::SnapshotFailed, p.snapshot_failed),
             (Count::Unmapped, p.unmapped),
             (Count::SymbolizeHit, s.cache_hits),

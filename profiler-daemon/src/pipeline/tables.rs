@@ -33,6 +33,9 @@ pub struct FileMapping {
 struct Placed {
     first: u32,
     rows: u32,
+    /// This load's id (`UnwindMapping::table`): never reused, so the walker's row cache cannot
+    /// serve a row of an evicted table to the one placed where it was.
+    table: u32,
     /// The table's base (row pcs are offsets from it).
     base: u64,
     /// Tick of its last use, for eviction.
@@ -129,6 +132,8 @@ struct Tables {
     /// Per process: the mappings last written (to skip unchanged rewrites).
     processes: HashMap<u32, Vec<FileMapping>>,
     tick: u64,
+    /// The last table id given.
+    last_table: u32,
     stats: TableStats,
 }
 
@@ -141,6 +146,7 @@ impl Tables {
             failed: HashSet::new(),
             processes: HashMap::new(),
             tick: 0,
+            last_table: 0,
             stats: TableStats::default(),
         }
     }
@@ -210,11 +216,14 @@ impl Tables {
             self.fail(module, &format!("writing rows: {err}"));
             return;
         }
+        // Ids run from 1 (0 is an empty cache slot); wrapping would take 4 billion loads.
+        self.last_table = self.last_table.wrapping_add(1).max(1);
         self.placed.insert(
             module.id,
             Placed {
                 first,
                 rows,
+                table: self.last_table,
                 base: table.base,
                 used: self.tick,
             },
@@ -309,6 +318,8 @@ impl Tables {
                 bias,
                 first_row: placed.first,
                 rows: placed.rows,
+                table: placed.table,
+                pad: 0,
             };
             len += 1;
         }

@@ -16,6 +16,10 @@ use crate::procfs::{self, ProcessInfo, parse_maps};
 
 /// Most user addresses remembered per process image (see `ProcessTable::learn`).
 pub const MAX_LOCS_PER_IMAGE: usize = 1 << 16;
+/// Most images kept per pid between prunes. A process that loads and unloads libraries in a
+/// loop starts an image per library loaded where another was; past this many, its current image is re-learnt in place
+/// instead (names then follow the latest mapping, as before unmap tracking).
+pub const MAX_IMAGES_PER_PID: usize = 64;
 
 /// Identity of one process image: a process between its exec (or first sight) and its next exec
 /// or exit. Samples of different images never share address interpretations.
@@ -53,6 +57,9 @@ pub struct Image {
 pub struct ProcessStats {
     pub execs: u64,
     pub exits: u64,
+    /// File mappings replaced by a new mapping at their address (`dlclose`, then `dlopen`):
+    /// each started a new image.
+    pub replaced: u64,
     /// Snapshots of `/proc/PID/maps` that failed (process already gone).
     pub snapshot_failed: u64,
     /// Addresses found in no mapping.
@@ -154,6 +161,44 @@ impl ProcessTable {
     /// The process replaced its image at `time_ns`: snapshot the new one now, while it runs.
     pub fn exec(&mut self, pid: u32, time_ns: u64, comm: &str, modules: &mut ModuleRegistry) {
         self.stats.execs += 1;
+        self.end_current(pid, time_ns);
+        self.new_image(pid, time_ns, comm, modules);
+    }
+
+    /// Whether the current image of `pid` has a file mapped in `[start, end)`.
+    #[must_use]
+    pub fn maps_file_in(&self, pid: u32, start: u64, end: u64) -> bool {
+        self.by_pid
+            .get(&pid)
+            .and_then(|ids| ids.last())
+            .and_then(|id| self.images.get(id))
+            .is_some_and(|image| image.ended_ns.is_none() && image.snapshot.has_file_in(start, end))
+    }
+
+    /// A file mapping of `pid` was replaced at `time_ns` (unloaded, and a new mapping given its
+    /// range): samples after it belong to a new image of the same process, whose mappings are
+    /// read afresh, so that the library loaded there is named as itself and earlier samples
+    /// keep the old names.
+    pub fn mapping_replaced(
+        &mut self,
+        pid: u32,
+        time_ns: u64,
+        comm: &str,
+        modules: &mut ModuleRegistry,
+    ) {
+        self.stats.replaced += 1;
+        let images = self.by_pid.get(&pid).map_or(0, Vec::len);
+        if images >= MAX_IMAGES_PER_PID {
+            if let Some(&last) = self.by_pid.get(&pid).and_then(|ids| ids.last())
+                && let Some(mut image) = self.images.remove(&last)
+            {
+                image.snapshot = Snapshot::default();
+                image.locs.clear();
+                self.refresh(&mut image, modules);
+                self.images.insert(last, image);
+            }
+            return;
+        }
         self.end_current(pid, time_ns);
         self.new_image(pid, time_ns, comm, modules);
     }

@@ -67,6 +67,14 @@ impl Snapshot {
         self.mappings.sort_by_key(|m| m.start);
     }
 
+    /// Whether a file mapping overlaps `[start, end)`.
+    #[must_use]
+    pub(super) fn has_file_in(&self, start: u64, end: u64) -> bool {
+        self.mappings
+            .iter()
+            .any(|m| m.start < end && start < m.end && matches!(m.backing, Backing::File(_)))
+    }
+
     #[cfg(test)]
     #[must_use]
     pub(super) fn len(&self) -> usize {
@@ -95,5 +103,20 @@ mod tests {
         snap.merge(vec![m(0x5000, 0x6000), m(0x1000, 0x2000)]);
         assert_eq!(snap.len(), 3);
         assert_eq!(snap.find(0x5001).unwrap().start, 0x5000);
+        // Only file mappings count for unmaps, and the ranges are half-open.
+        assert!(!snap.has_file_in(0x1000, 0x7000));
+        let module = crate::objfile::Module::at_path(
+            crate::objfile::ModuleId(1),
+            std::path::PathBuf::from("/nonexistent"),
+            None,
+        );
+        snap.merge(vec![Mapping {
+            backing: Backing::File(Arc::new(module)),
+            ..m(0x8000, 0x9000)
+        }]);
+        assert!(snap.has_file_in(0x8fff, 0x9000));
+        assert!(snap.has_file_in(0x7000, 0x10000));
+        assert!(!snap.has_file_in(0x9000, 0xa000));
+        assert!(!snap.has_file_in(0x7000, 0x8000));
     }
 }
