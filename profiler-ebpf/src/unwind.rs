@@ -29,7 +29,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_NO_PREALLOC, pt_regs},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, pt_regs},
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
@@ -52,9 +52,10 @@ use crate::sampler::bump;
 #[map]
 static UNWIND_PROCS: HashMap<u32, UnwindProcess> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
-/// Rows of every loaded table. The loader sizes it (`--unwind-table-memory`).
+/// Rows of every loaded table. The loader sizes it (`--unwind-table-memory`). Memory-mappable:
+/// the daemon writes tables straight into it, not one syscall per row.
 #[map]
-static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, 0);
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Rows found lately, per CPU, direct-mapped by (table, pc): most frames of a sample are return
 /// addresses the last samples had too. Keys name the table's load, so an evicted table's rows

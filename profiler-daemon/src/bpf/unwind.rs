@@ -31,10 +31,11 @@ impl UnwindConfig {
         }
     }
 
-    /// Rows the array holds.
+    /// Rows the array holds: the kernel stores each in 16 bytes (a value size rounded up to 8),
+    /// so that is what `--unwind-table-memory` is divided by.
     #[must_use]
     pub fn rows(&self) -> u32 {
-        let rows = self.table_bytes / size_of::<UnwindRow>() as u64;
+        let rows = self.table_bytes / ROW_STRIDE as u64;
         u32::try_from(rows).unwrap_or(u32::MAX).max(1)
     }
 
@@ -111,11 +112,15 @@ pub(super) fn take_maps(
     if !config.tables() {
         return Ok(None);
     }
-    let rows =
-        Array::try_from(super::take_map(ebpf, "UNWIND_ROWS")?).map_err(|source| BpfError::Map {
-            name: "UNWIND_ROWS",
-            source,
-        })?;
+    let map = super::take_map(ebpf, "UNWIND_ROWS")?;
+    let mapped = match &map {
+        aya::maps::Map::Array(data) => RowsMapping::new(data, config.rows()),
+        _ => None,
+    };
+    let rows = Array::try_from(map).map_err(|source| BpfError::Map {
+        name: "UNWIND_ROWS",
+        source,
+    })?;
     let procs = BpfHashMap::try_from(super::take_map(ebpf, "UNWIND_PROCS")?).map_err(|source| {
         BpfError::Map {
             name: "UNWIND_PROCS",
@@ -124,14 +129,91 @@ pub(super) fn take_maps(
     })?;
     Ok(Some(UnwindMaps {
         rows,
+        mapped,
         procs,
         capacity: config.rows(),
     }))
 }
 
+/// The rows array, written through memory mappings (`BPF_F_MMAPABLE`): a table of 30,000 rows
+/// is written with stores, where writing it row by row cost 30,000 `bpf()` calls (most of the
+/// daemon's CPU time with tables). Only the pages a table covers are mapped, and only while it
+/// is written: a mapping of the array populates every page, which would show the whole array
+/// (`--unwind-table-memory`) in the daemon's RSS.
+struct RowsMapping {
+    fd: std::os::fd::OwnedFd,
+    /// Rows the array holds.
+    rows: u32,
+}
+
+/// Bytes between rows in the mapped array: the kernel rounds an array's value size up to 8.
+const ROW_STRIDE: usize = size_of::<UnwindRow>().next_multiple_of(8);
+
+impl RowsMapping {
+    /// `None` (writes go through `bpf()`) if the map's fd cannot be kept.
+    fn new(data: &MapData, rows: u32) -> Option<Self> {
+        use std::os::fd::AsFd as _;
+        let fd = data.fd().as_fd().try_clone_to_owned().ok()?;
+        Some(Self { fd, rows })
+    }
+
+    /// Writes `rows` from row `first`; false when they do not fit or cannot be mapped.
+    fn write(&mut self, first: u32, rows: &[UnwindRow]) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let Some(end) = (first as usize).checked_add(rows.len()) else {
+            return false;
+        };
+        if end > self.rows as usize || rows.is_empty() {
+            return false;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let start = first as usize * ROW_STRIDE;
+        let map_start = start - start % page;
+        let len = end * ROW_STRIDE - map_start;
+        let Ok(offset) = libc::off_t::try_from(map_start) else {
+            return false;
+        };
+        // SAFETY: a shared mapping of the map's fd within the array (checked above); the result
+        // is checked before use and unmapped below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.fd.as_raw_fd(),
+                offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            tracing::debug!(
+                "cannot map the unwind rows ({}): writing them one by one",
+                std::io::Error::last_os_error()
+            );
+            return false;
+        }
+        let base = ptr.cast::<u8>();
+        for (i, row) in rows.iter().enumerate() {
+            // SAFETY: within the mapping (its length covers the last row); aligned in fact
+            // (page-aligned base, 16-byte stride), written unaligned all the same. The walker may read a row while it is
+            // written: the process entries that point at it are written afterwards.
+            unsafe {
+                base.add(start - map_start + i * ROW_STRIDE)
+                    .cast::<UnwindRow>()
+                    .write_unaligned(*row);
+            }
+        }
+        // SAFETY: unmaps exactly what was mapped above.
+        unsafe { libc::munmap(ptr, len) };
+        true
+    }
+}
+
 /// The walker's maps, filled by the daemon.
 pub struct UnwindMaps {
     rows: Array<MapData, UnwindRow>,
+    mapped: Option<RowsMapping>,
     procs: BpfHashMap<MapData, u32, UnwindProcess>,
     capacity: u32,
 }
@@ -145,6 +227,11 @@ impl UnwindMaps {
 
     /// Writes `rows` at `first..first + rows.len()`.
     pub fn write_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), MapError> {
+        if let Some(mapped) = &mut self.mapped
+            && mapped.write(first, rows)
+        {
+            return Ok(());
+        }
         for (index, row) in (first..).zip(rows) {
             self.rows.set(index, row, 0)?;
         }
