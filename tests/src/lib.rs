@@ -101,6 +101,16 @@ pub fn build_workload(name: &str, dir: &Path) -> PathBuf {
     out
 }
 
+/// Runs clang with the workloads' frame-pointer flags (`CLANG_FLAGS`) and `args`.
+pub fn clang(args: &[&str]) {
+    let status = Command::new("clang")
+        .args(CLANG_FLAGS)
+        .args(args)
+        .status()
+        .expect("clang runs (cargo xtask setup installs it)");
+    assert!(status.success(), "clang {args:?}");
+}
+
 /// A child process killed when dropped.
 pub struct Workload(pub Child);
 

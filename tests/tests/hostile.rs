@@ -478,16 +478,6 @@ fn corrupt_dwarf_falls_back_to_the_symbol_table() {
     );
 }
 
-/// Compiles with the workloads' frame-pointer flags; `args` are clang's.
-fn clang(args: &[&str]) {
-    let status = Command::new("clang")
-        .args(profiler_tests::CLANG_FLAGS)
-        .args(args)
-        .status()
-        .expect("clang runs");
-    assert!(status.success(), "clang {args:?}");
-}
-
 /// Libraries in the dlopen/dlclose ring.
 const LIBS: usize = 10;
 
@@ -499,7 +489,7 @@ fn libraries_loaded_at_one_address_keep_their_own_names() {
     let dir = tempfile::tempdir().unwrap();
     let src = profiler_tests::workspace().join("tests/workloads");
     let ring = dir.path().join("ring");
-    clang(&[
+    profiler_tests::clang(&[
         "-o",
         ring.to_str().unwrap(),
         src.join("ring.c").to_str().unwrap(),
@@ -508,7 +498,7 @@ fn libraries_loaded_at_one_address_keep_their_own_names() {
     let libs: Vec<String> = (0..LIBS)
         .map(|i| {
             let lib = dir.path().join(format!("libring{i}.so"));
-            clang(&[
+            profiler_tests::clang(&[
                 "-shared",
                 "-fPIC",
                 &format!("-DLIB_ID={i}"),

@@ -17,13 +17,7 @@ use prost::Message as _;
 const LIMIT: u64 = 65_536;
 
 fn clang(args: &[&str]) {
-    let status = Command::new("clang")
-        .args(profiler_tests::CLANG_FLAGS)
-        .arg("-Wall")
-        .args(args)
-        .status()
-        .expect("clang runs");
-    assert!(status.success(), "clang {args:?}");
+    profiler_tests::clang(&[&["-Wall"][..], args].concat());
 }
 
 /// Compiles pprof's schema for Python into `dir` (protoc from `cargo xtask setup`).

@@ -111,18 +111,15 @@ fn tables_reach_main_without_frame_pointers() {
     );
 }
 
-#[test]
-fn debian_python3_stacks_reach_start() {
-    let Some(_machine) = privileged("debian_python3_stacks_reach_start") else {
-        return;
-    };
+/// Debian's `/usr/bin/python3` and a pure-Python loop script (`python3 loop.py SECONDS`) written
+/// into `dir`; `None` (after saying so) on a machine without Debian's python3.
+fn python_loop(dir: &Path) -> Option<(&'static Path, PathBuf)> {
     let python = Path::new("/usr/bin/python3");
     if !python.exists() {
         eprintln!("skipping: no Debian /usr/bin/python3");
-        return;
+        return None;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("loop.py");
+    let script = dir.join("loop.py");
     std::fs::write(
         &script,
         "import sys, time\n\
@@ -132,7 +129,19 @@ fn debian_python3_stacks_reach_start() {
          end = time.time() + float(sys.argv[1])\n\
          while time.time() < end:\n    work()\n",
     )
-    .unwrap();
+    .expect("the script is written");
+    Some((python, script))
+}
+
+#[test]
+fn debian_python3_stacks_reach_start() {
+    let Some(_machine) = privileged("debian_python3_stacks_reach_start") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some((python, script)) = python_loop(dir.path()) else {
+        return;
+    };
     let workload = Workload::spawn(python, &[script.to_str().unwrap(), "20"]);
     let pid = workload.pid().to_string();
     std::thread::sleep(Duration::from_millis(300));
@@ -480,22 +489,10 @@ fn caller_chains_match_perf_dwarf_on_debian_python3() {
     let Some(_machine) = privileged("caller_chains_match_perf_dwarf_on_debian_python3") else {
         return;
     };
-    let python = Path::new("/usr/bin/python3");
-    if !python.exists() {
-        eprintln!("skipping: no Debian /usr/bin/python3");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("loop.py");
-    std::fs::write(
-        &script,
-        "import sys, time\n\
-         def work():\n    d = {}\n    for i in range(2000):\n        \
-         d[str(i)] = [j * 2 for j in range(20)]\n    return sorted(d.items())[:3]\n\
-         end = time.time() + float(sys.argv[1])\n\
-         while time.time() < end:\n    work()\n",
-    )
-    .unwrap();
+    let Some((python, script)) = python_loop(dir.path()) else {
+        return;
+    };
     let workload = Workload::spawn(python, &[script.to_str().unwrap(), "20"]);
     std::thread::sleep(Duration::from_millis(300));
     // perf copies 8 KiB of stack per sample and unwinds it afterwards with DWARF; both watch the
