@@ -17,7 +17,8 @@ pub const FLAG_KERNEL_STACK_FAILED: u32 = 1;
 pub const FLAG_USER_STACK_FAILED: u32 = 1 << 1;
 
 /// `SampleHeader::flags`: the user stack was cut short (walker step limit, or a frame the walker
-/// could not follow): the outermost frames are missing.
+/// could not follow; for a frame-pointer stack, one that fills the record): the outermost frames
+/// are missing. User space shows a `[truncated]` frame at the root.
 pub const FLAG_USER_TRUNCATED: u32 = 1 << 2;
 /// `SampleHeader::flags`: the user stack was walked with unwind tables (`--unwind tables`).
 pub const FLAG_USER_TABLES: u32 = 1 << 3;

@@ -395,6 +395,34 @@ fn static_non_pie_and_lazy_binding_binaries_unwind() {
 }
 
 #[test]
+fn a_stack_deeper_than_the_walk_is_marked_truncated() {
+    let Some(_machine) = privileged("a_stack_deeper_than_the_walk_is_marked_truncated") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_cases(dir.path(), "cases", &[]);
+    // 2,000 frames of recursion: the table walker stops at 127 and says so.
+    let workload = Workload::spawn(&bin, &["deep", "20"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (stacks, summary) = record_tables(dir.path(), "deep", workload.pid(), 4);
+    let (total, marked) = marked_with_chain(&stacks, "deep_work", &["[truncated]", "recurse"]);
+    println!("deep: {marked} of {total} samples start with [truncated]");
+    assert!(total > 1000, "too few samples: {total}");
+    assert!(
+        share(marked, total) >= 90.0,
+        "only {marked} of {total} cut stacks are marked [truncated]"
+    );
+    // Cut, never whole: no sample of the recursion claims to reach main.
+    let (_, whole) = marked_with_chain(&stacks, "deep_work", &["main"]);
+    assert_eq!(
+        whole, 0,
+        "a 2,000-deep stack cannot reach main in 127 frames"
+    );
+    let complete = complete_share(&summary);
+    assert!(complete < 10.0, "cut stacks counted complete: {summary}");
+}
+
+#[test]
 fn debian_perl_stacks_reach_main() {
     let Some(_machine) = privileged("debian_perl_stacks_reach_main") else {
         return;

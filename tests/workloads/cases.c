@@ -6,6 +6,7 @@
 //   thread  a thread: start_thread → thread_body → thread_work; its stacks end at clone3
 //   dlopen  after 1 s, dlopen(LIBRARY) and main → dl_caller → dl_work (in the library)
 //   chain   main → chain_outer → chain_inner (for the static, non-PIE and -z lazy builds)
+//   deep    main → recurse × 2000 → deep_work: deeper than any walker goes
 #include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
@@ -94,9 +95,22 @@ __attribute__((noinline)) void chain_outer(double end) {
     sink++;
 }
 
+// --- deep: a recursion far deeper than the 127 frames a sample holds.
+__attribute__((noinline)) void deep_work(double end) {
+    while (now() < end) sink = burn(sink, 1000);
+}
+
+__attribute__((noinline)) void recurse(int depth, double end) {
+    if (depth == 0)
+        deep_work(end);
+    else
+        recurse(depth - 1, end);
+    sink++;  // not a tail call: every level stays on the stack
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: cases qsort|signal|thread|dlopen|chain SECONDS [LIBRARY]\n");
+        fprintf(stderr, "usage: cases qsort|signal|thread|dlopen|chain|deep SECONDS [LIBRARY]\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -130,6 +144,8 @@ int main(int argc, char **argv) {
         dl_caller(work, end);
     } else if (!strcmp(mode, "chain")) {
         chain_outer(end);
+    } else if (!strcmp(mode, "deep")) {
+        recurse(2000, end);
     } else {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;

@@ -21,7 +21,10 @@ use crate::objfile::{self, ModuleId, ModuleRegistry};
 use crate::process::{ImageId, ProcessTable, UserLoc};
 use crate::procfs::ProcessInfo;
 use crate::profile::{Location, Profile, Stack, StackKey, SymbolizedProfile, call_sites};
-use crate::symbolize::{Resolved, SymbolizerStage, unnamed};
+use crate::symbolize::{Frame, Resolved, SymbolizerStage, unnamed};
+
+/// The root frame of a user stack whose outermost frames are missing.
+pub const TRUNCATED_FRAME: &str = "[truncated]";
 
 /// Most names of addresses outside files (JIT code, the vDSO) kept at once.
 const MAX_LIVE_NAMES: usize = 1 << 17;
@@ -164,6 +167,7 @@ impl Collector {
                 tid: sample.tid,
                 kernel: call_sites(&sample.kernel),
                 user,
+                truncated: sample.flags & profiler_common::FLAG_USER_TRUNCATED != 0,
             };
             if !self.profile.add(key, &thread) {
                 self.lost_profile_full += 1;
@@ -270,7 +274,7 @@ impl Collector {
                 process,
                 tid: key.tid,
                 thread: Arc::from(profile.thread_name(key.tid)),
-                user: self.user_locations(key.image, &key.user),
+                user: self.user_locations(key.image, &key.user, key.truncated),
                 kernel: kernel_root_first
                     .iter()
                     .zip(names)
@@ -294,8 +298,14 @@ impl Collector {
         }
     }
 
-    /// The named user locations of a leaf-first stack of `image`, root first.
-    fn user_locations(&mut self, image: ImageId, leaf_first: &[u64]) -> Vec<Location> {
+    /// The named user locations of a leaf-first stack of `image`, root first; a `truncated`
+    /// stack starts with a `[truncated]` frame, so that a cut stack is never read as whole.
+    fn user_locations(
+        &mut self,
+        image: ImageId,
+        leaf_first: &[u64],
+        truncated: bool,
+    ) -> Vec<Location> {
         let locs: Vec<UserLoc> = leaf_first
             .iter()
             .rev()
@@ -312,24 +322,33 @@ impl Collector {
             .symbolizer
             .resolve_user(&files, &self.modules)
             .into_iter();
-        locs.into_iter()
-            .map(|loc| match loc {
-                UserLoc::File { module, offset } => Location {
-                    module: self.modules.get(module).map(Arc::clone),
-                    address: offset,
-                    kernel: false,
-                    frames: names.next().unwrap_or_else(unnamed),
-                },
-                UserLoc::Process { addr } | UserLoc::Unmapped { addr } => Location {
-                    module: None,
-                    address: addr,
-                    kernel: false,
-                    frames: self
-                        .live_names
-                        .get(&(image, addr))
-                        .map_or_else(unnamed, Arc::clone),
-                },
-            })
+        let marker = truncated.then(|| Location {
+            module: None,
+            address: 0,
+            kernel: false,
+            frames: Arc::from([Frame::named(TRUNCATED_FRAME, None, None)]),
+        });
+        marker
+            .into_iter()
+            .chain(locs.into_iter().map(|loc| {
+                match loc {
+                    UserLoc::File { module, offset } => Location {
+                        module: self.modules.get(module).map(Arc::clone),
+                        address: offset,
+                        kernel: false,
+                        frames: names.next().unwrap_or_else(unnamed),
+                    },
+                    UserLoc::Process { addr } | UserLoc::Unmapped { addr } => Location {
+                        module: None,
+                        address: addr,
+                        kernel: false,
+                        frames: self
+                            .live_names
+                            .get(&(image, addr))
+                            .map_or_else(unnamed, Arc::clone),
+                    },
+                }
+            }))
             .collect()
     }
 

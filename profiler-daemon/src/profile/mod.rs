@@ -19,6 +19,8 @@ pub struct StackKey {
     pub tid: u32,
     pub kernel: Box<[u64]>,
     pub user: Box<[u64]>,
+    /// The user stack's outermost frames are missing (`FLAG_USER_TRUNCATED`).
+    pub truncated: bool,
 }
 
 /// Samples of one profiling window.
@@ -177,6 +179,7 @@ mod tests {
             tid,
             kernel: Box::new([]),
             user: user.into(),
+            truncated: false,
         }
     }
 
