@@ -450,3 +450,74 @@ fn tls_export_trusts_the_given_ca_and_nothing_else() {
     assert!(!captures.is_empty(), "nothing delivered over TLS: {stderr}");
     assert!(!samples_of(&captures[0].request, "split").is_empty());
 }
+
+#[test]
+fn services_are_named_by_their_own_opentelemetry_settings() {
+    let Some(_machine) = privileged("services_are_named_by_their_own_opentelemetry_settings")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_workload("split", dir.path());
+    let spawn = |env: &[(&str, &str)]| {
+        Workload(
+            std::process::Command::new(&bin)
+                .arg("30")
+                .envs(env.iter().copied())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let checkout = spawn(&[("OTEL_SERVICE_NAME", "checkout"), ("API_TOKEN", "s3cret")]);
+    let cart = spawn(&[(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "deployment.environment=prod,service.name=cart%20api",
+    )]);
+    let plain = spawn(&[]);
+    let recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
+    let pids: Vec<String> = [&checkout, &cart, &plain]
+        .iter()
+        .map(|w| w.pid().to_string())
+        .collect();
+    let endpoint = format!("http://{}", recv.addr);
+    let mut args = vec![
+        "--log-level",
+        "trace",
+        "run",
+        "--otlp-endpoint",
+        &endpoint,
+        "--interval",
+        "2s",
+        "-F",
+        "199",
+        "--http-address",
+        "off",
+    ];
+    for pid in &pids {
+        args.extend(["--pid", pid]);
+    }
+    // The daemon's own service.name is not the processes': theirs wins (documented).
+    let daemon = spawn_profiler(&args, &[("OTEL_SERVICE_NAME", "the-profiler")]);
+    let captures = recv.wait_for(2, Duration::from_secs(20));
+    let (code, _, stderr, _) = terminate(daemon);
+    assert_eq!(code, 0, "{stderr}");
+    let mut services = std::collections::BTreeSet::new();
+    for capture in &captures {
+        for rp in &capture.request.resource_profiles {
+            if let Some(service) = resource_attr(rp, "service.name") {
+                services.insert(service);
+            }
+        }
+    }
+    assert_eq!(
+        services.into_iter().collect::<Vec<_>>(),
+        ["cart api", "checkout", "split"],
+        "the environment's names, else the executable's"
+    );
+    // Nothing else of a process's environment is kept or logged.
+    assert!(
+        !stderr.contains("s3cret"),
+        "an environment value reached the logs"
+    );
+}

@@ -4,6 +4,7 @@
 
 mod container;
 pub mod maps;
+mod service;
 
 pub use container::container_id_from_cgroup;
 pub use maps::{MapsLine, parse_maps};
@@ -23,6 +24,9 @@ pub struct ProcessInfo {
     pub exe_name: Arc<str>,
     /// Container id from the process's cgroup path (Docker, containerd, CRI-O, Podman).
     pub container_id: Option<Arc<str>>,
+    /// The service its owner named (`OTEL_SERVICE_NAME`, `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES`, else its systemd unit); `None`: name it by the executable.
+    pub service: Option<Arc<str>>,
     /// A kernel thread (or the idle task): no executable, named by the kernel.
     pub kernel_thread: bool,
 }
@@ -52,16 +56,23 @@ impl ProcessInfo {
             None if kernel_thread => kernel_thread_base(&name).into(),
             None => Arc::clone(&name),
         };
-        let container_id = std::fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .and_then(|text| container_id_from_cgroup(&text))
+        let cgroup = std::fs::read_to_string(dir.join("cgroup")).ok();
+        let container_id = cgroup
+            .as_deref()
+            .and_then(container_id_from_cgroup)
             .map(Arc::from);
+        let service = if kernel_thread {
+            None
+        } else {
+            service::service_of(&dir, cgroup.as_deref()).map(Arc::from)
+        };
         Self {
             pid,
             name,
             exe_path,
             exe_name,
             container_id,
+            service,
             kernel_thread,
         }
     }
@@ -81,6 +92,7 @@ impl ProcessInfo {
             name,
             exe_path: None,
             container_id: None,
+            service: None,
             kernel_thread: false,
         }
     }

@@ -101,11 +101,12 @@ impl ResourceKey {
     fn of(stack: &Stack, labels: Labels) -> Self {
         let p = &stack.process;
         Self {
-            // Later: service names from rules, the process's OTEL settings, Kubernetes, units.
+            // The process's own name for itself (OTEL settings, systemd unit), else its
+            // executable. Still to come: configured rules and Kubernetes workloads.
             service: if p.kernel_thread {
                 KERNEL_SERVICE.to_owned()
             } else {
-                p.exe_name.to_string()
+                p.service.as_deref().unwrap_or(&p.exe_name).to_owned()
             },
             exe_name: p.exe_name.to_string(),
             exe_path: labels
