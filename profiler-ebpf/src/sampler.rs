@@ -23,7 +23,10 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack, bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
+            bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        },
     },
     macros::{btf_tracepoint, map, perf_event},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -40,6 +43,10 @@ use crate::unwind::{self, Walk};
 /// 1 when only the processes in `PIDS` are sampled (set by the loader).
 #[unsafe(no_mangle)]
 static FILTER_PIDS: u32 = 0;
+/// Bit `L` set: some cgroup of `CGROUPS` is at level `L` below the v2 root (0: no cgroup filter;
+/// set by the loader). Only those levels of the task's ancestry are looked up.
+#[unsafe(no_mangle)]
+static CGROUP_LEVELS: u32 = 0;
 /// The daemon's own tgid: its samples are dropped (counted as filtered out) unless 0. Symbolizing
 /// itself would cost the daemon more memory than anything it profiles. Set by the loader.
 #[unsafe(no_mangle)]
@@ -64,6 +71,41 @@ static SCRATCH: PerCpuArray<SampleRecord> = PerCpuArray::with_max_entries(1, 0);
 /// Selected processes (tgid → 1) when `FILTER_PIDS` is set. The loader sizes it.
 #[map]
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Selected cgroups (cgroup id → 1), with their descendants, when `CGROUP_LEVELS` is set. The
+/// loader sizes it.
+#[map]
+static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(1, 0);
+
+/// Whether the current task is under a cgroup of `CGROUPS`: one ancestor id and one lookup per
+/// level in use (usually one), whatever the task's depth.
+#[inline(always)]
+fn in_cgroups(levels: u32) -> bool {
+    for level in 0..32 {
+        if levels & (1 << level) != 0 {
+            // SAFETY: a helper without pointer arguments.
+            let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+            // SAFETY: the value is a plain u8 and is only read.
+            if id != 0 && unsafe { CGROUPS.get(id) }.is_some() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Whether `tgid` is selected: every task without filters, else a task of `PIDS` or under
+/// `CGROUPS`.
+#[inline(always)]
+fn selected(tgid: u32) -> bool {
+    let pids = config(&FILTER_PIDS);
+    let levels = config32(&CGROUP_LEVELS);
+    if !pids && levels == 0 {
+        return true;
+    }
+    // SAFETY: the value is a plain u8 and is only read.
+    (pids && unsafe { PIDS.get(tgid) }.is_some()) || (levels != 0 && in_cgroups(levels))
+}
 
 /// Outcome counters, indexed by `Counter`.
 #[map]
@@ -110,15 +152,9 @@ pub(crate) fn admit() -> Option<(u32, u32)> {
             bump(Counter::Idle);
             return None;
         }
-    } else if tgid == config32(&SELF_TGID) {
+    } else if tgid == config32(&SELF_TGID) || !selected(tgid) {
         bump(Counter::FilteredOut);
         return None;
-    } else if config(&FILTER_PIDS) {
-        // SAFETY: the value is a plain u8 and is only read.
-        if unsafe { PIDS.get(tgid) }.is_none() {
-            bump(Counter::FilteredOut);
-            return None;
-        }
     }
     Some((tgid, tid))
 }
@@ -233,11 +269,8 @@ fn send_event(flags: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
-    if config(&FILTER_PIDS) {
-        // SAFETY: the value is a plain u8 and is only read.
-        if unsafe { PIDS.get(tgid) }.is_none() {
-            return;
-        }
+    if !selected(tgid) {
+        return;
     }
     let Some(mut entry) = SAMPLES.reserve::<SampleHeader>(0) else {
         bump(Counter::EventsLost);
@@ -276,11 +309,8 @@ struct RangeEvent {
 pub(crate) fn on_new_area(ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if config(&FILTER_PIDS) {
-        // SAFETY: the value is a plain u8 and is only read.
-        if unsafe { PIDS.get(tgid) }.is_none() {
-            return 0;
-        }
+    if !selected(tgid) {
+        return 0;
     }
     if tgid == 0 || tgid == config32(&SELF_TGID) {
         return 0;

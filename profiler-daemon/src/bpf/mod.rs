@@ -236,6 +236,9 @@ impl Sampler {
         if !config.pids.is_empty() {
             fill_pid_filter(&mut ebpf, &config.pids)?;
         }
+        if !config.cgroups.is_empty() {
+            fill_cgroup_filter(&mut ebpf, &config.cgroups)?;
+        }
         let started = Instant::now();
         // The table walker is a program of its own: kernels without `bpf_loop` still load the
         // frame-pointer one.
@@ -412,6 +415,10 @@ fn load(
         std::process::id()
     };
     let pid_slots = (config.pids.len() as u32).max(1);
+    let cgroup_slots = (config.cgroups.len() as u32).max(1);
+    let cgroup_levels = config.cgroups.iter().fold(0u32, |mask, c| {
+        mask | 1u32.checked_shl(c.level).unwrap_or(0)
+    });
     // Wake the daemon early when a quarter is used; else it drains on its timer.
     let wakeup_bytes = u64::from(ring_bytes / 4);
     let mut loader = EbpfLoader::new();
@@ -420,7 +427,9 @@ fn load(
         .override_global("INCLUDE_IDLE", &include_idle, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
         .override_global("SELF_TGID", &self_tgid, true)
-        .map_max_entries("PIDS", pid_slots);
+        .override_global("CGROUP_LEVELS", &cgroup_levels, true)
+        .map_max_entries("PIDS", pid_slots)
+        .map_max_entries("CGROUPS", cgroup_slots);
     unwind::configure(&mut loader, unwind);
     if design.uses_ring_buffer() {
         loader.map_max_entries("SAMPLES", ring_bytes);
@@ -452,6 +461,28 @@ fn fill_pid_filter(ebpf: &mut Ebpf, pids: &[u32]) -> Result<(), BpfError> {
             name: "PIDS",
             source,
         })?;
+    }
+    Ok(())
+}
+
+fn fill_cgroup_filter(
+    ebpf: &mut Ebpf,
+    cgroups: &[crate::procfs::CgroupFilter],
+) -> Result<(), BpfError> {
+    let map = ebpf.map_mut("CGROUPS").ok_or(BpfError::Missing {
+        kind: "map",
+        name: "CGROUPS",
+    })?;
+    let mut map = BpfHashMap::<_, u64, u8>::try_from(map).map_err(|source| BpfError::Map {
+        name: "CGROUPS",
+        source,
+    })?;
+    for cgroup in cgroups {
+        map.insert(cgroup.id, 1, 0)
+            .map_err(|source| BpfError::Map {
+                name: "CGROUPS",
+                source,
+            })?;
     }
     Ok(())
 }

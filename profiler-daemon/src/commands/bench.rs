@@ -120,6 +120,7 @@ pub fn measure_unwinding(
     let config = SamplerConfig {
         frequency,
         pids: pids.to_vec(),
+        cgroups: Vec::new(),
         include_idle: false,
         ring_buffer_bytes: None,
         profile_self: false,

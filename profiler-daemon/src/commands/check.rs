@@ -343,6 +343,7 @@ fn sampler_check() -> (Check, Features) {
     let config = SamplerConfig {
         frequency: 1,
         pids: Vec::new(),
+        cgroups: Vec::new(),
         include_idle: false,
         ring_buffer_bytes: Some(4096 * 16),
         profile_self: false,

@@ -24,6 +24,12 @@ pub struct RecordArgs {
     #[arg(long, short = 'p', value_name = "PID")]
     pub pid: Vec<u32>,
 
+    /// Only profile the tasks of this cgroup v2 directory and its descendants (absolute, or
+    /// relative to the v2 mount: `system.slice/nginx.service`). Repeatable; with `--pid`, a task
+    /// matching either is profiled.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Vec<std::path::PathBuf>,
+
     /// Output file; the extension picks the format: `.svg` (flamegraph), `.folded` (folded stacks).
     #[arg(long, short = 'o', value_name = "PATH")]
     pub output: PathBuf,
@@ -50,6 +56,12 @@ pub struct RunArgs {
     /// Only profile this process (a tgid, with all its threads). Repeatable.
     #[arg(long, short = 'p', value_name = "PID")]
     pub pid: Vec<u32>,
+
+    /// Only profile the tasks of this cgroup v2 directory and its descendants (absolute, or
+    /// relative to the v2 mount: `system.slice/nginx.service`). Repeatable; with `--pid`, a task
+    /// matching either is profiled.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Vec<std::path::PathBuf>,
 
     /// Export idle-CPU samples (pid 0) too (else they are only counted, as idle).
     #[arg(long)]

@@ -16,6 +16,8 @@ pub const MAX_FREQUENCY: u32 = 10_000;
 /// A configuration error: always the user's to fix, so it maps to exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("--cgroup {0}")]
+    Cgroup(#[from] crate::procfs::CgroupError),
     #[error("--frequency must be between 1 and {MAX_FREQUENCY} Hz, got {0}")]
     Frequency(u32),
     #[error("--duration must be longer than zero")]
@@ -145,8 +147,10 @@ impl Limits {
 #[derive(Debug, Clone)]
 pub struct SamplerConfig {
     pub frequency: u32,
-    /// Empty: every process.
+    /// Empty (with `cgroups` empty): every process.
     pub pids: Vec<u32>,
+    /// cgroups whose tasks (descendants included) are sampled, besides `pids`.
+    pub cgroups: Vec<crate::procfs::CgroupFilter>,
     pub include_idle: bool,
     pub ring_buffer_bytes: Option<u32>,
     /// Sample the profiler's own process too (off: it is left out, counted as filtered).
@@ -168,12 +172,14 @@ impl SamplerConfig {
     pub fn validated(
         frequency: u32,
         pids: &[u32],
+        cgroups: &[PathBuf],
         include_idle: bool,
         limits: &Limits,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
             frequency: validate_frequency(frequency)?,
             pids: validate_pids(pids, Path::new("/proc"))?,
+            cgroups: crate::procfs::resolve_cgroups(cgroups)?,
             include_idle,
             ring_buffer_bytes: limits.ring_buffer_bytes,
             profile_self: limits.profile_self,
@@ -338,6 +344,7 @@ impl RunConfig {
             sampler: SamplerConfig::validated(
                 args.frequency,
                 &args.pid,
+                &args.cgroup,
                 args.include_idle,
                 &limits,
             )?,
@@ -535,6 +542,7 @@ impl RecordConfig {
             sampler: SamplerConfig::validated(
                 args.frequency,
                 &args.pid,
+                &args.cgroup,
                 args.include_idle,
                 &limits,
             )?,

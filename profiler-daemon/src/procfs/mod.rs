@@ -2,10 +2,12 @@
 //! its executable mappings (`maps`) and the container id in its cgroup path (`container`). A leaf:
 //! it reads files and parses text, and knows nothing of the pipeline.
 
+mod cgroup;
 mod container;
 pub mod maps;
 mod service;
 
+pub use cgroup::{CgroupError, CgroupFilter, resolve_all as resolve_cgroups};
 pub use container::container_id_from_cgroup;
 pub use maps::{MapsLine, parse_maps};
 

@@ -1,0 +1,134 @@
+//! Choosing what to profile in the eBPF program: `--cgroup` keeps the tasks of a cgroup v2
+//! directory and its descendants, and drops an identical twin outside it. Real cgroups, created
+//! under this host's v2 mount (wherever it is: `/sys/fs/cgroup/unified` on this hybrid host).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use profiler_tests::{Workload, build_workload, parse_folded, privileged, run_profiler};
+
+/// The cgroup v2 mount point, from `/proc/self/mountinfo`.
+fn v2_mount() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo is readable");
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split_whitespace().nth(4)?;
+            right.starts_with("cgroup2 ").then(|| PathBuf::from(point))
+        })
+        .expect("a cgroup v2 hierarchy is mounted")
+}
+
+/// A cgroup directory removed (after its tasks) when dropped.
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Tasks are gone by now (the workloads are dropped first); a busy cgroup just stays.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The `split` workload built under `name` (the flamegraph's process frame tells them apart).
+fn twin(dir: &Path, name: &str) -> PathBuf {
+    let bin = build_workload("split", dir);
+    let copy = dir.join(name);
+    std::fs::copy(&bin, &copy).expect("the workload is copied");
+    copy
+}
+
+#[test]
+fn a_cgroup_filter_keeps_its_descendants_and_drops_the_twin_outside() {
+    let Some(_machine) =
+        privileged("a_cgroup_filter_keeps_its_descendants_and_drops_the_twin_outside")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mount = v2_mount();
+    let parent = Cgroup(mount.join(format!("profiler-test-{}", std::process::id())));
+    std::fs::create_dir(&parent.0).unwrap();
+    let child = Cgroup(parent.0.join("worker.service"));
+    std::fs::create_dir(&child.0).unwrap();
+
+    let inside = Workload::spawn(&twin(dir.path(), "inside"), &["20"]);
+    let outside = Workload::spawn(&twin(dir.path(), "outside"), &["20"]);
+    // The task goes into the child: the filter names the parent.
+    std::fs::write(child.0.join("cgroup.procs"), inside.pid().to_string()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let out = dir.path().join("cg.folded");
+    // Relative to the v2 mount, as a person would write it.
+    let relative = parent
+        .0
+        .strip_prefix(&mount)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (code, stdout, stderr) = run_profiler(&[
+        "record",
+        "-F",
+        "999",
+        "-d",
+        "3s",
+        "--cgroup",
+        &relative,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    println!("{stdout}");
+    let stacks = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    let count = |name: &str| -> u64 {
+        stacks
+            .iter()
+            .filter(|(frames, _)| frames[0] == name)
+            .map(|(_, c)| c)
+            .sum()
+    };
+    let total: u64 = stacks.iter().map(|(_, c)| c).sum();
+    println!(
+        "inside {}, outside {}, total {total}",
+        count("inside"),
+        count("outside")
+    );
+    assert!(
+        count("inside") > 2000,
+        "the cgroup's task was not sampled: {stdout}"
+    );
+    assert_eq!(
+        count("outside"),
+        0,
+        "the twin outside the cgroup was sampled"
+    );
+    assert_eq!(count("inside"), total, "only the cgroup's tasks are kept");
+    drop(inside);
+    drop(outside);
+}
+
+#[test]
+fn a_path_outside_the_cgroup_hierarchy_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.folded");
+    let (code, _, stderr) = run_profiler(&[
+        "record",
+        "-d",
+        "1s",
+        "--cgroup",
+        "/tmp",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--cgroup /tmp") && stderr.contains("cgroup v2"),
+        "{stderr}"
+    );
+}
