@@ -50,23 +50,7 @@ fn v2_mount(mountinfo: &str) -> Option<PathBuf> {
 
 /// mountinfo escapes spaces, tabs, newlines and backslashes as octal (`\040`).
 fn unescape(field: &str) -> PathBuf {
-    let mut out = Vec::with_capacity(field.len());
-    let bytes = field.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && let Some(oct) = bytes.get(i + 1..i + 4)
-            && let Ok(oct) = std::str::from_utf8(oct)
-            && let Ok(byte) = u8::from_str_radix(oct, 8)
-        {
-            out.push(byte);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(String::from_utf8_lossy(&out).into_owned())
+    PathBuf::from(super::decode_escapes(field, b'\\', 3, 8))
 }
 
 /// Resolves `path` (absolute under the v2 mount, or relative to it: `system.slice/x.service`)

@@ -158,6 +158,28 @@ pub fn alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
+/// Decodes escapes made of `marker` and `digits` digits in `radix` (`%20`, `\040`) into the
+/// byte they stand for; a marker not followed by valid digits stays as it is.
+fn decode_escapes(text: &str, marker: u8, digits: usize, radix: u32) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == marker
+            && let Some(code) = bytes.get(i + 1..=i + digits)
+            && let Ok(code) = std::str::from_utf8(code)
+            && let Ok(byte) = u8::from_str_radix(code, radix)
+        {
+            out.push(byte);
+            i += 1 + digits;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

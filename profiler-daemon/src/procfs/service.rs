@@ -73,23 +73,7 @@ fn unit_service(cgroup: &str) -> Option<String> {
 /// Decodes `%XX` escapes (W3C baggage encoding, which `OTEL_RESOURCE_ATTRIBUTES` uses); a bad
 /// escape stays as it is.
 fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = bytes.get(i + 1..i + 3)
-            && let Ok(hex) = std::str::from_utf8(hex)
-            && let Ok(byte) = u8::from_str_radix(hex, 16)
-        {
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    super::decode_escapes(value, b'%', 2, 16)
 }
 
 /// A usable name: trimmed, without control characters, not empty, at most `MAX_NAME_BYTES`.
