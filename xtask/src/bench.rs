@@ -221,7 +221,7 @@ fn bpf_cost(measuring: &Path, split: &Path) -> Result<()> {
     println!("## BPF time per sample ({HZ} Hz, all CPUs busy, 3 alternating rounds of 4 s)");
     // The busy workload must outlive all rounds: 3 designs x 3 rounds x 4 s, plus loading.
 
-    let mut results: Vec<(&str, Vec<f64>)> = vec![
+    let mut results: [(&str, Vec<f64>); 3] = [
         ("ringbuf", Vec::new()),
         ("aggregate", Vec::new()),
         ("buildid", Vec::new()),
@@ -229,38 +229,12 @@ fn bpf_cost(measuring: &Path, split: &Path) -> Result<()> {
     let load = busy(split, 60)?;
     for _round in 0..3 {
         for (design, figures) in &mut results {
-            let out = Command::new(measuring)
-                .args([
-                    "bpf-cost",
-                    "--design",
-                    design,
-                    "--duration",
-                    "4s",
-                    "--frequency",
-                    HZ,
-                ])
-                .output()?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            if !out.status.success() {
-                bail!("bpf-cost failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            let ns = text
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix("ns_per_sample="))
-                .and_then(|v| v.parse::<f64>().ok())
-                .context("no ns_per_sample in bpf-cost output")?;
-            println!("  {text}", text = text.trim());
-            figures.push(ns);
+            let args = ["--design", *design, "--duration", "4s", "--frequency", HZ];
+            figures.push(bpf_cost_figure(measuring, &args, "ns_per_sample")?);
         }
     }
     stop(load);
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let ring = median(&mut results[0].1);
-    let agg = median(&mut results[1].1);
-    let build_id = median(&mut results[2].1);
+    let [ring, agg, build_id] = results.map(|(_, figures)| median(figures));
     println!("| design | median ns per sample |\n|---|---|");
     println!("| ring buffer record (used) | {ring:.0} |");
     println!("| in-kernel aggregation | {agg:.0} |");

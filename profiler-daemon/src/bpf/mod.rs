@@ -234,10 +234,10 @@ impl Sampler {
             Err(err) => return Err(err),
         };
         if !config.pids.is_empty() {
-            fill_pid_filter(&mut ebpf, &config.pids)?;
+            fill_filter(&mut ebpf, "PIDS", config.pids.iter().copied())?;
         }
         if !config.cgroups.is_empty() {
-            fill_cgroup_filter(&mut ebpf, &config.cgroups)?;
+            fill_filter(&mut ebpf, "CGROUPS", config.cgroups.iter().map(|c| c.id))?;
         }
         let started = Instant::now();
         // The table walker is a program of its own: kernels without `bpf_loop` still load the
@@ -447,42 +447,20 @@ fn load(
         .map_err(|source| BpfError::Load { source })
 }
 
-fn fill_pid_filter(ebpf: &mut Ebpf, pids: &[u32]) -> Result<(), BpfError> {
-    let map = ebpf.map_mut("PIDS").ok_or(BpfError::Missing {
-        kind: "map",
-        name: "PIDS",
-    })?;
-    let mut map = BpfHashMap::<_, u32, u8>::try_from(map).map_err(|source| BpfError::Map {
-        name: "PIDS",
-        source,
-    })?;
-    for &pid in pids {
-        map.insert(pid, 1, 0).map_err(|source| BpfError::Map {
-            name: "PIDS",
-            source,
-        })?;
-    }
-    Ok(())
-}
-
-fn fill_cgroup_filter(
+/// Fills the filter set `name` (key → 1) with `keys`.
+fn fill_filter<K: aya::Pod>(
     ebpf: &mut Ebpf,
-    cgroups: &[crate::procfs::CgroupFilter],
+    name: &'static str,
+    keys: impl IntoIterator<Item = K>,
 ) -> Result<(), BpfError> {
-    let map = ebpf.map_mut("CGROUPS").ok_or(BpfError::Missing {
-        kind: "map",
-        name: "CGROUPS",
-    })?;
-    let mut map = BpfHashMap::<_, u64, u8>::try_from(map).map_err(|source| BpfError::Map {
-        name: "CGROUPS",
-        source,
-    })?;
-    for cgroup in cgroups {
-        map.insert(cgroup.id, 1, 0)
-            .map_err(|source| BpfError::Map {
-                name: "CGROUPS",
-                source,
-            })?;
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(BpfError::Missing { kind: "map", name })?;
+    let mut map =
+        BpfHashMap::<_, K, u8>::try_from(map).map_err(|source| BpfError::Map { name, source })?;
+    for key in keys {
+        map.insert(key, 1, 0)
+            .map_err(|source| BpfError::Map { name, source })?;
     }
     Ok(())
 }
@@ -504,18 +482,7 @@ fn perf_event<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut Perf
 
 /// Loads program `name` into the kernel, with the verifier's log on rejection.
 fn load_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut PerfEvent, BpfError> {
-    let program: &mut PerfEvent = ebpf
-        .program_mut(name)
-        .ok_or(BpfError::Missing {
-            kind: "program",
-            name,
-        })?
-        .try_into()
-        .map_err(|source| BpfError::Verify {
-            program: name,
-            source,
-            log: String::new(),
-        })?;
+    let program = perf_event(ebpf, name)?;
     program.load().map_err(|source| {
         let log = match &source {
             aya::programs::ProgramError::LoadError { verifier_log, .. } => verifier_log.to_string(),

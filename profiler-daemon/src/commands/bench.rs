@@ -278,15 +278,11 @@ pub fn host_executables() -> Vec<PathBuf> {
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
             continue;
         };
-        for line in maps.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(perms), Some(path)) = (fields.get(1), fields.get(5)) else {
-                continue;
-            };
-            if !perms.contains('x') || !path.starts_with('/') {
+        for line in crate::procfs::parse_maps(&maps) {
+            if !line.path.starts_with('/') {
                 continue;
             }
-            let file = PathBuf::from(format!("/proc/{pid}/root{path}"));
+            let file = PathBuf::from(format!("/proc/{pid}/root{}", line.path));
             if let Ok(meta) = std::fs::metadata(&file) {
                 use std::os::unix::fs::MetadataExt as _;
                 if seen.insert((meta.dev(), meta.ino())) {
