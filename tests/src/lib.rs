@@ -101,6 +101,18 @@ pub fn build_workload(name: &str, dir: &Path) -> PathBuf {
     out
 }
 
+/// The probe lines `profiler check` prints (`profiler_daemon::bpf::Feature::name`).
+pub const PROBES: [&str; 8] = [
+    "ring buffer",
+    "bpf_get_stack",
+    "btf",
+    "btf tracepoint",
+    "tail calls",
+    "map-in-map",
+    "task_pt_regs",
+    "bpf_loop",
+];
+
 /// Runs clang with the workloads' frame-pointer flags (`CLANG_FLAGS`) and `args`.
 pub fn clang(args: &[&str]) {
     let status = Command::new("clang")
@@ -250,6 +262,16 @@ pub fn named_ratio(stacks: &[(Vec<String>, u64)], process: &str) -> (u64, u64) {
 /// Records with `profiler record ARGS -o DIR/NAME.folded` and returns the parsed stacks.
 #[must_use]
 pub fn record_folded(dir: &Path, name: &str, args: &[&str]) -> Vec<(Vec<String>, u64)> {
+    record_folded_with_summary(dir, name, args).0
+}
+
+/// `record_folded`, with the summary `record` printed.
+#[must_use]
+pub fn record_folded_with_summary(
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+) -> (Vec<(Vec<String>, u64)>, String) {
     let out = dir.join(format!("{name}.folded"));
     let mut full: Vec<&str> = vec!["record"];
     full.extend_from_slice(args);
@@ -257,8 +279,11 @@ pub fn record_folded(dir: &Path, name: &str, args: &[&str]) -> Vec<(Vec<String>,
     full.extend_from_slice(&["-o", &out_str]);
     let (code, stdout, stderr) = run_profiler(&full);
     assert_eq!(code, 0, "profiler record failed: {stderr}");
-    println!("{stdout}");
-    parse_folded(&std::fs::read_to_string(&out).unwrap())
+    println!("{name}: {stdout}");
+    (
+        parse_folded(&std::fs::read_to_string(&out).unwrap()),
+        stdout,
+    )
 }
 
 /// Folds `perf script` output of `perf.data` with inferno, keeping only process `pid`'s stacks

@@ -12,16 +12,7 @@ fn check_reports_every_probe_and_the_sampler_s_load() {
     let (code, stdout, stderr) = run_profiler(&["check"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     // The host's kernel (6.18) has every feature probed.
-    for probe in [
-        "ring buffer",
-        "bpf_get_stack",
-        "btf",
-        "btf tracepoint",
-        "tail calls",
-        "map-in-map",
-        "task_pt_regs",
-        "bpf_loop",
-    ] {
+    for probe in profiler_tests::PROBES {
         let line = stdout
             .lines()
             .find(|l| {

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use profiler_tests::{Workload, build_workload, parse_folded, privileged, run_profiler};
+use profiler_tests::{
+    Workload, build_workload, privileged, record_folded_with_summary, run_profiler,
+};
 
 /// The cgroup v2 mount point, from `/proc/self/mountinfo`.
 fn v2_mount() -> PathBuf {
@@ -63,7 +65,6 @@ fn a_cgroup_filter_keeps_its_descendants_and_drops_the_twin_outside() {
     std::fs::write(child.0.join("cgroup.procs"), inside.pid().to_string()).unwrap();
     std::thread::sleep(Duration::from_millis(200));
 
-    let out = dir.path().join("cg.folded");
     // Relative to the v2 mount, as a person would write it.
     let relative = parent
         .0
@@ -72,20 +73,11 @@ fn a_cgroup_filter_keeps_its_descendants_and_drops_the_twin_outside() {
         .to_str()
         .unwrap()
         .to_owned();
-    let (code, stdout, stderr) = run_profiler(&[
-        "record",
-        "-F",
-        "999",
-        "-d",
-        "3s",
-        "--cgroup",
-        &relative,
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    println!("{stdout}");
-    let stacks = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    let (stacks, stdout) = record_folded_with_summary(
+        dir.path(),
+        "cg",
+        &["-F", "999", "-d", "3s", "--cgroup", &relative],
+    );
     let count = |name: &str| -> u64 {
         stacks
             .iter()

@@ -515,21 +515,12 @@ fn libraries_loaded_at_one_address_keep_their_own_names() {
     args.extend(libs.iter().map(String::as_str));
     let workload = Workload::spawn(&ring, &args);
     std::thread::sleep(Duration::from_millis(300));
-    let out = dir.path().join("ring.folded");
-    let (code, stdout, stderr) = profiler_tests::run_profiler(&[
-        "record",
-        "-F",
-        "999",
-        "-d",
-        "6s",
-        "--pid",
-        &workload.pid().to_string(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    println!("{stdout}");
-    let stacks = profiler_tests::parse_folded(&std::fs::read_to_string(&out).unwrap());
+    let pid = workload.pid().to_string();
+    let stacks = profiler_tests::record_folded(
+        dir.path(),
+        "ring",
+        &["-F", "999", "-d", "6s", "--pid", &pid],
+    );
     let mut by_name: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     for (frames, count) in &stacks {
         if let Some(name) = frames.iter().find(|f| f.starts_with("lib_fn_")) {

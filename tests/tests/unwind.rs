@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use profiler_tests::{
-    Workload, parse_folded, perf_folded_for_pid, privileged, record_folded, run_profiler, workspace,
+    Workload, perf_folded_for_pid, privileged, record_folded, record_folded_with_summary,
+    run_profiler, workspace,
 };
 
 /// clang's flags for code without frame pointers (sibling calls kept as calls, so that every
@@ -239,26 +240,11 @@ fn record_tables(
     pid: u32,
     seconds: u32,
 ) -> (Vec<(Vec<String>, u64)>, String) {
-    let out = dir.join(format!("{name}.folded"));
-    let (code, stdout, stderr) = run_profiler(&[
-        "record",
-        "-F",
-        "999",
-        "-d",
-        &format!("{seconds}s"),
-        "--pid",
-        &pid.to_string(),
-        "--unwind",
-        "tables",
-        "-o",
-        out.to_str().expect("a UTF-8 temporary path"),
-    ]);
-    assert_eq!(code, 0, "profiler record failed: {stderr}");
-    println!("{name}: {stdout}");
-    (
-        parse_folded(&std::fs::read_to_string(&out).expect("record wrote its file")),
-        stdout,
-    )
+    let (pid, duration) = (pid.to_string(), format!("{seconds}s"));
+    let args = [
+        "-F", "999", "-d", &duration, "--pid", &pid, "--unwind", "tables",
+    ];
+    record_folded_with_summary(dir, name, &args)
 }
 
 /// Runs `bin ARGS` without frame pointers under `record --unwind tables` and checks that ≥ 90%

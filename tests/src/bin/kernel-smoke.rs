@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use profiler_tests::otlp::{resource_attr, samples_of};
 use profiler_tests::receiver::{self, Capture};
 use profiler_tests::{
-    Workload, build_workload, parse_folded, profiler_bin, spawn_profiler, split, terminate,
+    PROBES, Workload, build_workload, parse_folded, profiler_bin, spawn_profiler, split, terminate,
 };
 
 const HOT: [&str; 3] = ["hot_a", "hot_b", "hot_c"];
@@ -231,18 +231,6 @@ fn check(suite: &mut Suite<'_>) -> StepResult {
     }
     Ok("exit 0".to_owned())
 }
-
-/// The probe lines `profiler check` prints (`profiler_daemon::bpf::Feature::name`).
-const PROBES: [&str; 8] = [
-    "ring buffer",
-    "bpf_get_stack",
-    "btf",
-    "btf tracepoint",
-    "tail calls",
-    "map-in-map",
-    "task_pt_regs",
-    "bpf_loop",
-];
 
 /// `profiler record --pid` of the workload: the 6:3:1 split within the tolerance, stacks
 /// complete up to `main`.
