@@ -17,8 +17,9 @@ use crate::procfs::{self, ProcessInfo, parse_maps};
 /// Most user addresses remembered per process image (see `ProcessTable::learn`).
 pub const MAX_LOCS_PER_IMAGE: usize = 1 << 16;
 /// Most images kept per pid between prunes. A process that loads and unloads libraries in a
-/// loop starts an image per library loaded where another was; past this many, its current image is re-learnt in place
-/// instead (names then follow the latest mapping, as before unmap tracking).
+/// loop starts an image per library loaded where another was; past this many, its current
+/// image is re-learnt in place instead (names then follow the latest mapping, as they did
+/// before new mappings were followed).
 pub const MAX_IMAGES_PER_PID: usize = 64;
 
 /// Identity of one process image: a process between its exec (or first sight) and its next exec
