@@ -4,9 +4,17 @@
 //! agree on the layout without `bool`, `usize` or `Option`.
 #![no_std]
 
-/// Deepest stack (kernel or user) one sample records. This is the kernel's default
-/// `perf_event_max_stack` and the depth `bpf_get_stack` walks without a sysctl change.
+/// Deepest kernel stack, and deepest frame-pointer user stack, one sample records. This is the
+/// kernel's default `perf_event_max_stack` and the depth `bpf_get_stack` walks without a sysctl
+/// change.
 pub const MAX_FRAMES: usize = 127;
+
+/// Deepest user stack the table walker records (it is not bound by `perf_event_max_stack`).
+/// One less than a power of two, so that a mask bounds a length for the verifier.
+pub const MAX_USER_FRAMES: usize = 255;
+
+/// Frames a `SampleRecord` holds: a kernel stack, then a user stack.
+pub const RECORD_FRAMES: usize = MAX_FRAMES + MAX_USER_FRAMES;
 
 /// Length of a task's `comm`, as in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
@@ -70,7 +78,7 @@ pub struct SampleHeader {
 #[derive(Clone, Copy, Debug)]
 pub struct SampleRecord {
     pub header: SampleHeader,
-    pub frames: [u64; 2 * MAX_FRAMES],
+    pub frames: [u64; RECORD_FRAMES],
 }
 
 impl SampleRecord {
@@ -291,8 +299,9 @@ impl UnwindRow {
 /// by frame pointer.
 pub const UNWIND_MAX_MAPPINGS: usize = 128;
 /// Most user frames the table walker produces (as many as a record holds); a deeper stack is
-/// flagged truncated. The frames are `bpf_loop` iterations: the verifier checks one.
-pub const UNWIND_MAX_FRAMES: usize = MAX_FRAMES;
+/// flagged truncated. The frames are `bpf_loop` iterations: the verifier checks one, so the
+/// bound costs nothing to verify.
+pub const UNWIND_MAX_FRAMES: usize = MAX_USER_FRAMES;
 
 /// One executable file mapping of a process whose module has a table in the rows array.
 #[repr(C)]
@@ -344,7 +353,7 @@ pub struct UnwindProcess {
 
 // The layouts are part of the kernel/user contract: any change must be deliberate.
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 56);
-const _: () = assert!(core::mem::size_of::<SampleRecord>() == 56 + 2 * 8 * MAX_FRAMES);
+const _: () = assert!(core::mem::size_of::<SampleRecord>() == 56 + 8 * RECORD_FRAMES);
 const _: () = assert!(core::mem::size_of::<AggregateKey>() == 40);
 const _: () = assert!(core::mem::size_of::<UnwindRow>() == 12);
 const _: () = assert!(core::mem::align_of::<UnwindRow>() == 4);

@@ -35,7 +35,7 @@ use aya_ebpf::{
 use profiler_common::{
     COMM_LEN, COUNTER_SLOTS, Counter, FLAG_EVENT_EXEC, FLAG_EVENT_EXIT, FLAG_EVENT_NEW_AREA,
     FLAG_KERNEL_STACK_FAILED, FLAG_USER_STACK_FAILED, FLAG_USER_TABLES, FLAG_USER_TRUNCATED,
-    MAX_FRAMES, SampleHeader, SampleRecord,
+    MAX_FRAMES, MAX_USER_FRAMES, SampleHeader, SampleRecord,
 };
 
 use crate::unwind::{self, Walk};
@@ -236,7 +236,8 @@ fn try_sample_ringbuf(ctx: &PerfEventContext, tables: bool) {
             flags |= FLAG_USER_STACK_FAILED;
             0
         } else {
-            ((user / 8) as usize) & 127
+            // At most MAX_USER_FRAMES (the table walker's; MAX_FRAMES by frame pointers).
+            ((user / 8) as usize) & MAX_USER_FRAMES
         };
         // A frame-pointer stack that fills the record may go on beyond it: flagged, as the
         // table walker flags its own.
@@ -249,7 +250,8 @@ fn try_sample_ringbuf(ctx: &PerfEventContext, tables: bool) {
         header.flags = flags;
         SampleRecord::size(kernel_len, user_len)
     };
-    // SAFETY: `size` never exceeds size_of::<SampleRecord>() (both lengths are at most 127).
+    // SAFETY: `size` never exceeds size_of::<SampleRecord>() (the lengths are masked to their
+    // maxima above).
     let bytes = unsafe { core::slice::from_raw_parts(record.cast::<u8>(), size) };
     let wakeup = if SAMPLES.query(u64::from(BPF_RB_AVAIL_DATA)) >= config64(&WAKEUP_BYTES) {
         BPF_RB_FORCE_WAKEUP

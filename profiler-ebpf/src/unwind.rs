@@ -40,9 +40,9 @@ use aya_ebpf::{
 };
 use profiler_common::{
     CFA_DEREF_RBP, CFA_DEREF_RSP, CFA_END, CFA_PLT, CFA_RBP_OFFSET, CFA_RSP_OFFSET, CFA_SIGNAL,
-    Counter, MAX_FRAMES, RBP_AT_CFA_OFFSET, RBP_AT_RBP_OFFSET, RBP_AT_RSP_OFFSET, RBP_UNCHANGED,
-    UNWIND_CACHE_SLOTS, UNWIND_MAX_FRAMES, UNWIND_MAX_MAPPINGS, UNWIND_SEARCH_STEPS,
-    UnwindCacheEntry, UnwindMapping, UnwindProcess, UnwindRow,
+    Counter, MAX_USER_FRAMES, RBP_AT_CFA_OFFSET, RBP_AT_RBP_OFFSET, RBP_AT_RSP_OFFSET,
+    RBP_UNCHANGED, RECORD_FRAMES, UNWIND_CACHE_SLOTS, UNWIND_MAX_FRAMES, UNWIND_MAX_MAPPINGS,
+    UNWIND_SEARCH_STEPS, UnwindCacheEntry, UnwindMapping, UnwindProcess, UnwindRow,
 };
 
 use crate::sampler::bump;
@@ -246,7 +246,7 @@ fn fp_step(regs: Regs) -> Option<Regs> {
 #[repr(C)]
 struct State {
     procs: *const UnwindProcess,
-    frames: *mut [u64; 2 * MAX_FRAMES],
+    frames: *mut [u64; RECORD_FRAMES],
     regs: Regs,
     /// Frames written so far after `first`.
     len: u64,
@@ -267,7 +267,7 @@ const OUTCOME_TRUNCATED: u64 = 2;
 pub(crate) fn walk(
     ctx: &PerfEventContext,
     tgid: u32,
-    frames: *mut [u64; 2 * MAX_FRAMES],
+    frames: *mut [u64; RECORD_FRAMES],
     first: usize,
 ) -> Walk {
     let Some(procs) = UNWIND_PROCS.get_ptr(tgid) else {
@@ -302,7 +302,7 @@ pub(crate) fn walk(
         bump(Counter::UnwindTruncated);
     }
     Walk::Frames {
-        len: (state.len as usize) & 127,
+        len: (state.len as usize) & MAX_USER_FRAMES,
         truncated,
     }
 }
@@ -324,7 +324,7 @@ fn step_state(index: u64, state: &mut State) -> bool {
     let regs = state.regs;
     let slot = state.first + index;
     if index >= UNWIND_MAX_FRAMES as u64
-        || slot >= (2 * MAX_FRAMES) as u64
+        || slot >= RECORD_FRAMES as u64
         || state.procs.is_null()
         || state.frames.is_null()
     {

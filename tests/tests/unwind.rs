@@ -381,13 +381,35 @@ fn static_non_pie_and_lazy_binding_binaries_unwind() {
 }
 
 #[test]
-fn a_stack_deeper_than_the_walk_is_marked_truncated() {
-    let Some(_machine) = privileged("a_stack_deeper_than_the_walk_is_marked_truncated") else {
+fn deep_stacks_are_whole_up_to_255_frames_and_marked_truncated_beyond() {
+    let Some(_machine) =
+        privileged("deep_stacks_are_whole_up_to_255_frames_and_marked_truncated_beyond")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let bin = build_cases(dir.path(), "cases", &[]);
-    // 2,000 frames of recursion: the table walker stops at 127 and says so.
+
+    // 200 frames of recursion: beyond perf's default 127, within the walker's 255.
+    let workload = Workload::spawn(&bin, &["deep", "20", "200"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (stacks, _) = record_tables(dir.path(), "deep200", workload.pid(), 3);
+    drop(workload);
+    let (total, whole) = marked_with_chain(&stacks, "deep_work", &["main", "recurse"]);
+    let deepest = stacks
+        .iter()
+        .map(|(frames, _)| frames.iter().filter(|f| *f == "recurse").count())
+        .max()
+        .unwrap_or(0);
+    println!("deep 200: {whole} of {total} samples reach main, at most {deepest} recurse frames");
+    assert!(total > 500, "too few samples: {total}");
+    assert!(
+        share(whole, total) >= 90.0,
+        "only {whole} of {total} 200-deep stacks reach main"
+    );
+    assert_eq!(deepest, 201, "every level of the recursion is a frame");
+
+    // 2,000 frames of recursion: the table walker stops at 255 and says so.
     let workload = Workload::spawn(&bin, &["deep", "20"]);
     std::thread::sleep(Duration::from_millis(300));
     let (stacks, summary) = record_tables(dir.path(), "deep", workload.pid(), 4);
@@ -402,7 +424,7 @@ fn a_stack_deeper_than_the_walk_is_marked_truncated() {
     let (_, whole) = marked_with_chain(&stacks, "deep_work", &["main"]);
     assert_eq!(
         whole, 0,
-        "a 2,000-deep stack cannot reach main in 127 frames"
+        "a 2,000-deep stack cannot reach main in 255 frames"
     );
     let complete = complete_share(&summary);
     assert!(complete < 10.0, "cut stacks counted complete: {summary}");

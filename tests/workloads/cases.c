@@ -6,7 +6,7 @@
 //   thread  a thread: start_thread → thread_body → thread_work; its stacks end at clone3
 //   dlopen  after 1 s, dlopen(LIBRARY) and main → dl_caller → dl_work (in the library)
 //   chain   main → chain_outer → chain_inner (for the static, non-PIE and -z lazy builds)
-//   deep    main → recurse × 2000 → deep_work: deeper than any walker goes
+//   deep    main → recurse × DEPTH (default 2000) → deep_work: 2000 is deeper than any walker goes
 #include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
@@ -95,7 +95,7 @@ __attribute__((noinline)) void chain_outer(double end) {
     sink++;
 }
 
-// --- deep: a recursion far deeper than the 127 frames a sample holds.
+// --- deep: a recursion as deep as asked (by default far deeper than a sample holds).
 __attribute__((noinline)) void deep_work(double end) {
     while (now() < end) sink = burn(sink, 1000);
 }
@@ -110,7 +110,7 @@ __attribute__((noinline)) void recurse(int depth, double end) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: cases qsort|signal|thread|dlopen|chain|deep SECONDS [LIBRARY]\n");
+        fprintf(stderr, "usage: cases qsort|signal|thread|dlopen|chain|deep SECONDS [LIBRARY|DEPTH]\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -145,7 +145,7 @@ int main(int argc, char **argv) {
     } else if (!strcmp(mode, "chain")) {
         chain_outer(end);
     } else if (!strcmp(mode, "deep")) {
-        recurse(2000, end);
+        recurse(argc > 3 ? atoi(argv[3]) : 2000, end);
     } else {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;

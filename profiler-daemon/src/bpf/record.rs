@@ -1,6 +1,6 @@
 //! Decoding one ring buffer record into an owned sample.
 
-use profiler_common::{COMM_LEN, MAX_FRAMES, SampleHeader, SampleRecord};
+use profiler_common::{COMM_LEN, MAX_FRAMES, MAX_USER_FRAMES, SampleHeader, SampleRecord};
 
 /// Process lifecycle events delivered in the sample stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +54,7 @@ impl RawSample {
         let kernel_len = kernel_len as usize;
         let user_len = user_len as usize;
         if kernel_len > MAX_FRAMES
-            || user_len > MAX_FRAMES
+            || user_len > MAX_USER_FRAMES
             || bytes.len() < SampleRecord::size(kernel_len, user_len)
         {
             return None;
@@ -113,6 +113,8 @@ pub fn comm_to_string(comm: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use profiler_common::RECORD_FRAMES;
+
     use super::*;
 
     fn record(kernel_len: u32, user_len: u32) -> SampleRecord {
@@ -128,7 +130,7 @@ mod tests {
                 flags: 0,
                 comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
             },
-            frames: [7; 2 * MAX_FRAMES],
+            frames: [7; RECORD_FRAMES],
         };
         record.frames[0] = 0xffff_0001;
         record.frames[1] = 0xffff_0002;
