@@ -110,7 +110,8 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "unwind_tables",
         label_key: Some("event"),
-        help: "Modules' unwind tables loaded into the kernel, evicted or failed to build",
+        help: "Modules' unwind tables loaded into the kernel, evicted, failed to build, or left out \
+               for want of room beside the tables in use (tried again later)",
     },
     Family {
         name: "export_rejected_profiles",
@@ -168,6 +169,7 @@ catalog! {
     TablesLoaded => "unwind_tables", Some("loaded"), "tables_loaded", Count;
     TablesEvicted => "unwind_tables", Some("evicted"), "tables_evicted", Count;
     TablesFailed => "unwind_tables", Some("failed"), "tables_failed", Count;
+    TablesNoRoom => "unwind_tables", Some("no_room"), "tables_no_room", Count;
     // Export.
     Windows => "windows", None, "windows", Count;
     ExportSent => "exports", Some("sent"), "sent", Count;

@@ -430,18 +430,15 @@ fn deep_stacks_are_whole_up_to_255_frames_and_marked_truncated_beyond() {
     assert!(complete < 10.0, "cut stacks counted complete: {summary}");
 }
 
-#[test]
-fn debian_perl_stacks_reach_main() {
-    let Some(_machine) = privileged("debian_perl_stacks_reach_main") else {
-        return;
-    };
+/// Debian's perl and a regex/hash loop script (`perl SCRIPT SECONDS`) in `dir`, or None (with
+/// the reason printed) where Debian's perl is missing.
+fn perl_loop(dir: &Path) -> Option<(&'static Path, PathBuf)> {
     let perl = Path::new("/usr/bin/perl");
     if !perl.exists() {
         eprintln!("skipping: no Debian /usr/bin/perl");
-        return;
+        return None;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("loop.pl");
+    let script = dir.join("loop.pl");
     std::fs::write(
         &script,
         "my $end = time + $ARGV[0]; my %h;\n\
@@ -453,7 +450,19 @@ fn debian_perl_stacks_reach_main() {
            my @k = sort keys %h; %h = ();\n\
          }\n",
     )
-    .unwrap();
+    .expect("the script is written");
+    Some((perl, script))
+}
+
+#[test]
+fn debian_perl_stacks_reach_main() {
+    let Some(_machine) = privileged("debian_perl_stacks_reach_main") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some((perl, script)) = perl_loop(dir.path()) else {
+        return;
+    };
     let workload = Workload::spawn(perl, &[script.to_str().unwrap(), "20"]);
     std::thread::sleep(Duration::from_millis(300));
     let (stacks, _) = record_tables(dir.path(), "perl", workload.pid(), 4);
@@ -570,4 +579,90 @@ fn caller_chains_match_perf_dwarf_on_debian_python3() {
         share(matched, total) >= 90.0,
         "only {matched} of {total} caller chains match perf's"
     );
+}
+
+#[test]
+fn tables_evicted_for_want_of_room_come_back_when_their_process_runs_again() {
+    let Some(_machine) =
+        privileged("tables_evicted_for_want_of_room_come_back_when_their_process_runs_again")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (Some((python, _)), Some((perl, perl_script))) =
+        (python_loop(dir.path()), perl_loop(dir.path()))
+    else {
+        return;
+    };
+    // One python3 process busy at 1-4 s and again at 8-11 s; perl busy at 4.5-7.5 s. With 2 MiB
+    // of rows (131,072), python3 with libc and ld.so (95,000 rows) and perl with libperl (62,000
+    // more) do not fit together: perl's arrival evicts python3's table (idle then, so least
+    // recently used), and python3's return must load it again and evict perl's.
+    let phases = dir.path().join("phases.py");
+    std::fs::write(
+        &phases,
+        "import time\n\
+         def work():\n    d = {}\n    for i in range(2000):\n        \
+         d[str(i)] = [j * 2 for j in range(20)]\n    return sorted(d.items())[:3]\n\
+         def busy(seconds):\n    end = time.time() + seconds\n    \
+         while time.time() < end:\n        work()\n\
+         time.sleep(1)\nbusy(3)\ntime.sleep(4)\nbusy(3)\n",
+    )
+    .unwrap();
+    let python = Workload::spawn(python, &[phases.to_str().unwrap()]);
+    let perl = Workload::spawn(
+        Path::new("/bin/sh"),
+        &[
+            "-c",
+            &format!(
+                "sleep 4.5; exec {} {} 3",
+                perl.display(),
+                perl_script.display()
+            ),
+        ],
+    );
+    let (python_pid, perl_pid) = (python.pid().to_string(), perl.pid().to_string());
+    let args = [
+        "-F",
+        "999",
+        "-d",
+        "11500ms",
+        "--pid",
+        &python_pid,
+        "--pid",
+        &perl_pid,
+        "--unwind",
+        "tables",
+        "--unwind-table-memory",
+        "2097152",
+    ];
+    let (stacks, summary) = record_folded_with_summary(dir.path(), "evict", &args);
+    let evicted: u64 = summary
+        .split("; ")
+        .find_map(|part| {
+            part.strip_suffix(" unwind tables evicted (more room: --unwind-table-memory)")
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        evicted >= 2,
+        "no table was evicted and loaded again: {summary}"
+    );
+    for (process, roots) in [
+        ("python3", &["_start", "main", "Py_BytesMain"][..]),
+        ("perl", &["_start", "main"][..]),
+    ] {
+        let (total, whole) = reaching(&stacks, process, roots);
+        println!(
+            "{process}: {whole} of {total} samples reach _start/main ({:.1}%)",
+            share(whole, total)
+        );
+        assert!(total > 1000, "too few {process} samples: {total}");
+        // Half of python3's samples come after its table was evicted: without the reload they
+        // would be frame-pointer stacks, cut at the first frame.
+        assert!(
+            share(whole, total) >= 85.0,
+            "only {whole} of {total} {process} samples reach _start/main: {summary}"
+        );
+    }
 }

@@ -61,6 +61,13 @@ impl fmt::Display for RecordSummary {
                 100.0 * complete as f64 / walked.max(1) as f64
             )?;
         }
+        let evicted = self.totals.get(Count::TablesEvicted);
+        if evicted > 0 {
+            write!(
+                f,
+                "; {evicted} unwind tables evicted (more room: --unwind-table-memory)"
+            )?;
+        }
         Ok(())
     }
 }

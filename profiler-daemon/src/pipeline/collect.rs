@@ -238,6 +238,7 @@ impl Collector {
             (Count::TablesLoaded, t.loaded),
             (Count::TablesEvicted, t.evicted),
             (Count::TablesFailed, t.failed),
+            (Count::TablesNoRoom, t.no_room),
         ] {
             totals.set(count, value);
         }

@@ -1,8 +1,9 @@
 //! Fills the table walker's maps (`--unwind tables`): each module's unwind table is built once
 //! (keyed by `objfile::ModuleId`, so every process mapping the same file content shares it),
 //! placed in the rows array by first fit, and each process's file mappings with tables are
-//! written as one `UnwindProcess`. When the array is full, the least recently used modules are
-//! evicted (counted) and the processes that mapped them rewritten.
+//! written as one `UnwindProcess`. When the array is full, the least recently used modules (used:
+//! mapped by a process with new samples) are evicted (counted) and the processes that mapped them
+//! rewritten; a process that runs again gets them back (rate-limited).
 //!
 //! All of it runs on a thread of its own (`TableWorker`): building a large table (libLLVM: 1 M
 //! rows, seconds) must never hold up the drain of the ring buffer. Until a module's table is in,
@@ -11,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use profiler_common::{UNWIND_MAX_MAPPINGS, UnwindMapping, UnwindProcess};
 
@@ -48,9 +50,14 @@ pub struct TableStats {
     pub loaded: u64,
     pub evicted: u64,
     pub failed: u64,
+    /// Tables that fit the array but found no room beside the ones in use (tried again later).
+    pub no_room: u64,
     /// Rows in the array now.
     pub rows: u64,
 }
+
+/// Shortest time between two reloads of a process's evicted tables.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Updates waiting for the worker at most; beyond, an update is dropped (the collector sends it
 /// again at the process's next samples).
@@ -131,6 +138,8 @@ struct Tables {
     failed: HashSet<ModuleId>,
     /// Per process: the mappings last written (to skip unchanged rewrites).
     processes: HashMap<u32, Vec<FileMapping>>,
+    /// Per process: when its evicted tables were last loaded again.
+    reloaded: HashMap<u32, Instant>,
     tick: u64,
     /// The last table id given.
     last_table: u32,
@@ -145,6 +154,7 @@ impl Tables {
             by_first: BTreeMap::new(),
             failed: HashSet::new(),
             processes: HashMap::new(),
+            reloaded: HashMap::new(),
             tick: 0,
             last_table: 0,
             stats: TableStats::default(),
@@ -156,9 +166,11 @@ impl Tables {
     }
 
     /// Makes process `pid`'s entry match `mappings` (its current file mappings), loading the
-    /// tables of modules not loaded yet.
+    /// tables of modules not loaded yet. Called when the process has new samples: its modules
+    /// are "used" now, which is what eviction goes by.
     fn update(&mut self, pid: u32, mut mappings: Vec<FileMapping>) {
         mappings.sort_by_key(|m| m.start);
+        self.tick += 1;
         let unchanged = self.processes.get(&pid).is_some_and(|old| {
             old.len() == mappings.len()
                 && old.iter().zip(&mappings).all(|(a, b)| {
@@ -166,10 +178,32 @@ impl Tables {
                 })
         });
         if unchanged {
-            return;
+            let mut missing = false;
+            for m in &mappings {
+                if let Some(placed) = self.placed.get_mut(&m.module.id) {
+                    placed.used = self.tick;
+                } else if !self.failed.contains(&m.module.id) {
+                    missing = true;
+                }
+            }
+            // A table evicted while the process was idle comes back when it runs again, at most
+            // every RELOAD_INTERVAL: two busy processes whose tables do not fit together would
+            // otherwise evict each other at every drain.
+            let now = Instant::now();
+            let due = self
+                .reloaded
+                .get(&pid)
+                .is_none_or(|last| now.duration_since(*last) >= RELOAD_INTERVAL);
+            if !missing || !due {
+                return;
+            }
+            self.reloaded.insert(pid, now);
         }
-        self.tick += 1;
-        for m in &mappings {
+        // Largest code first (tables grow with it): first fit then finds big gaps before small
+        // tables split them.
+        let mut order: Vec<&FileMapping> = mappings.iter().collect();
+        order.sort_by_key(|m| std::cmp::Reverse(m.end - m.start));
+        for m in order {
             self.ensure(&m.module, &mappings);
         }
         self.processes.insert(pid, mappings);
@@ -178,6 +212,7 @@ impl Tables {
 
     /// Forgets process `pid` (it exited).
     fn remove(&mut self, pid: u32) {
+        self.reloaded.remove(&pid);
         if self.processes.remove(&pid).is_some() {
             self.maps.remove_process(pid);
         }
@@ -209,7 +244,14 @@ impl Tables {
             return;
         };
         let Some(first) = self.allocate(rows, keep) else {
-            self.fail(module, "larger than --unwind-table-memory allows");
+            if rows > self.maps.capacity() {
+                self.fail(module, "larger than --unwind-table-memory allows");
+            } else {
+                // Room may come later (other processes exit, their tables go): tried again at
+                // the process's next reload, not marked failed.
+                tracing::debug!(module = %module.path.display(), rows, "no room for the unwind table now");
+                self.stats.no_room += 1;
+            }
             return;
         };
         if let Err(err) = self.maps.write_rows(first, &table.rows) {
