@@ -160,6 +160,7 @@ catalog! {
     Execs => "process_table", Some("exec"), "execs", Count;
     Exits => "process_table", Some("exit"), "exits", Count;
     MappingsReplaced => "process_table", Some("mapping_replaced"), "mappings_replaced", Count;
+    MappingRecordsLost => "process_table", Some("mapping_records_lost"), "mapping_records_lost", Count;
     SnapshotFailed => "process_table", Some("snapshot_failed"), "snapshot_failed", Count;
     Unmapped => "process_table", Some("unmapped_address"), "unmapped", Count;
     SymbolizeHit => "symbolize", Some("hit"), "symbolize_hit", Count;

@@ -180,6 +180,19 @@ impl ModuleRegistry {
         self.register(file, PathBuf::from(&line.path))
     }
 
+    /// The module behind a mapping the kernel recorded at `mmap` time (`mmaps`): it may be
+    /// unmapped by now, and another file mapped at its range, so the file is opened by its path
+    /// in the process's root, and taken only if it is still the inode that was mapped.
+    pub fn open_recorded(&mut self, pid: u32, line: &MapsLine) -> Arc<Module> {
+        use std::os::unix::fs::MetadataExt;
+        let rooted = format!("/proc/{pid}/root{}", line.path);
+        let file = File::open(&rooted)
+            .or_else(|_| File::open(&line.path))
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| m.ino() == line.inode));
+        self.register(file, PathBuf::from(&line.path))
+    }
+
     /// A module for a file named by path on this host (tools and benchmarks).
     pub fn open_path(&mut self, path: &Path) -> Arc<Module> {
         self.register(File::open(path).ok(), path.to_path_buf())

@@ -7,7 +7,7 @@
 //! 3. aggregates counts into the window's profile (`profile`);
 //! 4. at the window's end, names every stack (`symbolize`) and hands a named profile forward.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +17,7 @@ use crate::bpf::unwind::UnwindMaps;
 use crate::bpf::{ProcessEvent, RawSample};
 use crate::config::Limits;
 use crate::counters::{Count, Totals};
+use crate::mmaps::MmapRecord;
 use crate::objfile::{self, ModuleId, ModuleRegistry};
 use crate::process::{ImageId, ProcessTable, UserLoc};
 use crate::procfs::ProcessInfo;
@@ -25,6 +26,9 @@ use crate::symbolize::{Frame, Resolved, SymbolizerStage, unnamed};
 
 /// The root frame of a user stack whose outermost frames are missing.
 pub const TRUNCATED_FRAME: &str = "[truncated]";
+
+/// Most mapping records waiting for samples at once (beyond, the oldest are applied).
+const MAX_PENDING_MAPPINGS: usize = 1 << 16;
 
 /// Most names of addresses outside files (JIT code, the vDSO) kept at once.
 const MAX_LIVE_NAMES: usize = 1 << 17;
@@ -53,6 +57,11 @@ pub struct Collector {
     frequency: u32,
     /// The table walker's maps, with `--unwind tables`.
     tables: Option<TableWorker>,
+    /// The kernel's mapping records not applied yet (newer than the last sample), by time.
+    pending_maps: VecDeque<MmapRecord>,
+    /// Mapping records flow: they, not the new-area events, tell replaced mappings.
+    mapping_records: bool,
+    mapping_records_lost: u64,
 }
 
 impl Collector {
@@ -71,6 +80,9 @@ impl Collector {
             unknown_process: 0,
             frequency,
             tables: None,
+            pending_maps: VecDeque::new(),
+            mapping_records: false,
+            mapping_records_lost: 0,
         }
     }
 
@@ -103,6 +115,54 @@ impl Collector {
         tables.update(pid, mappings);
     }
 
+    /// Queues the kernel's mapping records (`mmaps`), to be applied in time order with the
+    /// samples. `lost`: records the kernel dropped so far.
+    fn queue_mappings(&mut self, records: Vec<MmapRecord>, lost: u64) {
+        self.mapping_records = true;
+        self.mapping_records_lost = lost;
+        if let (Some(first), Some(last)) = (records.first(), records.last()) {
+            tracing::trace!(
+                records = records.len(),
+                first_ns = first.time_ns,
+                last_ns = last.time_ns,
+                "mapping records"
+            );
+        }
+        self.pending_maps.extend(records);
+        // Each drain's records are sorted, but a CPU's ring read early in one drain can hold
+        // records older than another's read late in the last.
+        self.pending_maps
+            .make_contiguous()
+            .sort_by_key(|r| r.time_ns);
+        while self.pending_maps.len() > MAX_PENDING_MAPPINGS {
+            let mut none = HashMap::new();
+            self.apply_mappings(
+                self.pending_maps.front().map_or(0, |r| r.time_ns),
+                &mut none,
+            );
+        }
+    }
+
+    /// Applies the queued mapping records up to `until_ns` (a sample's time), learning the
+    /// `pending` addresses of a process first: they were sampled before its mappings change.
+    fn apply_mappings(&mut self, until_ns: u64, pending: &mut HashMap<ImageId, Vec<u64>>) {
+        while self
+            .pending_maps
+            .front()
+            .is_some_and(|r| r.time_ns <= until_ns)
+        {
+            let Some(record) = self.pending_maps.pop_front() else {
+                break;
+            };
+            if !self.processes.knows(record.pid) {
+                continue;
+            }
+            self.learn(pending);
+            self.processes
+                .mapped(record.pid, record.time_ns, &record.line, &mut self.modules);
+        }
+    }
+
     /// Takes one drained batch, in ring buffer order.
     fn ingest(&mut self, batch: Vec<Option<RawSample>>) {
         let mut new_user: HashMap<ImageId, Vec<u64>> = HashMap::new();
@@ -111,6 +171,7 @@ impl Collector {
                 self.malformed += 1;
                 continue;
             };
+            self.apply_mappings(sample.time_ns, &mut new_user);
             let thread = sample.thread_name();
             match sample.event() {
                 Some(ProcessEvent::Exec) => {
@@ -132,6 +193,7 @@ impl Collector {
                     }
                     continue;
                 }
+                Some(ProcessEvent::NewArea { .. }) if self.mapping_records => continue,
                 Some(ProcessEvent::NewArea { start, end }) => {
                     // Only a range over a file we thought mapped matters (it was unloaded, and
                     // something else goes there now): the image ends here, so that the samples
@@ -229,6 +291,7 @@ impl Collector {
             (Count::Execs, p.execs),
             (Count::Exits, p.exits),
             (Count::MappingsReplaced, p.replaced),
+            (Count::MappingRecordsLost, self.mapping_records_lost),
             (Count::SnapshotFailed, p.snapshot_failed),
             (Count::Unmapped, p.unmapped),
             (Count::SymbolizeHit, s.cache_hits),
@@ -378,6 +441,10 @@ impl Collector {
 impl Sink for Collector {
     fn take(&mut self, batch: Vec<Option<RawSample>>) {
         self.ingest(batch);
+    }
+
+    fn take_mappings(&mut self, records: Vec<MmapRecord>, lost: u64) {
+        self.queue_mappings(records, lost);
     }
 }
 

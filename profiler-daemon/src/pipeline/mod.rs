@@ -13,6 +13,28 @@ use crate::bpf::unwind::{UnwindConfig, UnwindMaps};
 use crate::bpf::{BpfError, Design, RawSample, Sampler};
 use crate::config::SamplerConfig;
 use crate::counters::Totals;
+use crate::mmaps::{MmapRecord, Mmaps};
+
+/// The kernel's mapping records on every CPU, or `None` (with a warning) where they cannot be
+/// opened.
+fn open_mmaps() -> Option<Mmaps> {
+    let cpus = match aya::util::online_cpus() {
+        Ok(cpus) => cpus,
+        Err((what, err)) => {
+            tracing::warn!("mapping records off: {what}: {err}");
+            return None;
+        }
+    };
+    match Mmaps::open(&cpus) {
+        Ok(mmaps) => Some(mmaps),
+        Err(err) => {
+            tracing::warn!(
+                "{err}: libraries replaced faster than a drain (100 ms) may be misnamed"
+            );
+            None
+        }
+    }
+}
 
 /// How often the ring buffer is drained at the latest (it is also drained when a quarter full).
 /// Short enough that processes are still alive when their addresses are normalized.
@@ -21,6 +43,10 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Where drained records go. `None` stands for a record that did not decode (the sink counts it).
 pub trait Sink {
     fn take(&mut self, batch: Vec<Option<RawSample>>);
+
+    /// The kernel's new executable mappings since the last call, by time (given before the
+    /// batch drained with them); `lost`: records dropped so far.
+    fn take_mappings(&mut self, _records: Vec<MmapRecord>, _lost: u64) {}
 }
 
 /// Why `Driver::run_until` returned.
@@ -35,6 +61,9 @@ pub enum Ending {
 /// The attached sampler and the loop that drains it.
 pub struct Driver<'s> {
     sampler: Sampler,
+    /// The kernel's mapping records (without them, replaced mappings are told by the sampler's
+    /// new-area events and read from `/proc`).
+    mmaps: Option<Mmaps>,
     stop: &'s AtomicBool,
     /// Largest share of the ring buffer taken in one drain since `take_peak_fill`.
     peak_fill: f64,
@@ -57,8 +86,15 @@ impl<'s> Driver<'s> {
         unwind: &UnwindConfig,
         stop: &'s AtomicBool,
     ) -> Result<Self, BpfError> {
+        let sampler = Sampler::start_unwinding(config, design, unwind)?;
+        let mmaps = if sampler.process_events() {
+            open_mmaps()
+        } else {
+            None
+        };
         Ok(Self {
-            sampler: Sampler::start_unwinding(config, design, unwind)?,
+            sampler,
+            mmaps,
             stop,
             peak_fill: 0.0,
         })
@@ -120,6 +156,11 @@ impl<'s> Driver<'s> {
     fn drain<S: Sink>(&mut self, sink: &mut S) {
         let mut batch = Vec::new();
         let bytes = self.sampler.drain(|s| batch.push(s));
+        // Read after the samples: every mapping made before the last of them is in.
+        if let Some(mmaps) = &mut self.mmaps {
+            let records = mmaps.drain();
+            sink.take_mappings(records, mmaps.lost());
+        }
         let ring = f64::from(self.sampler.ring_bytes().max(1));
         self.peak_fill = self.peak_fill.max(bytes as f64 / ring);
         if !batch.is_empty() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use snapshot::{Backing, Mapping, Snapshot};
 
 use crate::objfile::{Module, ModuleId, ModuleRegistry};
-use crate::procfs::{self, ProcessInfo, parse_maps};
+use crate::procfs::{self, MapsLine, ProcessInfo, parse_maps};
 
 /// Most user addresses remembered per process image (see `ProcessTable::learn`).
 pub const MAX_LOCS_PER_IMAGE: usize = 1 << 16;
@@ -20,7 +20,7 @@ pub const MAX_LOCS_PER_IMAGE: usize = 1 << 16;
 /// loop starts an image per library loaded where another was; past this many, its current
 /// image is re-learnt in place instead (names then follow the latest mapping, as they did
 /// before new mappings were followed).
-pub const MAX_IMAGES_PER_PID: usize = 64;
+pub const MAX_IMAGES_PER_PID: usize = 256;
 
 /// Identity of one process image: a process between its exec (or first sight) and its next exec
 /// or exit. Samples of different images never share address interpretations.
@@ -111,24 +111,101 @@ impl ProcessTable {
         thread_comm: &str,
         modules: &mut ModuleRegistry,
     ) -> ImageId {
+        let info = Arc::new(ProcessInfo::read(Path::new("/proc"), pid, thread_comm));
+        let mut image = self.image_with(pid, since_ns, info, Snapshot::default());
+        if pid != 0 {
+            self.refresh(&mut image, modules);
+        }
+        let id = image.id;
+        self.images.insert(id, image);
+        self.by_pid.entry(pid).or_default().push(id);
+        id
+    }
+
+    /// A new image value (not yet in the table).
+    fn image_with(
+        &mut self,
+        pid: u32,
+        since_ns: u64,
+        info: Arc<ProcessInfo>,
+        snapshot: Snapshot,
+    ) -> Image {
         let id = ImageId(self.next);
         self.next += 1;
-        let info = Arc::new(ProcessInfo::read(Path::new("/proc"), pid, thread_comm));
-        let mut image = Image {
+        Image {
             id,
             pid,
             since_ns,
             ended_ns: None,
             info,
-            snapshot: Snapshot::default(),
+            snapshot,
             locs: HashMap::new(),
-        };
-        if pid != 0 {
-            self.refresh(&mut image, modules);
         }
-        self.images.insert(id, image);
-        self.by_pid.entry(pid).or_default().push(id);
-        id
+    }
+
+    /// `pid` mapped `line` (an executable file mapping) at `time_ns`, as the kernel's mapping
+    /// records tell, in time order with the samples. Over a file mapped there before (`dlclose`,
+    /// then `dlopen`), samples from `time_ns` on belong to a new image of the process that has
+    /// the new mapping in place of the old ones, so that each library is named as itself however
+    /// fast they follow each other; elsewhere the mapping joins the current image. Processes not
+    /// seen yet are left to their first sample's snapshot.
+    pub fn mapped(
+        &mut self,
+        pid: u32,
+        time_ns: u64,
+        line: &MapsLine,
+        modules: &mut ModuleRegistry,
+    ) {
+        let Some(&last) = self.by_pid.get(&pid).and_then(|ids| ids.last()) else {
+            return;
+        };
+        let Some(image) = self.images.get(&last) else {
+            return;
+        };
+        // An ended image's successor, or an image that began after the record, was read from
+        // `/proc` later than the mapping was made.
+        if image.ended_ns.is_some()
+            || time_ns < image.since_ns
+            || image
+                .snapshot
+                .same_file_at(line.start, line.end, &line.path)
+        {
+            return;
+        }
+        let mapping = Mapping {
+            start: line.start,
+            end: line.end,
+            offset: line.offset,
+            backing: if line.path.starts_with('/') {
+                Backing::File(modules.open_recorded(pid, line))
+            } else {
+                Backing::Other
+            },
+        };
+        let replaces = image.snapshot.has_file_in(line.start, line.end);
+        let images = self.by_pid.get(&pid).map_or(0, Vec::len);
+        if replaces && images < MAX_IMAGES_PER_PID {
+            self.stats.replaced += 1;
+            let mut snapshot = image.snapshot.clone();
+            snapshot.replace(mapping);
+            let info = Arc::clone(&image.info);
+            self.end_current(pid, time_ns);
+            let image = self.image_with(pid, time_ns, info, snapshot);
+            let id = image.id;
+            self.images.insert(id, image);
+            self.by_pid.entry(pid).or_default().push(id);
+            return;
+        }
+        if let Some(image) = self.images.get_mut(&last) {
+            if replaces {
+                // Past the image bound: names follow the latest mapping from here on.
+                self.stats.replaced += 1;
+            }
+            image
+                .locs
+                .retain(|addr, _| !(line.start..line.end).contains(addr));
+            image.snapshot.replace(mapping);
+        }
     }
 
     /// Re-reads the process's mappings, adding the ones not yet known (opening their files).

@@ -67,6 +67,24 @@ impl Snapshot {
         self.mappings.sort_by_key(|m| m.start);
     }
 
+    /// Whether `[start, end)` is mapped from the file at `path` already.
+    #[must_use]
+    pub(super) fn same_file_at(&self, start: u64, end: u64, path: &str) -> bool {
+        self.mappings.iter().any(|m| {
+            m.start == start
+                && m.end == end
+                && matches!(&m.backing, Backing::File(module) if module.path.as_os_str() == path)
+        })
+    }
+
+    /// Puts `new` in, dropping the mappings it overlaps (they were unmapped before it came).
+    pub(super) fn replace(&mut self, new: Mapping) {
+        self.mappings
+            .retain(|m| !(m.start < new.end && new.start < m.end));
+        self.mappings.push(new);
+        self.mappings.sort_by_key(|m| m.start);
+    }
+
     /// Whether a file mapping overlaps `[start, end)`.
     #[must_use]
     pub(super) fn has_file_in(&self, start: u64, end: u64) -> bool {
