@@ -1,5 +1,6 @@
 //! Bounded, deterministic property tests of the parsers that read what other programs write
-//! (`/proc/PID/maps`, cgroup paths, the configuration file, `key=value` lists): thousands of
+//! (`/proc/PID/maps`, cgroup paths, the configuration file, `key=value` lists, the kernel's perf
+//! mapping records): thousands of
 //! mutations of real inputs, each parsed without a panic, in a fixed time. They run with the unit
 //! tests (in CI); a longer run needs only a larger `ROUNDS`.
 
@@ -111,6 +112,74 @@ mod tests {
             if let Ok(pairs) = crate::config::otlp::parse_key_values(&text, "X") {
                 assert!(pairs.iter().all(|(k, _)| !k.is_empty()));
             }
+        }
+    }
+
+    /// A ring holding two `mmap2` records (header + body) and a lost record.
+    fn perf_ring() -> Vec<u8> {
+        let mut ring = Vec::new();
+        for path in [
+            &b"/usr/lib/x86_64-linux-gnu/libc.so.6\0\0\0\0\0"[..],
+            b"/tmp/a.so\0\0\0\0\0\0\0",
+        ] {
+            let mut body = Vec::new();
+            for v in [41u32, 42] {
+                body.extend_from_slice(&v.to_ne_bytes());
+            }
+            for v in [0x7f00_0000_0000u64, 0x1000, 0, 0x0801, 77, 0, 5] {
+                body.extend_from_slice(&v.to_ne_bytes());
+            }
+            body.extend_from_slice(path);
+            for v in [41u32, 42] {
+                body.extend_from_slice(&v.to_ne_bytes());
+            }
+            body.extend_from_slice(&1_000u64.to_ne_bytes());
+            ring.extend_from_slice(&10u32.to_ne_bytes());
+            ring.extend_from_slice(&0u16.to_ne_bytes());
+            ring.extend_from_slice(&((8 + body.len()) as u16).to_ne_bytes());
+            ring.extend_from_slice(&body);
+        }
+        ring.extend_from_slice(&2u32.to_ne_bytes());
+        ring.extend_from_slice(&0u16.to_ne_bytes());
+        ring.extend_from_slice(&24u16.to_ne_bytes());
+        ring.extend_from_slice(&[0; 16]);
+        ring
+    }
+
+    #[test]
+    fn perf_mapping_records_never_panic() {
+        let seed = perf_ring();
+        let mut scratch = Vec::new();
+        let mut decoded = 0;
+        crate::mmaps::walk(
+            &seed,
+            0,
+            seed.len() as u64,
+            &mut scratch,
+            &mut |kind, body| {
+                if kind == 10 {
+                    let r = crate::mmaps::parse_mmap2(body).unwrap();
+                    assert_eq!((r.pid, r.line.inode, r.time_ns), (41, 77, 1_000));
+                    decoded += 1;
+                }
+            },
+        );
+        assert_eq!(decoded, 2);
+        let mut rng = Rng(7);
+        for m in mutations(&seed, ROUNDS) {
+            // Any tail and head, wrapped anywhere: the walk ends, and every body fits the ring.
+            let len = m.len() as u64;
+            let tail = rng.next() % (2 * len + 1);
+            let head = tail.wrapping_add(rng.next() % (len + 64));
+            let end = crate::mmaps::walk(&m, tail, head, &mut scratch, &mut |kind, body| {
+                assert!(body.len() <= m.len());
+                if kind == 10
+                    && let Some(r) = crate::mmaps::parse_mmap2(body)
+                {
+                    assert!(r.line.path.len() <= body.len());
+                }
+            });
+            assert!(end.wrapping_sub(tail) <= head.wrapping_sub(tail));
         }
     }
 }

@@ -187,34 +187,56 @@ impl Ring {
             )
         };
         let head = head_ref.load(Ordering::Acquire);
-        let mut tail = tail_ref.load(Ordering::Relaxed);
-        let size = (self.len - self.page) as u64;
-        // SAFETY: the data area follows the control page, `size` bytes long.
-        let data = unsafe { std::slice::from_raw_parts(self.base.add(self.page), size as usize) };
-        let header_len = size_of::<perf_event_header>() as u64;
-        while head.wrapping_sub(tail) >= header_len {
-            copy_wrapped(data, tail, header_len as usize, scratch);
-            let kind = u32::from_ne_bytes(scratch[0..4].try_into().unwrap_or_default());
-            let record_len = u64::from(u16::from_ne_bytes(
-                scratch[6..8].try_into().unwrap_or_default(),
-            ));
-            if record_len < header_len || head.wrapping_sub(tail) < record_len {
-                // A torn or impossible header: drop what is left rather than loop on it.
-                tail = head;
-                break;
-            }
-            copy_wrapped(data, tail, record_len as usize, scratch);
-            each(kind, &scratch[header_len as usize..]);
-            tail = tail.wrapping_add(record_len);
-        }
+        let tail = tail_ref.load(Ordering::Relaxed);
+        // SAFETY: the data area follows the control page, to the end of the mapping.
+        let data =
+            unsafe { std::slice::from_raw_parts(self.base.add(self.page), self.len - self.page) };
+        let tail = walk(data, tail, head, scratch, &mut each);
         tail_ref.store(tail, Ordering::Release);
     }
 }
 
-/// `len` bytes of the ring `data` from position `at` (which wraps) into `out`.
+/// Calls `each(type, body)` for every record of the ring `data` between positions `tail` and
+/// `head` (which wrap); returns the new tail. A header that cannot be right (shorter than
+/// itself, longer than what is left) ends the walk at `head`: the rest is dropped, not looped
+/// on.
+pub(crate) fn walk(
+    data: &[u8],
+    mut tail: u64,
+    head: u64,
+    scratch: &mut Vec<u8>,
+    each: &mut impl FnMut(u32, &[u8]),
+) -> u64 {
+    let header_len = size_of::<perf_event_header>() as u64;
+    if (data.len() as u64) < header_len {
+        return head;
+    }
+    while head.wrapping_sub(tail) >= header_len {
+        copy_wrapped(data, tail, header_len as usize, scratch);
+        let kind = read_u32(scratch, 0).unwrap_or(0);
+        let record_len = u64::from(u16::from_ne_bytes([scratch[6], scratch[7]]));
+        if record_len < header_len
+            || head.wrapping_sub(tail) < record_len
+            || record_len > data.len() as u64
+        {
+            return head;
+        }
+        copy_wrapped(data, tail, record_len as usize, scratch);
+        each(kind, &scratch[header_len as usize..]);
+        tail = tail.wrapping_add(record_len);
+    }
+    tail
+}
+
+/// `len` bytes (at most the ring's size) of the ring `data` from position `at` (which wraps)
+/// into `out`.
 fn copy_wrapped(data: &[u8], at: u64, len: usize, out: &mut Vec<u8>) {
     out.clear();
     let size = data.len();
+    if size == 0 {
+        return;
+    }
+    let len = len.min(size);
     let start = (at % size as u64) as usize;
     let first = len.min(size - start);
     out.extend_from_slice(&data[start..start + first]);
@@ -231,7 +253,7 @@ fn read_u64(body: &[u8], at: usize) -> Option<u64> {
 
 /// An `mmap2` record's body: pid, tid, addr, len, pgoff, maj, min, ino, `ino_generation`, prot,
 /// flags, the file name (NUL-padded to 8 bytes), then the sample id (pid, tid, time).
-fn parse_mmap2(body: &[u8]) -> Option<MmapRecord> {
+pub(crate) fn parse_mmap2(body: &[u8]) -> Option<MmapRecord> {
     let pid = read_u32(body, 0)?;
     let addr = read_u64(body, 8)?;
     let len = read_u64(body, 16)?;
