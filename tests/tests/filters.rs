@@ -124,3 +124,84 @@ fn a_path_outside_the_cgroup_hierarchy_is_a_usage_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn units_and_containers_are_profiled_by_their_cgroups() {
+    let Some(_machine) = privileged("units_and_containers_are_profiled_by_their_cgroups") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mount = v2_mount();
+    // A unit's cgroup as systemd names it, and a container's as containerd's systemd driver
+    // does (a 64-digit id, here made of this test's pid).
+    let unit = format!("profiler-test-{}", std::process::id());
+    let unit_cg = Cgroup(mount.join(format!("{unit}.service")));
+    std::fs::create_dir(&unit_cg.0).unwrap();
+    let id = format!("{:0>64x}", u64::from(std::process::id()) << 32 | 0xfeed);
+    let container_cg = Cgroup(mount.join(format!("cri-containerd-{id}.scope")));
+    std::fs::create_dir(&container_cg.0).unwrap();
+
+    let in_unit = Workload::spawn(&twin(dir.path(), "in_unit"), &["20"]);
+    let in_container = Workload::spawn(&twin(dir.path(), "in_container"), &["20"]);
+    let outside = Workload::spawn(&twin(dir.path(), "outside"), &["20"]);
+    std::fs::write(unit_cg.0.join("cgroup.procs"), in_unit.pid().to_string()).unwrap();
+    std::fs::write(
+        container_cg.0.join("cgroup.procs"),
+        in_container.pid().to_string(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let (stacks, stdout) = record_folded_with_summary(
+        dir.path(),
+        "targets",
+        &[
+            "-F",
+            "499",
+            "-d",
+            "3s",
+            "--unit",
+            &unit,
+            "--container",
+            &id[..12],
+        ],
+    );
+    let count = |name: &str| -> u64 {
+        stacks
+            .iter()
+            .filter(|(frames, _)| frames[0] == name)
+            .map(|(_, c)| c)
+            .sum()
+    };
+    let total: u64 = stacks.iter().map(|(_, c)| c).sum();
+    let (unit_n, container_n) = (count("in_unit"), count("in_container"));
+    println!("unit {unit_n}, container {container_n}, total {total}");
+    assert!(unit_n > 500, "the unit's task was not sampled: {stdout}");
+    assert!(
+        container_n > 500,
+        "the container's task was not sampled: {stdout}"
+    );
+    assert_eq!(unit_n + container_n, total, "only their tasks are kept");
+    drop((in_unit, in_container, outside));
+
+    // Names that find nothing are usage errors that say what was looked for.
+    let out = dir.path().join("x.folded");
+    let out = out.to_str().unwrap();
+    for (flag, value, says) in [
+        (
+            "--unit",
+            "no-such-unit-here",
+            "no cgroup named no-such-unit-here.service",
+        ),
+        (
+            "--container",
+            "0123456789abcdef",
+            "no cgroup of that container",
+        ),
+        ("--container", "nothex", "not a container id"),
+    ] {
+        let (code, _, stderr) = run_profiler(&["record", "-d", "1s", flag, value, "-o", out]);
+        assert_eq!(code, 2, "{flag} {value}: {stderr}");
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+    }
+}

@@ -30,6 +30,17 @@ pub struct RecordArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Vec<std::path::PathBuf>,
 
+    /// Only profile this systemd unit (`nginx` is `nginx.service`): its cgroup, found under the
+    /// v2 mount at start. Repeatable; combines with `--pid` and `--cgroup` as they do.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Vec<String>,
+
+    /// Only profile this container (its id, or a prefix of 12 or more digits, as `docker ps` or
+    /// `crictl ps` show it): its cgroup, in the docker, containerd, CRI-O or podman style,
+    /// found at start. Repeatable.
+    #[arg(long, value_name = "ID")]
+    pub container: Vec<String>,
+
     /// Output file; the extension picks the format: `.svg` (flamegraph), `.folded` (folded stacks).
     #[arg(long, short = 'o', value_name = "PATH")]
     pub output: PathBuf,
@@ -62,6 +73,17 @@ pub struct RunArgs {
     /// matching either is profiled.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Vec<std::path::PathBuf>,
+
+    /// Only profile this systemd unit (`nginx` is `nginx.service`): its cgroup, found under the
+    /// v2 mount at start. Repeatable; combines with `--pid` and `--cgroup` as they do.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Vec<String>,
+
+    /// Only profile this container (its id, or a prefix of 12 or more digits, as `docker ps` or
+    /// `crictl ps` show it): its cgroup, in the docker, containerd, CRI-O or podman style,
+    /// found at start. Repeatable.
+    #[arg(long, value_name = "ID")]
+    pub container: Vec<String>,
 
     /// Export idle-CPU samples (pid 0) too (else they are only counted, as idle).
     #[arg(long)]

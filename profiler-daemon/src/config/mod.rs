@@ -16,7 +16,7 @@ pub const MAX_FREQUENCY: u32 = 10_000;
 /// A configuration error: always the user's to fix, so it maps to exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--cgroup {0}")]
+    #[error("{0}")]
     Cgroup(#[from] crate::procfs::CgroupError),
     #[error("--frequency must be between 1 and {MAX_FREQUENCY} Hz, got {0}")]
     Frequency(u32),
@@ -172,7 +172,7 @@ impl SamplerConfig {
     pub fn validated(
         frequency: u32,
         pids: &[u32],
-        cgroups: &[PathBuf],
+        cgroups: crate::procfs::CgroupTargets<'_>,
         include_idle: bool,
         limits: &Limits,
     ) -> Result<Self, ConfigError> {
@@ -344,7 +344,11 @@ impl RunConfig {
             sampler: SamplerConfig::validated(
                 args.frequency,
                 &args.pid,
-                &args.cgroup,
+                crate::procfs::CgroupTargets {
+                    paths: &args.cgroup,
+                    units: &args.unit,
+                    containers: &args.container,
+                },
                 args.include_idle,
                 &limits,
             )?,
@@ -542,7 +546,11 @@ impl RecordConfig {
             sampler: SamplerConfig::validated(
                 args.frequency,
                 &args.pid,
-                &args.cgroup,
+                crate::procfs::CgroupTargets {
+                    paths: &args.cgroup,
+                    units: &args.unit,
+                    containers: &args.container,
+                },
                 args.include_idle,
                 &limits,
             )?,

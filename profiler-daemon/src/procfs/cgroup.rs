@@ -22,15 +22,28 @@ pub struct CgroupFilter {
 pub enum CgroupError {
     #[error("no cgroup v2 hierarchy is mounted on this host (cgroup filters need one)")]
     NoV2,
-    #[error("{path}: not a directory of the cgroup v2 hierarchy mounted at {mount}")]
+    #[error("--cgroup {path}: not a directory of the cgroup v2 hierarchy mounted at {mount}")]
     NotV2 { path: String, mount: String },
-    #[error("{path}: {source}")]
+    #[error("--cgroup {path}: {source}")]
     Unreadable {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: deeper than the {max} levels the filter follows")]
+    #[error("--cgroup {path}: deeper than the {max} levels the filter follows")]
     TooDeep { path: String, max: u32 },
+    #[error("--unit {unit}: no cgroup named {dir} under {mount} (is the unit running?)")]
+    NoUnit {
+        unit: String,
+        dir: String,
+        mount: String,
+    },
+    #[error(
+        "--container {id}: not a container id (12 to 64 hexadecimal digits, as `docker ps` or \
+         `crictl ps` show it)"
+    )]
+    BadContainerId { id: String },
+    #[error("--container {id}: no cgroup of that container under {mount} (is it running here?)")]
+    NoContainer { id: String, mount: String },
 }
 
 /// Deepest cgroup the eBPF filter checks (levels below `MAX_LEVEL`).
@@ -99,19 +112,158 @@ fn resolve(path: &Path, mount: &Path) -> Result<CgroupFilter, CgroupError> {
     })
 }
 
-/// Resolves every `--cgroup` path against this host's v2 hierarchy.
-pub fn resolve_all(paths: &[PathBuf]) -> Result<Vec<CgroupFilter>, CgroupError> {
-    if paths.is_empty() {
+/// Most cgroup directories searched for a unit or a container (a busy Kubernetes node has a
+/// few thousand).
+const MAX_SCAN: usize = 100_000;
+
+/// The cgroup directories under `mount` whose name satisfies `wanted`, breadth first; below a
+/// match nothing is searched (its descendants are in the filter already).
+fn find(mount: &Path, wanted: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut queue = std::collections::VecDeque::from([mount.to_path_buf()]);
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            seen += 1;
+            if seen > MAX_SCAN {
+                return found;
+            }
+            if entry.file_name().to_str().is_some_and(&wanted) {
+                found.push(entry.path());
+            } else {
+                queue.push_back(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// The cgroup directory systemd gives `unit` (`nginx` means `nginx.service`), wherever it is
+/// in the tree (`system.slice/`, a user's slice, nested slices).
+fn unit_paths(mount: &Path, unit: &str) -> Result<Vec<PathBuf>, CgroupError> {
+    let dir = if unit.contains('.') {
+        unit.to_owned()
+    } else {
+        format!("{unit}.service")
+    };
+    let found = find(mount, |name| name == dir);
+    if found.is_empty() {
+        return Err(CgroupError::NoUnit {
+            unit: unit.to_owned(),
+            dir,
+            mount: mount.display().to_string(),
+        });
+    }
+    Ok(found)
+}
+
+/// The cgroup directories of container `id` (a full id or a prefix of at least 12 digits), in
+/// the path styles of the runtimes: `docker-ID.scope`, `cri-containerd-ID.scope`,
+/// `crio-ID.scope`, `libpod-ID.scope` (systemd driver) or a directory named `ID` (cgroupfs
+/// driver: `/docker/ID`, `/kubepods/.../ID`).
+fn container_paths(mount: &Path, id: &str) -> Result<Vec<PathBuf>, CgroupError> {
+    let id_ok = (12..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit());
+    if !id_ok {
+        return Err(CgroupError::BadContainerId { id: id.to_owned() });
+    }
+    let id = id.to_ascii_lowercase();
+    let found = find(mount, |name| {
+        let name = name.strip_suffix(".scope").unwrap_or(name);
+        let full = name.rsplit('-').next().unwrap_or(name);
+        full.len() == 64 && full.starts_with(&id)
+    });
+    if found.is_empty() {
+        return Err(CgroupError::NoContainer {
+            id: id.clone(),
+            mount: mount.display().to_string(),
+        });
+    }
+    Ok(found)
+}
+
+/// What to profile by cgroup: `--cgroup` paths, `--unit` names and `--container` ids.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CgroupTargets<'a> {
+    pub paths: &'a [PathBuf],
+    pub units: &'a [String],
+    pub containers: &'a [String],
+}
+
+/// Resolves every target against this host's v2 hierarchy, at start (a unit or container
+/// restarted later gets a new cgroup, which the filter does not follow).
+pub fn resolve_all(targets: CgroupTargets<'_>) -> Result<Vec<CgroupFilter>, CgroupError> {
+    if targets.paths.is_empty() && targets.units.is_empty() && targets.containers.is_empty() {
         return Ok(Vec::new());
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mount = v2_mount(&mountinfo).ok_or(CgroupError::NoV2)?;
+    let mut paths = targets.paths.to_vec();
+    for unit in targets.units {
+        paths.extend(unit_paths(&mount, unit)?);
+    }
+    for id in targets.containers {
+        paths.extend(container_paths(&mount, id)?);
+    }
     paths.iter().map(|p| resolve(p, &mount)).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn units_and_containers_are_found_in_every_path_style() {
+        let mount = tempfile::tempdir().unwrap();
+        let id = "3f1c9b2e8d7a6f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0f9e8d7c";
+        for dir in [
+            "system.slice/nginx.service".to_owned(),
+            "user.slice/user-1000.slice/app.service".to_owned(),
+            format!("kubepods.slice/kubepods-burstable.slice/pod1/cri-containerd-{id}.scope"),
+            format!("docker/{id}"),
+            "system.slice/nginx-helper.service".to_owned(),
+        ] {
+            std::fs::create_dir_all(mount.path().join(dir)).unwrap();
+        }
+        let m = mount.path();
+        assert_eq!(
+            unit_paths(m, "nginx").unwrap(),
+            [m.join("system.slice/nginx.service")]
+        );
+        assert_eq!(
+            unit_paths(m, "app.service").unwrap(),
+            [m.join("user.slice/user-1000.slice/app.service")]
+        );
+        assert!(matches!(
+            unit_paths(m, "absent"),
+            Err(CgroupError::NoUnit { .. })
+        ));
+        let mut found = container_paths(m, &id[..12].to_ascii_uppercase()).unwrap();
+        found.sort();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].ends_with(format!("docker/{id}")));
+        assert!(found[1].ends_with(format!("cri-containerd-{id}.scope")));
+        assert!(matches!(
+            container_paths(m, "3f1c9b2e"),
+            Err(CgroupError::BadContainerId { .. })
+        ));
+        assert!(matches!(
+            container_paths(
+                m,
+                "3f1c9b2e8d7a6f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0f9e8d7cff"
+            ),
+            Err(CgroupError::BadContainerId { .. })
+        ));
+        assert!(matches!(
+            container_paths(m, "aaaaaaaaaaaaaaaa"),
+            Err(CgroupError::NoContainer { .. })
+        ));
+    }
 
     #[test]
     fn finds_the_v2_mount_on_unified_and_hybrid_hosts() {

@@ -7,7 +7,7 @@ mod container;
 pub mod maps;
 mod service;
 
-pub use cgroup::{CgroupError, CgroupFilter, resolve_all as resolve_cgroups};
+pub use cgroup::{CgroupError, CgroupFilter, CgroupTargets, resolve_all as resolve_cgroups};
 pub use container::container_id_from_cgroup;
 pub use maps::{MapsLine, parse_maps};
 
