@@ -205,3 +205,56 @@ fn units_and_containers_are_profiled_by_their_cgroups() {
         assert!(stderr.contains(says), "{flag} {value}: {stderr}");
     }
 }
+
+#[test]
+fn a_restarted_unit_is_followed_to_its_new_cgroup() {
+    let Some(_machine) = privileged("a_restarted_unit_is_followed_to_its_new_cgroup") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mount = v2_mount();
+    let unit = format!("profiler-restart-{}", std::process::id());
+    let cg = Cgroup(mount.join(format!("{unit}.service")));
+    std::fs::create_dir(&cg.0).unwrap();
+    let first = Workload::spawn(&twin(dir.path(), "first_run"), &["20"]);
+    std::fs::write(cg.0.join("cgroup.procs"), first.pid().to_string()).unwrap();
+    let reborn_bin = twin(dir.path(), "second_run");
+
+    let record_dir = dir.path().to_path_buf();
+    let recording = std::thread::spawn(move || {
+        record_folded_with_summary(
+            &record_dir,
+            "restart",
+            &["-F", "499", "-d", "7s", "--unit", &unit],
+        )
+    });
+    // The unit stops (its cgroup goes) and starts again: same path, a new cgroup id.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(first);
+    for _ in 0..50 {
+        if std::fs::remove_dir(&cg.0).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::create_dir(&cg.0).unwrap();
+    let second = Workload::spawn(&reborn_bin, &["20"]);
+    std::fs::write(cg.0.join("cgroup.procs"), second.pid().to_string()).unwrap();
+    let (stacks, stdout) = recording.join().unwrap();
+    drop(second);
+    let count = |name: &str| -> u64 {
+        stacks
+            .iter()
+            .filter(|(frames, _)| frames[0] == name)
+            .map(|(_, c)| c)
+            .sum()
+    };
+    let (first_n, second_n) = (count("first_run"), count("second_run"));
+    println!("before the restart {first_n}, after {second_n}");
+    assert!(first_n > 300, "the unit was not sampled before: {stdout}");
+    // Resolved again every 2 s: at least 3 of the 5.5 s after the restart are sampled.
+    assert!(
+        second_n > 1000,
+        "the restarted unit was not followed: {stdout}"
+    );
+}

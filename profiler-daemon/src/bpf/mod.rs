@@ -174,6 +174,8 @@ pub struct Sampler {
     features: Features,
     load: LoadStats,
     unwind_maps: Option<unwind::UnwindMaps>,
+    /// The cgroup levels the program looks at (fixed at load).
+    cgroup_levels: u32,
     /// The sampler program attached.
     #[cfg_attr(
         not(feature = "bench"),
@@ -297,6 +299,7 @@ impl Sampler {
             })?;
         let unwind_maps = unwind::take_maps(&mut ebpf, unwind)?;
         Ok(Self {
+            cgroup_levels: levels(&config.cgroups),
             unwind_maps,
             program: name,
             ebpf,
@@ -308,6 +311,36 @@ impl Sampler {
             features,
             load,
         })
+    }
+
+    /// Makes the cgroup filter hold exactly `cgroups` (the same targets resolved again: a
+    /// restarted unit or container has a new cgroup id). Only the levels the program was loaded
+    /// with can be looked at: cgroups at other levels are left out and returned.
+    pub fn set_cgroups(
+        &mut self,
+        cgroups: &[crate::procfs::CgroupFilter],
+    ) -> Result<Vec<crate::procfs::CgroupFilter>, BpfError> {
+        const NAME: &str = "CGROUPS";
+        let (usable, unusable): (Vec<_>, Vec<_>) = cgroups
+            .iter()
+            .cloned()
+            .partition(|c| levels(std::slice::from_ref(c)) & self.cgroup_levels != 0);
+        let map = self.ebpf.map_mut(NAME).ok_or(BpfError::Missing {
+            kind: "map",
+            name: NAME,
+        })?;
+        let mut map = BpfHashMap::<_, u64, u8>::try_from(map)
+            .map_err(|source| BpfError::Map { name: NAME, source })?;
+        let old: Vec<u64> = map.keys().filter_map(Result::ok).collect();
+        for id in old.iter().filter(|id| !usable.iter().any(|c| c.id == **id)) {
+            map.remove(id)
+                .map_err(|source| BpfError::Map { name: NAME, source })?;
+        }
+        for c in usable.iter().filter(|c| !old.contains(&c.id)) {
+            map.insert(c.id, 1, 0)
+                .map_err(|source| BpfError::Map { name: NAME, source })?;
+        }
+        Ok(unusable)
     }
 
     /// The table walker's maps, to fill (once; `None` with `--unwind fp`).
@@ -415,10 +448,13 @@ fn load(
         std::process::id()
     };
     let pid_slots = (config.pids.len() as u32).max(1);
-    let cgroup_slots = (config.cgroups.len() as u32).max(1);
-    let cgroup_levels = config.cgroups.iter().fold(0u32, |mask, c| {
-        mask | 1u32.checked_shl(c.level).unwrap_or(0)
-    });
+    // Room for the cgroups of restarted units and containers (the old ids are removed).
+    let cgroup_slots = if config.cgroups.is_empty() {
+        1
+    } else {
+        (config.cgroups.len() as u32).saturating_mul(4).max(64)
+    };
+    let cgroup_levels = levels(&config.cgroups);
     // Wake the daemon early when a quarter is used; else it drains on its timer.
     let wakeup_bytes = u64::from(ring_bytes / 4);
     let mut loader = EbpfLoader::new();
@@ -445,6 +481,13 @@ fn load(
     loader
         .load(EBPF_OBJECT)
         .map_err(|source| BpfError::Load { source })
+}
+
+/// The `CGROUP_LEVELS` mask of `cgroups`.
+fn levels(cgroups: &[crate::procfs::CgroupFilter]) -> u32 {
+    cgroups.iter().fold(0u32, |mask, c| {
+        mask | 1u32.checked_shl(c.level).unwrap_or(0)
+    })
 }
 
 /// Fills the filter set `name` (key → 1) with `keys`.

@@ -121,6 +121,7 @@ pub fn measure_unwinding(
         frequency,
         pids: pids.to_vec(),
         cgroups: Vec::new(),
+        cgroup_targets: crate::procfs::CgroupTargets::default(),
         include_idle: false,
         ring_buffer_bytes: None,
         profile_self: false,

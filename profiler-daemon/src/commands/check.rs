@@ -344,6 +344,7 @@ fn sampler_check() -> (Check, Features) {
         frequency: 1,
         pids: Vec::new(),
         cgroups: Vec::new(),
+        cgroup_targets: crate::procfs::CgroupTargets::default(),
         include_idle: false,
         ring_buffer_bytes: Some(4096 * 16),
         profile_self: false,

@@ -151,6 +151,8 @@ pub struct SamplerConfig {
     pub pids: Vec<u32>,
     /// cgroups whose tasks (descendants included) are sampled, besides `pids`.
     pub cgroups: Vec<crate::procfs::CgroupFilter>,
+    /// What `cgroups` was resolved from (resolved again while sampling).
+    pub cgroup_targets: crate::procfs::CgroupTargets,
     pub include_idle: bool,
     pub ring_buffer_bytes: Option<u32>,
     /// Sample the profiler's own process too (off: it is left out, counted as filtered).
@@ -172,14 +174,15 @@ impl SamplerConfig {
     pub fn validated(
         frequency: u32,
         pids: &[u32],
-        cgroups: crate::procfs::CgroupTargets<'_>,
+        cgroup_targets: crate::procfs::CgroupTargets,
         include_idle: bool,
         limits: &Limits,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
             frequency: validate_frequency(frequency)?,
             pids: validate_pids(pids, Path::new("/proc"))?,
-            cgroups: crate::procfs::resolve_cgroups(cgroups)?,
+            cgroups: crate::procfs::resolve_cgroups(&cgroup_targets)?,
+            cgroup_targets,
             include_idle,
             ring_buffer_bytes: limits.ring_buffer_bytes,
             profile_self: limits.profile_self,
@@ -345,9 +348,9 @@ impl RunConfig {
                 args.frequency,
                 &args.pid,
                 crate::procfs::CgroupTargets {
-                    paths: &args.cgroup,
-                    units: &args.unit,
-                    containers: &args.container,
+                    paths: args.cgroup.clone(),
+                    units: args.unit.clone(),
+                    containers: args.container.clone(),
                 },
                 args.include_idle,
                 &limits,
@@ -547,9 +550,9 @@ impl RecordConfig {
                 args.frequency,
                 &args.pid,
                 crate::procfs::CgroupTargets {
-                    paths: &args.cgroup,
-                    units: &args.unit,
-                    containers: &args.container,
+                    paths: args.cgroup.clone(),
+                    units: args.unit.clone(),
+                    containers: args.container.clone(),
                 },
                 args.include_idle,
                 &limits,

@@ -14,6 +14,7 @@ use crate::bpf::{BpfError, Design, RawSample, Sampler};
 use crate::config::SamplerConfig;
 use crate::counters::Totals;
 use crate::mmaps::{MmapRecord, Mmaps};
+use crate::procfs::{CgroupFilter, CgroupTargets};
 
 /// The kernel's mapping records on every CPU, or `None` (with a warning) where they cannot be
 /// opened.
@@ -40,6 +41,10 @@ fn open_mmaps() -> Option<Mmaps> {
 /// Short enough that processes are still alive when their addresses are normalized.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How often the cgroup filter's targets (`--cgroup`, `--unit`, `--container`) are resolved
+/// again while sampling, to follow restarts.
+pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Where drained records go. `None` stands for a record that did not decode (the sink counts it).
 pub trait Sink {
     fn take(&mut self, batch: Vec<Option<RawSample>>);
@@ -64,6 +69,10 @@ pub struct Driver<'s> {
     /// The kernel's mapping records (without them, replaced mappings are told by the sampler's
     /// new-area events and read from `/proc`).
     mmaps: Option<Mmaps>,
+    /// The cgroup filter's targets, resolved again every `RESOLVE_INTERVAL`.
+    cgroup_targets: CgroupTargets,
+    cgroups: Vec<CgroupFilter>,
+    next_resolve: Instant,
     stop: &'s AtomicBool,
     /// Largest share of the ring buffer taken in one drain since `take_peak_fill`.
     peak_fill: f64,
@@ -95,6 +104,9 @@ impl<'s> Driver<'s> {
         Ok(Self {
             sampler,
             mmaps,
+            cgroup_targets: config.cgroup_targets.clone(),
+            cgroups: config.cgroups.clone(),
+            next_resolve: Instant::now() + RESOLVE_INTERVAL,
             stop,
             peak_fill: 0.0,
         })
@@ -121,6 +133,7 @@ impl<'s> Driver<'s> {
         loop {
             self.drain(sink);
             after_drain(self, sink);
+            self.follow_cgroups();
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(Ending::Stopped);
             }
@@ -129,6 +142,44 @@ impl<'s> Driver<'s> {
                 return Ok(Ending::Deadline);
             }
             self.sampler.wait(DRAIN_INTERVAL.min(end - now))?;
+        }
+    }
+
+    /// Resolves the cgroup filter's targets again when due, and points the filter at their
+    /// cgroups if they changed (a unit or container restarted: same path, new cgroup id).
+    fn follow_cgroups(&mut self) {
+        let now = Instant::now();
+        if self.cgroup_targets.is_empty() || now < self.next_resolve {
+            return;
+        }
+        self.next_resolve = now + RESOLVE_INTERVAL;
+        let fresh = match crate::procfs::resolve_cgroups(&self.cgroup_targets) {
+            Ok(fresh) => fresh,
+            Err(err) => {
+                // Stopped for now: the old cgroups stay (empty, they cost nothing).
+                tracing::debug!("cgroup filter not resolved again: {err}");
+                return;
+            }
+        };
+        if fresh == self.cgroups {
+            return;
+        }
+        match self.sampler.set_cgroups(&fresh) {
+            Ok(left_out) => {
+                for c in &left_out {
+                    tracing::warn!(
+                        path = %c.path.display(),
+                        "a cgroup filter target moved to a cgroup level the program was not \
+                         loaded for: restart the profiler to follow it"
+                    );
+                }
+                tracing::info!(
+                    cgroups = fresh.len(),
+                    "cgroup filter follows its targets' new cgroups"
+                );
+                self.cgroups = fresh;
+            }
+            Err(err) => tracing::warn!("cannot update the cgroup filter: {err}"),
         }
     }
 

@@ -188,26 +188,33 @@ fn container_paths(mount: &Path, id: &str) -> Result<Vec<PathBuf>, CgroupError> 
 }
 
 /// What to profile by cgroup: `--cgroup` paths, `--unit` names and `--container` ids.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CgroupTargets<'a> {
-    pub paths: &'a [PathBuf],
-    pub units: &'a [String],
-    pub containers: &'a [String],
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupTargets {
+    pub paths: Vec<PathBuf>,
+    pub units: Vec<String>,
+    pub containers: Vec<String>,
 }
 
-/// Resolves every target against this host's v2 hierarchy, at start (a unit or container
-/// restarted later gets a new cgroup, which the filter does not follow).
-pub fn resolve_all(targets: CgroupTargets<'_>) -> Result<Vec<CgroupFilter>, CgroupError> {
-    if targets.paths.is_empty() && targets.units.is_empty() && targets.containers.is_empty() {
+impl CgroupTargets {
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.units.is_empty() && self.containers.is_empty()
+    }
+}
+
+/// Resolves every target against this host's v2 hierarchy. Called at start, and again while
+/// sampling: a unit or container restarted gets a new cgroup.
+pub fn resolve_all(targets: &CgroupTargets) -> Result<Vec<CgroupFilter>, CgroupError> {
+    if targets.is_empty() {
         return Ok(Vec::new());
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mount = v2_mount(&mountinfo).ok_or(CgroupError::NoV2)?;
-    let mut paths = targets.paths.to_vec();
-    for unit in targets.units {
+    let mut paths = targets.paths.clone();
+    for unit in &targets.units {
         paths.extend(unit_paths(&mount, unit)?);
     }
-    for id in targets.containers {
+    for id in &targets.containers {
         paths.extend(container_paths(&mount, id)?);
     }
     paths.iter().map(|p| resolve(p, &mount)).collect()
