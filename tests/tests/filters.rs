@@ -25,6 +25,18 @@ fn v2_mount() -> PathBuf {
 /// A cgroup directory removed (after its tasks) when dropped.
 struct Cgroup(PathBuf);
 
+impl Cgroup {
+    fn create(path: PathBuf) -> Self {
+        std::fs::create_dir(&path).expect("the cgroup is created");
+        Self(path)
+    }
+
+    /// Moves process `pid` into this cgroup.
+    fn admit(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("the task is moved");
+    }
+}
+
 impl Drop for Cgroup {
     fn drop(&mut self) {
         // Tasks are gone by now (the workloads are dropped first); a busy cgroup just stays.
@@ -35,6 +47,15 @@ impl Drop for Cgroup {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Samples whose process frame is `name`.
+fn samples_of(stacks: &[(Vec<String>, u64)], name: &str) -> u64 {
+    stacks
+        .iter()
+        .filter(|(frames, _)| frames[0] == name)
+        .map(|(_, c)| c)
+        .sum()
 }
 
 /// The `split` workload built under `name` (the flamegraph's process frame tells them apart).
@@ -54,15 +75,13 @@ fn a_cgroup_filter_keeps_its_descendants_and_drops_the_twin_outside() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mount = v2_mount();
-    let parent = Cgroup(mount.join(format!("profiler-test-{}", std::process::id())));
-    std::fs::create_dir(&parent.0).unwrap();
-    let child = Cgroup(parent.0.join("worker.service"));
-    std::fs::create_dir(&child.0).unwrap();
+    let parent = Cgroup::create(mount.join(format!("profiler-test-{}", std::process::id())));
+    let child = Cgroup::create(parent.0.join("worker.service"));
 
     let inside = Workload::spawn(&twin(dir.path(), "inside"), &["20"]);
     let outside = Workload::spawn(&twin(dir.path(), "outside"), &["20"]);
     // The task goes into the child: the filter names the parent.
-    std::fs::write(child.0.join("cgroup.procs"), inside.pid().to_string()).unwrap();
+    child.admit(inside.pid());
     std::thread::sleep(Duration::from_millis(200));
 
     // Relative to the v2 mount, as a person would write it.
@@ -78,13 +97,7 @@ fn a_cgroup_filter_keeps_its_descendants_and_drops_the_twin_outside() {
         "cg",
         &["-F", "999", "-d", "3s", "--cgroup", &relative],
     );
-    let count = |name: &str| -> u64 {
-        stacks
-            .iter()
-            .filter(|(frames, _)| frames[0] == name)
-            .map(|(_, c)| c)
-            .sum()
-    };
+    let count = |name: &str| samples_of(&stacks, name);
     let total: u64 = stacks.iter().map(|(_, c)| c).sum();
     println!(
         "inside {}, outside {}, total {total}",
@@ -135,21 +148,15 @@ fn units_and_containers_are_profiled_by_their_cgroups() {
     // A unit's cgroup as systemd names it, and a container's as containerd's systemd driver
     // does (a 64-digit id, here made of this test's pid).
     let unit = format!("profiler-test-{}", std::process::id());
-    let unit_cg = Cgroup(mount.join(format!("{unit}.service")));
-    std::fs::create_dir(&unit_cg.0).unwrap();
+    let unit_cg = Cgroup::create(mount.join(format!("{unit}.service")));
     let id = format!("{:0>64x}", u64::from(std::process::id()) << 32 | 0xfeed);
-    let container_cg = Cgroup(mount.join(format!("cri-containerd-{id}.scope")));
-    std::fs::create_dir(&container_cg.0).unwrap();
+    let container_cg = Cgroup::create(mount.join(format!("cri-containerd-{id}.scope")));
 
     let in_unit = Workload::spawn(&twin(dir.path(), "in_unit"), &["20"]);
     let in_container = Workload::spawn(&twin(dir.path(), "in_container"), &["20"]);
     let outside = Workload::spawn(&twin(dir.path(), "outside"), &["20"]);
-    std::fs::write(unit_cg.0.join("cgroup.procs"), in_unit.pid().to_string()).unwrap();
-    std::fs::write(
-        container_cg.0.join("cgroup.procs"),
-        in_container.pid().to_string(),
-    )
-    .unwrap();
+    unit_cg.admit(in_unit.pid());
+    container_cg.admit(in_container.pid());
     std::thread::sleep(Duration::from_millis(200));
 
     let (stacks, stdout) = record_folded_with_summary(
@@ -166,13 +173,7 @@ fn units_and_containers_are_profiled_by_their_cgroups() {
             &id[..12],
         ],
     );
-    let count = |name: &str| -> u64 {
-        stacks
-            .iter()
-            .filter(|(frames, _)| frames[0] == name)
-            .map(|(_, c)| c)
-            .sum()
-    };
+    let count = |name: &str| samples_of(&stacks, name);
     let total: u64 = stacks.iter().map(|(_, c)| c).sum();
     let (unit_n, container_n) = (count("in_unit"), count("in_container"));
     println!("unit {unit_n}, container {container_n}, total {total}");
@@ -214,10 +215,9 @@ fn a_restarted_unit_is_followed_to_its_new_cgroup() {
     let dir = tempfile::tempdir().unwrap();
     let mount = v2_mount();
     let unit = format!("profiler-restart-{}", std::process::id());
-    let cg = Cgroup(mount.join(format!("{unit}.service")));
-    std::fs::create_dir(&cg.0).unwrap();
+    let cg = Cgroup::create(mount.join(format!("{unit}.service")));
     let first = Workload::spawn(&twin(dir.path(), "first_run"), &["20"]);
-    std::fs::write(cg.0.join("cgroup.procs"), first.pid().to_string()).unwrap();
+    cg.admit(first.pid());
     let reborn_bin = twin(dir.path(), "second_run");
 
     let record_dir = dir.path().to_path_buf();
@@ -239,16 +239,10 @@ fn a_restarted_unit_is_followed_to_its_new_cgroup() {
     }
     std::fs::create_dir(&cg.0).unwrap();
     let second = Workload::spawn(&reborn_bin, &["20"]);
-    std::fs::write(cg.0.join("cgroup.procs"), second.pid().to_string()).unwrap();
+    cg.admit(second.pid());
     let (stacks, stdout) = recording.join().unwrap();
     drop(second);
-    let count = |name: &str| -> u64 {
-        stacks
-            .iter()
-            .filter(|(frames, _)| frames[0] == name)
-            .map(|(_, c)| c)
-            .sum()
-    };
+    let count = |name: &str| samples_of(&stacks, name);
     let (first_n, second_n) = (count("first_run"), count("second_run"));
     println!("before the restart {first_n}, after {second_n}");
     assert!(first_n > 300, "the unit was not sampled before: {stdout}");
