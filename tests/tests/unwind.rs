@@ -594,7 +594,8 @@ fn tables_evicted_for_want_of_room_come_back_when_their_process_runs_again() {
     else {
         return;
     };
-    // One python3 process busy at 1-4 s and again at 8-11 s; perl busy at 4.5-7.5 s. With 2 MiB
+    // One python3 process busy at 1-4 s and again at 9-12 s; perl busy from 4.5 s for 2-4 s (its
+    // `time` counts whole seconds): the two never run at once. With 2 MiB
     // of rows (131,072), python3 with libc and ld.so (95,000 rows) and perl with libperl (62,000
     // more) do not fit together: perl's arrival evicts python3's table (idle then, so least
     // recently used), and python3's return must load it again and evict perl's.
@@ -606,7 +607,7 @@ fn tables_evicted_for_want_of_room_come_back_when_their_process_runs_again() {
          d[str(i)] = [j * 2 for j in range(20)]\n    return sorted(d.items())[:3]\n\
          def busy(seconds):\n    end = time.time() + seconds\n    \
          while time.time() < end:\n        work()\n\
-         time.sleep(1)\nbusy(3)\ntime.sleep(4)\nbusy(3)\n",
+         time.sleep(1)\nbusy(3)\ntime.sleep(5)\nbusy(3)\n",
     )
     .unwrap();
     let python = Workload::spawn(python, &[phases.to_str().unwrap()]);
@@ -626,7 +627,7 @@ fn tables_evicted_for_want_of_room_come_back_when_their_process_runs_again() {
         "-F",
         "999",
         "-d",
-        "11500ms",
+        "12500ms",
         "--pid",
         &python_pid,
         "--pid",

@@ -273,7 +273,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// alternating rounds; then the tables' sizes and build times.
 fn unwinding(measuring: &Path, split: &Path, dir: &Path) -> Result<()> {
     println!(
-        "## User stack walkers ({HZ} Hz, one process per CPU, 3 alternating rounds of 4 s; BPF \
+        "## User stack walkers ({HZ} Hz, one process per CPU, 5 alternating rounds of 4 s; BPF \
          time per emitted sample)"
     );
     let python = Path::new("/usr/bin/python3");
@@ -302,7 +302,7 @@ fn unwinding(measuring: &Path, split: &Path, dir: &Path) -> Result<()> {
             .with_context(|| format!("starting {}", program.display()))?;
         let pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
         let mut figures = [Vec::new(), Vec::new()];
-        for _round in 0..3 {
+        for _round in 0..5 {
             for (walker, out) in ["tables", "fp"].iter().zip(figures.iter_mut()) {
                 let mut args = vec!["--duration", "4s", "--frequency", HZ, "--unwind", walker];
                 for pid in &pids {
@@ -313,8 +313,14 @@ fn unwinding(measuring: &Path, split: &Path, dir: &Path) -> Result<()> {
         }
         stop(children);
         let [tables, fp] = figures;
+        // Each round's two runs are minutes apart at most: their ratio cancels most of the
+        // host's drift, which on a shared machine moves single runs by 2x.
+        let paired = median(tables.iter().zip(&fp).map(|(t, f)| t / f).collect());
         let (tables, fp) = (median(tables), median(fp));
-        println!("| {name} | {tables:.0} | {fp:.0} | {:.2} |", tables / fp);
+        println!(
+            "| {name} | {tables:.0} | {fp:.0} | {:.2} (median of the rounds' own ratios: {paired:.2}) |",
+            tables / fp
+        );
     }
     let out = Command::new(measuring)
         .args(["bench-tables", "--host"])

@@ -321,6 +321,11 @@ impl Tables {
         };
         self.by_first.remove(&placed.first);
         self.stats.evicted += 1;
+        tracing::debug!(
+            first = placed.first,
+            rows = placed.rows,
+            "unwind table evicted"
+        );
         self.stats.rows = self.stats.rows.saturating_sub(u64::from(placed.rows));
         let users: Vec<u32> = self
             .processes
