@@ -325,12 +325,7 @@ impl Sampler {
             .iter()
             .cloned()
             .partition(|c| levels(std::slice::from_ref(c)) & self.cgroup_levels != 0);
-        let map = self.ebpf.map_mut(NAME).ok_or(BpfError::Missing {
-            kind: "map",
-            name: NAME,
-        })?;
-        let mut map = BpfHashMap::<_, u64, u8>::try_from(map)
-            .map_err(|source| BpfError::Map { name: NAME, source })?;
+        let mut map = filter_set::<u64>(&mut self.ebpf, NAME)?;
         let old: Vec<u64> = map.keys().filter_map(Result::ok).collect();
         for id in old.iter().filter(|id| !usable.iter().any(|c| c.id == **id)) {
             map.remove(id)
@@ -490,17 +485,24 @@ fn levels(cgroups: &[crate::procfs::CgroupFilter]) -> u32 {
     })
 }
 
+/// The filter set `name` (key → 1) of `ebpf`.
+fn filter_set<'e, K: aya::Pod>(
+    ebpf: &'e mut Ebpf,
+    name: &'static str,
+) -> Result<BpfHashMap<&'e mut MapData, K, u8>, BpfError> {
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(BpfError::Missing { kind: "map", name })?;
+    BpfHashMap::try_from(map).map_err(|source| BpfError::Map { name, source })
+}
+
 /// Fills the filter set `name` (key → 1) with `keys`.
 fn fill_filter<K: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
     keys: impl IntoIterator<Item = K>,
 ) -> Result<(), BpfError> {
-    let map = ebpf
-        .map_mut(name)
-        .ok_or(BpfError::Missing { kind: "map", name })?;
-    let mut map =
-        BpfHashMap::<_, K, u8>::try_from(map).map_err(|source| BpfError::Map { name, source })?;
+    let mut map = filter_set::<K>(ebpf, name)?;
     for key in keys {
         map.insert(key, 1, 0)
             .map_err(|source| BpfError::Map { name, source })?;

@@ -116,9 +116,14 @@ impl ProcessTable {
         if pid != 0 {
             self.refresh(&mut image, modules);
         }
+        self.insert(image)
+    }
+
+    /// Puts `image` in the table as its process's latest.
+    fn insert(&mut self, image: Image) -> ImageId {
         let id = image.id;
+        self.by_pid.entry(image.pid).or_default().push(id);
         self.images.insert(id, image);
-        self.by_pid.entry(pid).or_default().push(id);
         id
     }
 
@@ -191,9 +196,7 @@ impl ProcessTable {
             let info = Arc::clone(&image.info);
             self.end_current(pid, time_ns);
             let image = self.image_with(pid, time_ns, info, snapshot);
-            let id = image.id;
-            self.images.insert(id, image);
-            self.by_pid.entry(pid).or_default().push(id);
+            self.insert(image);
             return;
         }
         if let Some(image) = self.images.get_mut(&last) {
