@@ -137,7 +137,17 @@ fn readiness_follows_sampling_and_delivery_resumes_within_an_interval() {
         "delivery took {resumed:?}"
     );
     let (_, body) = wait_status(http, "/healthz", 200, Duration::from_secs(5));
-    let (_, metrics) = get(http, "/metrics").unwrap();
+    // The receiver sees the request before the daemon sees the answer: the success is recorded
+    // a moment after delivery.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let (_, metrics) = get(http, "/metrics").unwrap();
+        let success = metric(&metrics, "profiler_last_export_success_timestamp_seconds");
+        if success > 0.0 || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         metric(&metrics, "profiler_last_export_success_timestamp_seconds") > 1.7e9,
         "{metrics}"
