@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     }
     let stop = Arc::new(AtomicBool::new(false));
     // SIGHUP (a closed terminal, `systemctl reload`) never kills: `record` stops and writes its
-    // file as on SIGTERM; the daemon keeps going (it is counted in a flag nobody stops on).
+    // file as on SIGTERM; the daemon reloads its configuration and keeps going.
     let hangup = Arc::new(AtomicBool::new(false));
     for (signal, flag) in [
         (signal_hook::consts::SIGINT, &stop),
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Record(args) => record_cmd(&args, &stop),
-        Command::Run(args) => run_cmd(&args, cli.log_level.as_deref(), &matches, &stop),
+        Command::Run(args) => run_cmd(&args, cli.log_level.as_deref(), &matches, &stop, &hangup),
         Command::Check(args) => check_cmd(&args),
         #[cfg(feature = "bench")]
         Command::BenchSymbolize(args) => bench_symbolize_cmd(&args),
@@ -88,17 +88,23 @@ fn run_cmd(
     log_level: Option<&str>,
     matches: &ArgMatches,
     stop: &AtomicBool,
+    hangup: &AtomicBool,
 ) -> ExitCode {
     let sub = matches.subcommand_matches("run");
     // Which flags were given on the command line (they win over environment and file).
     let explicit =
         |id: &str| sub.and_then(|m| m.value_source(id)) == Some(ValueSource::CommandLine);
-    let config = match RunConfig::from_args(args, &|name| std::env::var(name).ok(), &explicit) {
+    let load = || RunConfig::from_args(args, &|name| std::env::var(name).ok(), &explicit);
+    let config = match load() {
         Ok(c) => c,
         Err(err) => return usage_error(&err),
     };
     telemetry::init_logging(log_level, config.log_level.as_deref(), config.log_format);
-    match run::run(&config, stop) {
+    let reload = run::Reload {
+        flag: hangup,
+        load: &load,
+    };
+    match run::run(&config, stop, Some(&reload)) {
         Ok(summary) => {
             println!("{summary}");
             ExitCode::SUCCESS

@@ -521,3 +521,117 @@ fn services_are_named_by_their_own_opentelemetry_settings() {
         "an environment value reached the logs"
     );
 }
+
+/// (service.name, process.pid) of every sample of `request`.
+fn services_and_pids(
+    request: &opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest,
+) -> std::collections::BTreeSet<(String, String)> {
+    let dict = request.dictionary.as_ref().expect("a dictionary");
+    let mut out = std::collections::BTreeSet::new();
+    for rp in &request.resource_profiles {
+        let service = resource_attr(rp, "service.name").unwrap_or_default();
+        for sp in &rp.scope_profiles {
+            for profile in &sp.profiles {
+                for sample in &profile.samples {
+                    let pid = profiler_tests::otlp::attrs(dict, &sample.attribute_indices)
+                        .into_iter()
+                        .find(|(k, _)| k == "process.pid")
+                        .map(|(_, v)| v)
+                        .unwrap_or_default();
+                    out.insert((service.clone(), pid));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sighup_reloads_filters_and_service_name_rules_in_the_open_window() {
+    let Some(_machine) =
+        privileged("sighup_reloads_filters_and_service_name_rules_in_the_open_window")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_workload("split", dir.path());
+    let spawn = |service: &str| {
+        Workload(
+            std::process::Command::new(&bin)
+                .arg("40")
+                .env("OTEL_SERVICE_NAME", service)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let (a, b) = (spawn("alpha-env"), spawn("bravo-env"));
+    let recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
+    let config = dir.path().join("profiler.toml");
+    let common = format!(
+        "otlp-endpoint = \"http://{}\"\ninterval = \"1s\"\nhttp-address = \"off\"\n\
+         frequency = 199\nlabels = [\"pid\"]\n",
+        recv.addr
+    );
+    std::fs::write(&config, format!("{common}pid = [{}]\n", a.pid())).unwrap();
+    let daemon = spawn_profiler(&["run", "--config", config.to_str().unwrap()], &[]);
+    let before = recv.wait_for(2, Duration::from_secs(20));
+    let seen = |captures: &[receiver::Capture]| {
+        captures
+            .iter()
+            .flat_map(|c| services_and_pids(&c.request))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let (a_pid, b_pid) = (a.pid().to_string(), b.pid().to_string());
+    assert_eq!(
+        seen(&before).into_iter().collect::<Vec<_>>(),
+        [("alpha-env".to_owned(), a_pid.clone())],
+        "before the reload: only A, by its own name"
+    );
+
+    // The other process, and a rule that wins over the processes' own names.
+    std::fs::write(
+        &config,
+        format!(
+            "{common}pid = [{}]\n[[service-name]]\nname = \"renamed\"\nexecutable = \"split\"\n",
+            b.pid()
+        ),
+    )
+    .unwrap();
+    let hup = |pid: u32| {
+        // SAFETY: kill(2) with a child's pid and a signal number.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    };
+    hup(daemon.id());
+    let at_reload = recv.captures().len();
+    let after = recv.wait_for(at_reload + 4, Duration::from_secs(20));
+    // The window open at the reload is mixed (A's samples before it, B's after); the later
+    // ones are B's only, named by the rule.
+    let later = &after[(at_reload + 1).min(after.len())..];
+    assert!(later.len() >= 2, "{} windows after the reload", later.len());
+    assert_eq!(
+        seen(later).into_iter().collect::<Vec<_>>(),
+        [("renamed".to_owned(), b_pid.clone())],
+        "after the reload: only B, named by the rule"
+    );
+
+    // A bad file changes nothing: the daemon goes on with what it had.
+    std::fs::write(&config, format!("{common}frequncy = 5\n")).unwrap();
+    hup(daemon.id());
+    let at_bad = recv.captures().len();
+    let more = recv.wait_for(at_bad + 3, Duration::from_secs(20));
+    assert_eq!(
+        seen(&more[(at_bad + 1).min(more.len())..])
+            .into_iter()
+            .collect::<Vec<_>>(),
+        [("renamed".to_owned(), b_pid)]
+    );
+    let (code, _, stderr, _) = terminate(daemon);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("configuration reloaded"), "{stderr}");
+    assert!(
+        stderr.contains("configuration not reloaded") && stderr.contains("frequncy"),
+        "{stderr}"
+    );
+    drop((a, b));
+}

@@ -176,6 +176,8 @@ pub struct Sampler {
     unwind_maps: Option<unwind::UnwindMaps>,
     /// The cgroup levels the program looks at (fixed at load).
     cgroup_levels: u32,
+    /// Whether the program filters by pid (fixed at load; the set is not).
+    pid_filter: bool,
     /// The sampler program attached.
     #[cfg_attr(
         not(feature = "bench"),
@@ -235,12 +237,9 @@ impl Sampler {
             }
             Err(err) => return Err(err),
         };
-        if !config.pids.is_empty() {
-            fill_filter(&mut ebpf, "PIDS", config.pids.iter().copied())?;
-        }
-        if !config.cgroups.is_empty() {
-            fill_filter(&mut ebpf, "CGROUPS", config.cgroups.iter().map(|c| c.id))?;
-        }
+        replace_filter(&mut ebpf, "PIDS", &config.pids)?;
+        let cgroup_ids: Vec<u64> = config.cgroups.iter().map(|c| c.id).collect();
+        replace_filter(&mut ebpf, "CGROUPS", &cgroup_ids)?;
         let started = Instant::now();
         // The table walker is a program of its own: kernels without `bpf_loop` still load the
         // frame-pointer one.
@@ -300,6 +299,7 @@ impl Sampler {
         let unwind_maps = unwind::take_maps(&mut ebpf, unwind)?;
         Ok(Self {
             cgroup_levels: levels(&config.cgroups),
+            pid_filter: !config.pids.is_empty(),
             unwind_maps,
             program: name,
             ebpf,
@@ -320,22 +320,25 @@ impl Sampler {
         &mut self,
         cgroups: &[crate::procfs::CgroupFilter],
     ) -> Result<Vec<crate::procfs::CgroupFilter>, BpfError> {
-        const NAME: &str = "CGROUPS";
         let (usable, unusable): (Vec<_>, Vec<_>) = cgroups
             .iter()
             .cloned()
             .partition(|c| levels(std::slice::from_ref(c)) & self.cgroup_levels != 0);
-        let mut map = filter_set::<u64>(&mut self.ebpf, NAME)?;
-        let old: Vec<u64> = map.keys().filter_map(Result::ok).collect();
-        for id in old.iter().filter(|id| !usable.iter().any(|c| c.id == **id)) {
-            map.remove(id)
-                .map_err(|source| BpfError::Map { name: NAME, source })?;
-        }
-        for c in usable.iter().filter(|c| !old.contains(&c.id)) {
-            map.insert(c.id, 1, 0)
-                .map_err(|source| BpfError::Map { name: NAME, source })?;
-        }
+        let ids: Vec<u64> = usable.iter().map(|c| c.id).collect();
+        replace_filter(&mut self.ebpf, "CGROUPS", &ids)?;
         Ok(unusable)
+    }
+
+    /// Makes the pid filter hold exactly `pids` (a configuration reload).
+    pub fn set_pids(&mut self, pids: &[u32]) -> Result<(), BpfError> {
+        replace_filter(&mut self.ebpf, "PIDS", pids)
+    }
+
+    /// Whether the program was loaded with a pid filter and with a cgroup filter: a reload can
+    /// change what they hold, not whether they exist (they are constants of the program).
+    #[must_use]
+    pub fn filters(&self) -> (bool, bool) {
+        (self.pid_filter, self.cgroup_levels != 0)
     }
 
     /// The table walker's maps, to fill (once; `None` with `--unwind fp`).
@@ -442,7 +445,12 @@ fn load(
     } else {
         std::process::id()
     };
-    let pid_slots = (config.pids.len() as u32).max(1);
+    // Room for the pids a configuration reload may add.
+    let pid_slots = if config.pids.is_empty() {
+        1
+    } else {
+        (config.pids.len() as u32).saturating_mul(4).max(256)
+    };
     // Room for the cgroups of restarted units and containers (the old ids are removed).
     let cgroup_slots = if config.cgroups.is_empty() {
         1
@@ -496,15 +504,20 @@ fn filter_set<'e, K: aya::Pod>(
     BpfHashMap::try_from(map).map_err(|source| BpfError::Map { name, source })
 }
 
-/// Fills the filter set `name` (key → 1) with `keys`.
-fn fill_filter<K: aya::Pod>(
+/// Makes the filter set `name` hold exactly `keys`: removes the others, adds the new ones.
+fn replace_filter<K: aya::Pod + PartialEq>(
     ebpf: &mut Ebpf,
     name: &'static str,
-    keys: impl IntoIterator<Item = K>,
+    keys: &[K],
 ) -> Result<(), BpfError> {
     let mut map = filter_set::<K>(ebpf, name)?;
-    for key in keys {
-        map.insert(key, 1, 0)
+    let old: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    for key in old.iter().filter(|k| !keys.contains(k)) {
+        map.remove(key)
+            .map_err(|source| BpfError::Map { name, source })?;
+    }
+    for key in keys.iter().filter(|k| !old.contains(k)) {
+        map.insert(*key, 1, 0)
             .map_err(|source| BpfError::Map { name, source })?;
     }
     Ok(())

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::bpf::unwind::UnwindConfig;
 use crate::bpf::{BpfError, Design};
-use crate::config::RunConfig;
 use crate::config::otlp::ExtraLabel;
+use crate::config::{ConfigError, RunConfig};
 use crate::counters::{Count, Role, Totals};
 use crate::export::otlp::{
     EncodeOptions, ExportStats, Labels, Observers, RequestQueue, Transport, TransportError, encode,
     send_loop,
 };
-use crate::pipeline::{Collector, Driver, Ending};
+use crate::pipeline::{Collector, Driver, Ending, ReselectError};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::{Gauges, Metrics};
 use crate::telemetry::server::{self, ServerError, ServerState};
@@ -72,8 +72,19 @@ struct Shared {
     health: Arc<Health>,
 }
 
+/// How the daemon reloads its configuration: `load` reads it again (flags, environment, file)
+/// whenever `flag` is set (by SIGHUP).
+pub struct Reload<'a> {
+    pub flag: &'a AtomicBool,
+    pub load: &'a dyn Fn() -> Result<RunConfig, ConfigError>,
+}
+
 /// Runs until `stop` is set; then exports the open window and waits (bounded) for delivery.
-pub fn run(config: &RunConfig, stop: &AtomicBool) -> Result<RunSummary, RunError> {
+pub fn run(
+    config: &RunConfig,
+    stop: &AtomicBool,
+    reload: Option<&Reload<'_>>,
+) -> Result<RunSummary, RunError> {
     super::check::warn_missing_capabilities();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -122,7 +133,7 @@ pub fn run(config: &RunConfig, stop: &AtomicBool) -> Result<RunSummary, RunError
         "profiler running"
     );
 
-    let pipeline = Pipeline::new(config, &shared).run(stop);
+    let pipeline = Pipeline::new(config, &shared).run(stop, reload);
     shared.health.set_attached(false);
     // Whatever happened, let the sender finish what it has (bounded), then report.
     shared.queue.close();
@@ -168,6 +179,7 @@ impl<'a> Pipeline<'a> {
                 include_idle: config.sampler.include_idle,
                 labels: labels(&config.labels),
                 max_profile_bytes: config.max_profile_bytes,
+                service_rules: config.service_rules.clone(),
             },
             windows: 0,
             samples: 0,
@@ -176,20 +188,27 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Runs until `stop`; returns the final totals and the samples exported.
-    fn run(mut self, stop: &AtomicBool) -> Result<(Totals, u64), BpfError> {
+    fn run(
+        mut self,
+        stop: &AtomicBool,
+        reload: Option<&Reload<'_>>,
+    ) -> Result<(Totals, u64), BpfError> {
         let mut driver = Driver::start_unwinding(
             &self.config.sampler,
             Design::RingBuf,
             &UnwindConfig::of(&self.config.limits),
             stop,
         )?;
+        if let Some(reload) = reload {
+            driver.reload_on(reload.flag);
+        }
         if let Some(maps) = driver.take_unwind_maps() {
             self.collector.set_unwind_maps(maps);
         }
         self.shared.health.set_attached(true);
+        let mut wall_start = SystemTime::now();
+        let mut start = Instant::now();
         loop {
-            let wall_start = SystemTime::now();
-            let start = Instant::now();
             let ending = driver.run_until(
                 start + self.config.interval,
                 &mut self.collector,
@@ -197,17 +216,55 @@ impl<'a> Pipeline<'a> {
                     publish(self.shared, self.config, driver, collector, self.windows);
                 },
             )?;
-            driver.take_peak_fill();
-            if ending == Ending::Stopped {
-                // Take what is still in the ring buffer into this last window.
-                let kernel = driver.finish(&mut self.collector)?;
-                let totals = self.close_window(wall_start, start.elapsed(), kernel);
-                return Ok((totals, self.samples));
+            match ending {
+                Ending::Reload => {
+                    if let Some(reload) = reload {
+                        self.reload(&mut driver, reload);
+                    }
+                }
+                Ending::Stopped => {
+                    driver.take_peak_fill();
+                    // Take what is still in the ring buffer into this last window.
+                    let kernel = driver.finish(&mut self.collector)?;
+                    let totals = self.close_window(wall_start, start.elapsed(), kernel);
+                    return Ok((totals, self.samples));
+                }
+                Ending::Deadline => {
+                    driver.take_peak_fill();
+                    let mut kernel = Totals::default();
+                    driver.sampler().read_counters(&mut kernel)?;
+                    self.close_window(wall_start, start.elapsed(), kernel);
+                    wall_start = SystemTime::now();
+                    start = Instant::now();
+                }
             }
-            let mut kernel = Totals::default();
-            driver.sampler().read_counters(&mut kernel)?;
-            self.close_window(wall_start, start.elapsed(), kernel);
         }
+    }
+
+    /// Reads the configuration again and applies what can change while running: the filters
+    /// and the service-name rules. The open window goes on; a bad file changes nothing.
+    fn reload(&mut self, driver: &mut Driver<'_>, reload: &Reload<'_>) {
+        let fresh = match (reload.load)() {
+            Ok(fresh) => fresh,
+            Err(err) => {
+                tracing::error!("configuration not reloaded, the running one stays: {err}");
+                return;
+            }
+        };
+        match driver.reselect(&fresh.sampler) {
+            Ok(()) => {}
+            Err(err @ ReselectError::Restart) => {
+                tracing::warn!("filters not reloaded: {err}");
+            }
+            Err(err) => tracing::error!("filters not reloaded: {err}"),
+        }
+        self.options.service_rules = fresh.service_rules;
+        tracing::info!(
+            pids = fresh.sampler.pids.len(),
+            cgroup_targets = fresh.sampler.cgroups.len(),
+            "configuration reloaded (filters and service-name rules; other settings apply at \
+             restart)"
+        );
     }
 
     /// Names and encodes the window, queues its requests, logs its losses; returns the totals.

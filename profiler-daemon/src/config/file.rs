@@ -17,6 +17,11 @@ pub struct FileConfig {
     pub interval: Option<String>,
     pub frequency: Option<u32>,
     pub pid: Option<Vec<u32>>,
+    pub cgroup: Option<Vec<PathBuf>>,
+    pub unit: Option<Vec<String>>,
+    pub container: Option<Vec<String>>,
+    /// `[[service-name]]` tables (see `rules`).
+    pub service_name: Option<Vec<super::rules::ServiceRule>>,
     pub include_idle: Option<bool>,
     pub export_queue_size: Option<usize>,
     pub shutdown_timeout: Option<String>,
@@ -100,14 +105,19 @@ mod tests {
         assert_eq!(c.interval.as_deref(), Some("10s"));
         assert_eq!(c.otlp_endpoint.as_deref(), Some("http://localhost:4317"));
         assert!(c.http_address.is_some() && c.log_format.is_some());
-        // Every key of the struct appears in the example (uncommented), so the example is complete.
-        let keys: Vec<&str> = example
+        // Every key of the struct appears in the example (uncommented), so the example is
+        // complete: the top-level keys, then one `[[service-name]]` table.
+        let (top, tables) = example.split_once("[[service-name]]").unwrap();
+        let keys: Vec<&str> = top
             .lines()
             .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
             .filter(|k| !k.starts_with('#'))
             .collect();
-        assert_eq!(keys.len(), 25, "{keys:?}");
-        assert_eq!(c.unwind, Some(super::super::UnwindMode::Fp));
+        assert_eq!(keys.len(), 28, "{keys:?}");
+        assert!(!tables.contains("[[") && tables.contains("name = "));
+        assert_eq!(c.service_name.as_ref().map(Vec::len), Some(1));
+        assert_eq!(c.unit, Some(Vec::new()));
+        assert_eq!(c.unwind, Some(super::super::UnwindMode::Auto));
         assert_eq!(c.unwind_table_memory, Some(64 << 20));
     }
 

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod file;
 pub mod otlp;
+pub mod rules;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -257,6 +258,8 @@ pub struct RunConfig {
     pub log_format: LogFormat,
     /// `log-level` from the config file (below `--log-level` and `RUST_LOG`).
     pub log_level: Option<String>,
+    /// The file's `[[service-name]]` rules (empty without a file).
+    pub service_rules: rules::ServiceRules,
 }
 
 /// Log output format.
@@ -365,6 +368,7 @@ impl RunConfig {
             http_address: parse_http_address(&args.http_address)?,
             log_format: args.log_format,
             log_level: merged.log_level,
+            service_rules: merged.service_rules,
         })
     }
 }
@@ -414,6 +418,7 @@ struct Merged {
     /// OTLP settings of the file: below the environment variables in precedence.
     otlp_file: otlp::OtlpArgs,
     log_level: Option<String>,
+    service_rules: rules::ServiceRules,
 }
 
 fn merge(
@@ -427,6 +432,7 @@ fn merge(
             args: out,
             otlp_file: otlp::OtlpArgs::default(),
             log_level: None,
+            service_rules: rules::ServiceRules::default(),
         });
     };
     apply_file(&mut out, f, path, explicit)?;
@@ -434,6 +440,10 @@ fn merge(
         args: out,
         otlp_file: file_otlp(f, path)?,
         log_level: f.log_level.clone(),
+        service_rules: rules::ServiceRules::validated(
+            f.service_name.clone().unwrap_or_default(),
+            path,
+        )?,
     })
 }
 
@@ -455,6 +465,9 @@ fn apply_file(
     }
     take!(frequency, out.frequency);
     take!(pid, out.pid);
+    take!(cgroup, out.cgroup);
+    take!(unit, out.unit);
+    take!(container, out.container);
     take!(include_idle, out.include_idle);
     take!(export_queue_size, out.export_queue_size);
     take!(labels, out.labels);

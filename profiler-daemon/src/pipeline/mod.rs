@@ -54,6 +54,18 @@ pub trait Sink {
     fn take_mappings(&mut self, _records: Vec<MmapRecord>, _lost: u64) {}
 }
 
+/// Why a reloaded selection was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReselectError {
+    #[error(
+        "adding or removing the pid or cgroup filter (pid, cgroup, unit, container) needs a \
+         restart"
+    )]
+    Restart,
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+}
+
 /// Why `Driver::run_until` returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -61,6 +73,8 @@ pub enum Ending {
     Deadline,
     /// The stop signal (SIGINT, SIGTERM) was set.
     Stopped,
+    /// The reload signal (SIGHUP) was set: reload, then go on with the same window.
+    Reload,
 }
 
 /// The attached sampler and the loop that drains it.
@@ -74,6 +88,8 @@ pub struct Driver<'s> {
     cgroups: Vec<CgroupFilter>,
     next_resolve: Instant,
     stop: &'s AtomicBool,
+    /// Set by SIGHUP (`run` only): ends `run_until` with `Ending::Reload`.
+    reload: Option<&'s AtomicBool>,
     /// Largest share of the ring buffer taken in one drain since `take_peak_fill`.
     peak_fill: f64,
 }
@@ -108,8 +124,32 @@ impl<'s> Driver<'s> {
             cgroups: config.cgroups.clone(),
             next_resolve: Instant::now() + RESOLVE_INTERVAL,
             stop,
+            reload: None,
             peak_fill: 0.0,
         })
+    }
+
+    /// Makes `run_until` return `Ending::Reload` when `flag` is set (and clears it).
+    pub fn reload_on(&mut self, flag: &'s AtomicBool) {
+        self.reload = Some(flag);
+    }
+
+    /// Points the filters at a reloaded configuration's selection. Whether there is a pid filter
+    /// and a cgroup filter is fixed when the program loads: a reload that adds or removes one
+    /// is refused (a restart applies it), and nothing changes.
+    pub fn reselect(&mut self, config: &SamplerConfig) -> Result<(), ReselectError> {
+        let (pids, cgroups) = self.sampler.filters();
+        if pids == config.pids.is_empty() || cgroups == config.cgroup_targets.is_empty() {
+            return Err(ReselectError::Restart);
+        }
+        if pids {
+            self.sampler.set_pids(&config.pids)?;
+        }
+        // The new targets go through the same path as a restarted unit's new cgroup.
+        self.cgroup_targets = config.cgroup_targets.clone();
+        self.next_resolve = Instant::now();
+        self.follow_cgroups();
+        Ok(())
     }
 
     /// The table walker's maps (once; `None` with `--unwind fp`): give them to the collector.
@@ -136,6 +176,12 @@ impl<'s> Driver<'s> {
             self.follow_cgroups();
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(Ending::Stopped);
+            }
+            if self
+                .reload
+                .is_some_and(|r| r.swap(false, Ordering::Relaxed))
+            {
+                return Ok(Ending::Reload);
             }
             let now = Instant::now();
             if now >= end {

@@ -7,6 +7,8 @@ mod container;
 pub mod maps;
 mod service;
 
+pub use service::{systemd_path, unit_of_path};
+
 pub use cgroup::{CgroupError, CgroupFilter, CgroupTargets, resolve_all as resolve_cgroups};
 pub use container::container_id_from_cgroup;
 pub use maps::{MapsLine, parse_maps};
@@ -26,6 +28,9 @@ pub struct ProcessInfo {
     pub exe_name: Arc<str>,
     /// Container id from the process's cgroup path (Docker, containerd, CRI-O, Podman).
     pub container_id: Option<Arc<str>>,
+    /// Its cgroup path as systemd sees it (`/system.slice/nginx.service`), for the configured
+    /// service-name rules.
+    pub cgroup: Option<Arc<str>>,
     /// The service its owner named (`OTEL_SERVICE_NAME`, `service.name` in
     /// `OTEL_RESOURCE_ATTRIBUTES`, else its systemd unit); `None`: name it by the executable.
     pub service: Option<Arc<str>>,
@@ -74,6 +79,7 @@ impl ProcessInfo {
             exe_path,
             exe_name,
             container_id,
+            cgroup: cgroup.as_deref().and_then(systemd_path).map(Arc::from),
             service,
             kernel_thread,
         }
@@ -94,6 +100,7 @@ impl ProcessInfo {
             name,
             exe_path: None,
             container_id: None,
+            cgroup: None,
             service: None,
             kernel_thread: false,
         }

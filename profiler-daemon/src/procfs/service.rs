@@ -57,17 +57,33 @@ fn service_from_environ(environ: &[u8]) -> Option<String> {
 /// services of their own.
 #[must_use]
 fn unit_service(cgroup: &str) -> Option<String> {
-    cgroup
-        .lines()
-        .filter_map(|line| {
+    systemd_path(cgroup)
+        .and_then(unit_of_path)
+        .and_then(|unit| clean(unit.strip_suffix(".service").unwrap_or(unit)))
+}
+
+/// The cgroup path systemd placed the process at: the cgroup v2 line's (`0::PATH`), else cgroup
+/// v1's `name=systemd` line's.
+#[must_use]
+pub fn systemd_path(cgroup: &str) -> Option<&str> {
+    let path_of = |wanted: &str| {
+        cgroup.lines().find_map(|line| {
             let mut fields = line.splitn(3, ':');
             let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-            (controllers.is_empty() || controllers == "name=systemd").then_some(path)
+            (controllers == wanted).then_some(path)
         })
-        .flat_map(|path| path.split('/').rev())
-        .filter_map(|part| part.strip_suffix(".service"))
+    };
+    path_of("").or_else(|| path_of("name=systemd"))
+}
+
+/// The innermost service unit (`nginx.service`) in a cgroup path; user managers
+/// (`user@1000.service`) are not services of their own.
+#[must_use]
+pub fn unit_of_path(path: &str) -> Option<&str> {
+    path.split('/')
+        .rev()
+        .filter(|part| part.ends_with(".service"))
         .find(|unit| !unit.starts_with("user@"))
-        .and_then(clean)
 }
 
 /// Decodes `%XX` escapes (W3C baggage encoding, which `OTEL_RESOURCE_ATTRIBUTES` uses); a bad

@@ -139,6 +139,7 @@ pub mod test_support {
                 exe_path: (pid != 0).then(|| Arc::from("/usr/bin/app")),
                 exe_name: name,
                 container_id: None,
+                cgroup: None,
                 service: None,
                 kernel_thread: pid == 0,
             }),

@@ -21,6 +21,7 @@ use prost::Message as _;
 
 use super::budget::ConvertedSize;
 use super::dictionary::Dictionary;
+use crate::config::rules::ServiceRules;
 use crate::profile::{Stack, SymbolizedProfile};
 
 /// Pyroscope's default `max_profile_stacktrace_samples`.
@@ -74,6 +75,8 @@ pub struct EncodeOptions {
     pub labels: Labels,
     /// Largest converted (pprof) profile and largest request, in bytes.
     pub max_profile_bytes: usize,
+    /// The configuration's service-name rules (first in the order of names).
+    pub service_rules: ServiceRules,
 }
 
 impl Default for EncodeOptions {
@@ -84,6 +87,7 @@ impl Default for EncodeOptions {
             include_idle: false,
             labels: Labels::default(),
             max_profile_bytes: MAX_REQUEST_BYTES,
+            service_rules: ServiceRules::default(),
         }
     }
 }
@@ -98,15 +102,19 @@ struct ResourceKey {
 }
 
 impl ResourceKey {
-    fn of(stack: &Stack, labels: Labels) -> Self {
+    fn of(stack: &Stack, labels: Labels, rules: &ServiceRules) -> Self {
         let p = &stack.process;
         Self {
-            // The process's own name for itself (OTEL settings, systemd unit), else its
-            // executable. Still to come: configured rules and Kubernetes workloads.
+            // The configured rules, then the process's own name for itself (OTEL settings,
+            // systemd unit), else its executable. Still to come: Kubernetes workloads.
             service: if p.kernel_thread {
                 KERNEL_SERVICE.to_owned()
             } else {
-                p.service.as_deref().unwrap_or(&p.exe_name).to_owned()
+                rules
+                    .name_for(p)
+                    .or(p.service.as_deref())
+                    .unwrap_or(&p.exe_name)
+                    .to_owned()
             },
             exe_name: p.exe_name.to_string(),
             exe_path: labels
@@ -147,7 +155,7 @@ pub fn encode(
     let mut merged: Vec<Vec<Merged<'_>>> = Vec::new();
     let mut merged_of: HashMap<(usize, i32, Vec<i32>), usize> = HashMap::new();
     for stack in profile.shown(options.include_idle) {
-        let key = ResourceKey::of(stack, options.labels);
+        let key = ResourceKey::of(stack, options.labels, &options.service_rules);
         let resource = *resource_of.entry(key.clone()).or_insert_with(|| {
             resources.push(key);
             merged.push(Vec::new());
