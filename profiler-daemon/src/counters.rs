@@ -114,6 +114,12 @@ pub const FAMILIES: &[Family] = &[
                for want of room beside the tables in use (tried again later)",
     },
     Family {
+        name: "kubernetes",
+        label_key: Some("event"),
+        help: "Kubernetes API (--kubernetes): pod updates taken, errors (unreachable, refused, \
+               over the pod bound)",
+    },
+    Family {
         name: "export_rejected_profiles",
         label_key: None,
         help: "Profiles a receiver rejected in a partial success",
@@ -178,6 +184,9 @@ catalog! {
     ExportDropped => "exports", Some("dropped"), "dropped", Count;
     ExportedSamples => "exported_samples", None, "exported_samples", Count;
     RejectedProfiles => "export_rejected_profiles", None, "rejected_profiles", Count;
+    // Kubernetes metadata.
+    KubePodUpdates => "kubernetes", Some("pod_update"), "kubernetes_pod_updates", Count;
+    KubeErrors => "kubernetes", Some("error"), "kubernetes_errors", Count;
 }
 
 impl Count {

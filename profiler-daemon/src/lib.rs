@@ -16,6 +16,7 @@ pub mod counters;
 pub mod export;
 #[cfg(test)]
 mod fuzz;
+pub mod kubernetes;
 pub mod mmaps;
 pub mod objfile;
 pub mod pipeline;

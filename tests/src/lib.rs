@@ -6,7 +6,9 @@
     reason = "test support: failing loudly (panics, unwraps) is the point here"
 )]
 
+pub mod cgroups;
 pub mod http;
+pub mod kube_api;
 pub mod otlp;
 pub mod receiver;
 

@@ -17,6 +17,7 @@ use crate::export::otlp::{
     EncodeOptions, ExportStats, Labels, Observers, RequestQueue, Transport, TransportError, encode,
     send_loop,
 };
+use crate::kubernetes::PodIndex;
 use crate::pipeline::{Collector, Driver, Ending, ReselectError};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::{Gauges, Metrics};
@@ -70,6 +71,8 @@ struct Shared {
     stats: Arc<ExportStats>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    /// This node's pods (`--kubernetes`).
+    kubernetes: Option<Arc<PodIndex>>,
 }
 
 /// How the daemon reloads its configuration: `load` reads it again (flags, environment, file)
@@ -97,7 +100,18 @@ pub fn run(
         stats: Arc::new(ExportStats::default()),
         metrics: Arc::new(Metrics::new()),
         health: Arc::new(Health::default()),
+        kubernetes: config
+            .kubernetes_node
+            .as_deref()
+            .map(|node| Arc::new(PodIndex::new(node))),
     };
+    if let Some(index) = &shared.kubernetes {
+        tracing::info!(
+            node = index.node(),
+            "watching this node's pods on the Kubernetes API"
+        );
+        runtime.spawn(crate::kubernetes::watch(Arc::clone(index)));
+    }
     let transport = {
         let _guard = runtime.enter();
         Transport::new(&config.otlp)?
@@ -180,6 +194,7 @@ impl<'a> Pipeline<'a> {
                 labels: labels(&config.labels),
                 max_profile_bytes: config.max_profile_bytes,
                 service_rules: config.service_rules.clone(),
+                kubernetes: shared.kubernetes.clone(),
             },
             windows: 0,
             samples: 0,
@@ -345,6 +360,9 @@ fn publish(
     }
     collector.totals(&mut totals);
     shared.stats.totals(&mut totals);
+    if let Some(index) = &shared.kubernetes {
+        index.totals(&mut totals);
+    }
     totals.set(Count::Windows, windows);
     shared.metrics.update(&totals);
     let held = collector.held();

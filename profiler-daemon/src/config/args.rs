@@ -121,6 +121,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Label profiles with this node's Kubernetes pods (namespace, pod, container, workload),
+    /// watched on the API server (in-cluster service account, or `KUBECONFIG`); needs
+    /// `NODE_NAME`. Services are then named `namespace/workload`.
+    #[arg(long)]
+    pub kubernetes: bool,
+
     #[command(flatten)]
     pub otlp: OtlpArgs,
 

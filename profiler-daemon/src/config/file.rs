@@ -44,6 +44,7 @@ pub struct FileConfig {
     pub http_address: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<super::LogFormat>,
+    pub kubernetes: Option<bool>,
 }
 
 impl FileConfig {
@@ -113,7 +114,7 @@ mod tests {
             .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
             .filter(|k| !k.starts_with('#'))
             .collect();
-        assert_eq!(keys.len(), 28, "{keys:?}");
+        assert_eq!(keys.len(), 29, "{keys:?}");
         assert!(!tables.contains("[[") && tables.contains("name = "));
         assert_eq!(c.service_name.as_ref().map(Vec::len), Some(1));
         assert_eq!(c.unit, Some(Vec::new()));

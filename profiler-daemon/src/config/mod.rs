@@ -260,6 +260,8 @@ pub struct RunConfig {
     pub log_level: Option<String>,
     /// The file's `[[service-name]]` rules (empty without a file).
     pub service_rules: rules::ServiceRules,
+    /// `--kubernetes`: the node whose pods label the profiles (`NODE_NAME`).
+    pub kubernetes_node: Option<String>,
 }
 
 /// Log output format.
@@ -369,6 +371,7 @@ impl RunConfig {
             log_format: args.log_format,
             log_level: merged.log_level,
             service_rules: merged.service_rules,
+            kubernetes_node: kubernetes_node(args.kubernetes, env)?,
         })
     }
 }
@@ -474,6 +477,7 @@ fn apply_file(
     take!(max_profile_bytes, out.max_profile_bytes);
     take!(http_address, out.http_address);
     take!(log_format, out.log_format);
+    take!(kubernetes, out.kubernetes);
     take!(max_stacks, out.limits.max_stacks);
     take!(symbol_cache_entries, out.limits.symbol_cache_entries);
     take!(open_modules, out.limits.open_modules);
@@ -521,6 +525,24 @@ fn host_name_from(env: &dyn Fn(&str) -> Option<String>) -> String {
     env("NODE_NAME")
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(host_name)
+}
+
+/// With `--kubernetes`, the node to watch: `NODE_NAME` (the downward API's `spec.nodeName`).
+fn kubernetes_node(
+    enabled: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    if !enabled {
+        return Ok(None);
+    }
+    match env("NODE_NAME").map(|n| n.trim().to_owned()) {
+        Some(node) if !node.is_empty() => Ok(Some(node)),
+        _ => Err(ConfigError::Invalid {
+            source_name: "--kubernetes".to_owned(),
+            value: "NODE_NAME unset".to_owned(),
+            expected: "NODE_NAME set to this node's name (the downward API's spec.nodeName)",
+        }),
+    }
 }
 
 /// `off` (or empty) disables the server.

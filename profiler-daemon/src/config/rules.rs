@@ -164,7 +164,9 @@ mod tests {
             exe_name: Arc::from(exe),
             container_id: container.map(Arc::from),
             cgroup: cgroup.map(Arc::from),
+            pod_uid: None,
             service: None,
+            unit: None,
             kernel_thread: false,
         }
     }

@@ -10,7 +10,7 @@ mod service;
 pub use service::{systemd_path, unit_of_path};
 
 pub use cgroup::{CgroupError, CgroupFilter, CgroupTargets, resolve_all as resolve_cgroups};
-pub use container::container_id_from_cgroup;
+pub use container::{container_id_from_cgroup, pod_uid_from_cgroup};
 pub use maps::{MapsLine, parse_maps};
 
 use std::path::Path;
@@ -31,9 +31,13 @@ pub struct ProcessInfo {
     /// Its cgroup path as systemd sees it (`/system.slice/nginx.service`), for the configured
     /// service-name rules.
     pub cgroup: Option<Arc<str>>,
-    /// The service its owner named (`OTEL_SERVICE_NAME`, `service.name` in
-    /// `OTEL_RESOURCE_ATTRIBUTES`, else its systemd unit); `None`: name it by the executable.
+    /// The service its owner named (`OTEL_SERVICE_NAME`, else `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES`).
     pub service: Option<Arc<str>>,
+    /// Its systemd service unit, without `.service` (a service name below the Kubernetes one).
+    pub unit: Option<Arc<str>>,
+    /// The Kubernetes pod uid in its cgroup path.
+    pub pod_uid: Option<Arc<str>>,
     /// A kernel thread (or the idle task): no executable, named by the kernel.
     pub kernel_thread: bool,
 }
@@ -68,10 +72,16 @@ impl ProcessInfo {
             .as_deref()
             .and_then(container_id_from_cgroup)
             .map(Arc::from);
-        let service = if kernel_thread {
-            None
+        let (service, unit) = if kernel_thread {
+            (None, None)
         } else {
-            service::service_of(&dir, cgroup.as_deref()).map(Arc::from)
+            (
+                service::own_service(&dir).map(Arc::from),
+                cgroup
+                    .as_deref()
+                    .and_then(service::unit_service)
+                    .map(Arc::from),
+            )
         };
         Self {
             pid,
@@ -80,7 +90,12 @@ impl ProcessInfo {
             exe_name,
             container_id,
             cgroup: cgroup.as_deref().and_then(systemd_path).map(Arc::from),
+            pod_uid: cgroup
+                .as_deref()
+                .and_then(pod_uid_from_cgroup)
+                .map(Arc::from),
             service,
+            unit,
             kernel_thread,
         }
     }
@@ -101,7 +116,9 @@ impl ProcessInfo {
             exe_path: None,
             container_id: None,
             cgroup: None,
+            pod_uid: None,
             service: None,
+            unit: None,
             kernel_thread: false,
         }
     }

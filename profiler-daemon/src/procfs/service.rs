@@ -14,12 +14,10 @@ const MAX_ENVIRON_BYTES: u64 = 256 << 10;
 /// Longest service name kept (longer values are cut at a character boundary).
 const MAX_NAME_BYTES: usize = 128;
 
-/// The service named by the process's environment, else by its systemd unit.
+/// The service named by the process's environment.
 #[must_use]
-pub(super) fn service_of(pid_dir: &Path, cgroup: Option<&str>) -> Option<String> {
-    read_environ(pid_dir)
-        .and_then(|environ| service_from_environ(&environ))
-        .or_else(|| cgroup.and_then(unit_service))
+pub(super) fn own_service(pid_dir: &Path) -> Option<String> {
+    read_environ(pid_dir).and_then(|environ| service_from_environ(&environ))
 }
 
 /// `/proc/PID/environ`, bounded; `None` when unreadable (another user's process without
@@ -56,7 +54,7 @@ fn service_from_environ(environ: &[u8]) -> Option<String> {
 /// `name=systemd` line), without `.service`; user managers (`user@1000.service`) are not
 /// services of their own.
 #[must_use]
-fn unit_service(cgroup: &str) -> Option<String> {
+pub(super) fn unit_service(cgroup: &str) -> Option<String> {
     systemd_path(cgroup)
         .and_then(unit_of_path)
         .and_then(|unit| clean(unit.strip_suffix(".service").unwrap_or(unit)))

@@ -12,6 +12,7 @@
 //! - a deduplicated dictionary (`dictionary`) per request, one value (the count) per sample.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
@@ -22,6 +23,7 @@ use prost::Message as _;
 use super::budget::ConvertedSize;
 use super::dictionary::Dictionary;
 use crate::config::rules::ServiceRules;
+use crate::kubernetes::{Placement, PodIndex};
 use crate::profile::{Stack, SymbolizedProfile};
 
 /// Pyroscope's default `max_profile_stacktrace_samples`.
@@ -41,6 +43,10 @@ pub mod keys {
     pub const THREAD_NAME: &str = "thread.name";
     pub const FRAME_TYPE: &str = "profile.frame.type";
     pub const BUILD_ID: &str = "process.executable.build_id.gnu";
+    pub const K8S_NAMESPACE: &str = "k8s.namespace.name";
+    pub const K8S_POD: &str = "k8s.pod.name";
+    pub const K8S_CONTAINER: &str = "k8s.container.name";
+    pub const K8S_NODE: &str = "k8s.node.name";
 }
 
 /// The service of every kernel thread (and of the idle task).
@@ -77,6 +83,8 @@ pub struct EncodeOptions {
     pub max_profile_bytes: usize,
     /// The configuration's service-name rules (first in the order of names).
     pub service_rules: ServiceRules,
+    /// This node's pods (`--kubernetes`).
+    pub kubernetes: Option<Arc<PodIndex>>,
 }
 
 impl Default for EncodeOptions {
@@ -88,6 +96,7 @@ impl Default for EncodeOptions {
             labels: Labels::default(),
             max_profile_bytes: MAX_REQUEST_BYTES,
             service_rules: ServiceRules::default(),
+            kubernetes: None,
         }
     }
 }
@@ -99,29 +108,42 @@ struct ResourceKey {
     exe_name: String,
     exe_path: Option<String>,
     container_id: Option<String>,
+    /// The process's pod (`--kubernetes`).
+    kubernetes: Option<Placement>,
 }
 
 impl ResourceKey {
-    fn of(stack: &Stack, labels: Labels, rules: &ServiceRules) -> Self {
+    fn of(stack: &Stack, options: &EncodeOptions) -> Self {
         let p = &stack.process;
+        let kubernetes = options
+            .kubernetes
+            .as_ref()
+            .filter(|_| !p.kernel_thread)
+            .and_then(|index| index.placement(p.pod_uid.as_deref(), p.container_id.as_deref()));
+        // First match wins: the configured rules, the process's own name for itself (its OTEL
+        // settings), its Kubernetes workload, its systemd unit, its executable.
+        let service = if p.kernel_thread {
+            KERNEL_SERVICE.to_owned()
+        } else if let Some(name) = options.service_rules.name_for(p).or(p.service.as_deref()) {
+            name.to_owned()
+        } else if let Some(name) = kubernetes
+            .as_ref()
+            .and_then(|k| k.pod.service(k.container.as_deref()))
+        {
+            name
+        } else {
+            p.unit.as_deref().unwrap_or(&p.exe_name).to_owned()
+        };
         Self {
-            // The configured rules, then the process's own name for itself (OTEL settings,
-            // systemd unit), else its executable. Still to come: Kubernetes workloads.
-            service: if p.kernel_thread {
-                KERNEL_SERVICE.to_owned()
-            } else {
-                rules
-                    .name_for(p)
-                    .or(p.service.as_deref())
-                    .unwrap_or(&p.exe_name)
-                    .to_owned()
-            },
+            service,
             exe_name: p.exe_name.to_string(),
-            exe_path: labels
+            exe_path: options
+                .labels
                 .exe_path
                 .then(|| p.exe_path.as_deref().map(str::to_owned))
                 .flatten(),
             container_id: p.container_id.as_deref().map(str::to_owned),
+            kubernetes,
         }
     }
 }
@@ -155,7 +177,7 @@ pub fn encode(
     let mut merged: Vec<Vec<Merged<'_>>> = Vec::new();
     let mut merged_of: HashMap<(usize, i32, Vec<i32>), usize> = HashMap::new();
     for stack in profile.shown(options.include_idle) {
-        let key = ResourceKey::of(stack, options.labels, &options.service_rules);
+        let key = ResourceKey::of(stack, options);
         let resource = *resource_of.entry(key.clone()).or_insert_with(|| {
             resources.push(key);
             merged.push(Vec::new());
@@ -345,6 +367,19 @@ fn resource(key: &ResourceKey, options: &EncodeOptions) -> Resource {
     }
     if let Some(id) = &key.container_id {
         set(keys::CONTAINER_ID, id);
+    }
+    if let Some(k) = &key.kubernetes {
+        set(keys::K8S_NAMESPACE, &k.pod.namespace);
+        set(keys::K8S_POD, &k.pod.name);
+        if let Some(container) = &k.container {
+            set(keys::K8S_CONTAINER, container);
+        }
+        if let Some(w) = &k.pod.workload {
+            set(&format!("k8s.{}.name", w.kind), &w.name);
+        }
+    }
+    if let Some(index) = &options.kubernetes {
+        set(keys::K8S_NODE, index.node());
     }
     Resource {
         attributes: attrs.iter().map(|(k, v)| string_kv(k, v)).collect(),
