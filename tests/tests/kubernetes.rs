@@ -57,77 +57,107 @@ fn resource_of<'a>(
         .unwrap_or_else(|| panic!("no resource of container {container}: {all:#?}"))
 }
 
+/// Two pods' processes in cgroups shaped as the kubelet shapes them (systemd driver with
+/// containerd; cgroupfs driver with CRI-O), a host process beside them, and the stand-in API
+/// server listing one pod and sending the other in its watch. Dropped in field order: the
+/// processes before their cgroups, containers before pods.
+struct Node {
+    checkout: Workload,
+    frontend: Workload,
+    host: Workload,
+    _cgroups: [Cgroup; 5],
+    api: FakeApi,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = v2_mount();
+        let checkout_pod = Cgroup::create(mount.join(format!(
+            "kubepods-besteffort-pod{}.slice",
+            CHECKOUT_UID.replace('-', "_")
+        )));
+        let checkout_cg = Cgroup::create(
+            checkout_pod
+                .0
+                .join(format!("cri-containerd-{CHECKOUT_ID}.scope")),
+        );
+        let qos = Cgroup::create(mount.join(format!("kubepods-test-{}", std::process::id())));
+        let frontend_pod = Cgroup::create(qos.0.join(format!("pod{FRONTEND_UID}")));
+        let frontend_cg = Cgroup::create(frontend_pod.0.join(FRONTEND_ID));
+        let bin = build_workload("split", dir.path());
+        let checkout = Workload::spawn(&bin, &["30"]);
+        let frontend = Workload::spawn(&bin, &["30"]);
+        let host = Workload::spawn(&bin, &["30"]);
+        checkout_cg.admit(checkout.pid());
+        frontend_cg.admit(frontend.pid());
+        let api = FakeApi::start(
+            vec![fixture("checkout-pod.json")],
+            vec![fixture("frontend-pod.json")],
+        );
+        Self {
+            checkout,
+            frontend,
+            host,
+            _cgroups: [checkout_cg, checkout_pod, frontend_cg, frontend_pod, qos],
+            api,
+            dir,
+        }
+    }
+
+    /// Runs the daemon with `--kubernetes` and `extra` flags on the three processes; returns
+    /// the distinct resources of the windows after the first two (the watch may not be in for
+    /// those), and the daemon's stderr.
+    fn profile(&self, extra: &[&str]) -> (Vec<BTreeMap<String, String>>, String) {
+        let kubeconfig = self.api.kubeconfig(self.dir.path());
+        let recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
+        let endpoint = format!("http://{}", recv.addr);
+        let pids: Vec<String> = [&self.checkout, &self.frontend, &self.host]
+            .iter()
+            .map(|w| w.pid().to_string())
+            .collect();
+        let mut args = vec![
+            "run",
+            "--kubernetes",
+            "--otlp-endpoint",
+            &endpoint,
+            "--interval",
+            "1s",
+            "-F",
+            "199",
+            "--http-address",
+            "off",
+        ];
+        if extra.is_empty() {
+            for pid in &pids {
+                args.extend(["--pid", pid]);
+            }
+        }
+        args.extend(extra);
+        let daemon = spawn_profiler(
+            &args,
+            &[
+                ("NODE_NAME", "node-a"),
+                ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ],
+        );
+        let captures = recv.wait_for(5, Duration::from_secs(30));
+        let (code, _, stderr, _) = terminate(daemon);
+        assert_eq!(code, 0, "{stderr}");
+        let requests: Vec<ExportProfilesServiceRequest> =
+            captures.iter().skip(2).map(|c| c.request.clone()).collect();
+        (resources(&requests), stderr)
+    }
+}
+
 #[test]
 fn pods_label_profiles_and_name_services_by_workload() {
     let Some(_machine) = privileged("pods_label_profiles_and_name_services_by_workload") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mount = v2_mount();
-    // The kubelet's systemd driver (containerd) and cgroupfs driver (CRI-O), as nested
-    // directories: pod, then container.
-    let tag = std::process::id();
-    let checkout_pod = Cgroup::create(mount.join(format!(
-        "kubepods-besteffort-pod{}.slice",
-        CHECKOUT_UID.replace('-', "_")
-    )));
-    let checkout_cg = Cgroup::create(
-        checkout_pod
-            .0
-            .join(format!("cri-containerd-{CHECKOUT_ID}.scope")),
-    );
-    let qos = Cgroup::create(mount.join(format!("kubepods-test-{tag}")));
-    let frontend_pod = Cgroup::create(qos.0.join(format!("pod{FRONTEND_UID}")));
-    let frontend_cg = Cgroup::create(frontend_pod.0.join(FRONTEND_ID));
-
-    let bin = build_workload("split", dir.path());
-    let checkout = Workload::spawn(&bin, &["30"]);
-    let frontend = Workload::spawn(&bin, &["30"]);
-    let host = Workload::spawn(&bin, &["30"]);
-    checkout_cg.admit(checkout.pid());
-    frontend_cg.admit(frontend.pid());
-
-    let api = FakeApi::start(
-        vec![fixture("checkout-pod.json")],
-        vec![fixture("frontend-pod.json")],
-    );
-    let kubeconfig = api.kubeconfig(dir.path());
-    let recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
-    let endpoint = format!("http://{}", recv.addr);
-    let pids: Vec<String> = [&checkout, &frontend, &host]
-        .iter()
-        .map(|w| w.pid().to_string())
-        .collect();
-    let mut args = vec![
-        "run",
-        "--kubernetes",
-        "--otlp-endpoint",
-        &endpoint,
-        "--interval",
-        "1s",
-        "-F",
-        "199",
-        "--http-address",
-        "off",
-    ];
-    for pid in &pids {
-        args.extend(["--pid", pid]);
-    }
-    let daemon = spawn_profiler(
-        &args,
-        &[
-            ("NODE_NAME", "node-a"),
-            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-        ],
-    );
-    // The first window may close before the watch is in: judge the later ones.
-    let captures = recv.wait_for(4, Duration::from_secs(30));
-    let (code, _, stderr, _) = terminate(daemon);
-    assert_eq!(code, 0, "{stderr}");
-    drop((checkout, frontend, host));
-    let requests: Vec<ExportProfilesServiceRequest> =
-        captures.iter().skip(2).map(|c| c.request.clone()).collect();
-    let all = resources(&requests);
+    let node = Node::start();
+    let (all, _) = node.profile(&[]);
     println!("{all:#?}");
 
     let checkout = resource_of(&all, CHECKOUT_ID);
@@ -154,7 +184,7 @@ fn pods_label_profiles_and_name_services_by_workload() {
     assert!(!host.contains_key("k8s.pod.name"), "{host:?}");
 
     // Only this node's pods were asked for.
-    let asked = api.requests();
+    let asked = node.api.requests();
     assert!(
         asked
             .iter()
@@ -162,7 +192,30 @@ fn pods_label_profiles_and_name_services_by_workload() {
                 && r.contains("fieldSelector=spec.nodeName%3Dnode-a")),
         "{asked:?}"
     );
-    drop((checkout_cg, checkout_pod, frontend_cg, frontend_pod, qos));
+}
+
+#[test]
+fn namespaces_and_label_selectors_choose_the_pods_to_profile() {
+    let Some(_machine) = privileged("namespaces_and_label_selectors_choose_the_pods_to_profile")
+    else {
+        return;
+    };
+    let node = Node::start();
+    let services = |all: &[BTreeMap<String, String>]| {
+        all.iter()
+            .map(|r| r["service.name"].clone())
+            .collect::<Vec<_>>()
+    };
+    // The whole host is sampled but for the filter: only the watched pod's namespace.
+    let (all, stderr) = node.profile(&["--namespace", "web"]);
+    assert_eq!(services(&all), ["web/storefront"], "{stderr}");
+    // A label selector: the listed pod only.
+    let (all, stderr) = node.profile(&["--selector", "app=checkout,!app.kubernetes.io/name"]);
+    assert_eq!(services(&all), ["shop/checkout"], "{stderr}");
+    // Without --kubernetes there are no pods to select: a usage error.
+    let (code, _, stderr) = profiler_tests::run_profiler(&["run", "--namespace", "web"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--kubernetes"), "{stderr}");
 }
 
 #[test]

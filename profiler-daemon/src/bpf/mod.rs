@@ -298,7 +298,7 @@ impl Sampler {
             })?;
         let unwind_maps = unwind::take_maps(&mut ebpf, unwind)?;
         Ok(Self {
-            cgroup_levels: levels(&config.cgroups),
+            cgroup_levels: filter_levels(config),
             pid_filter: !config.pids.is_empty(),
             unwind_maps,
             program: name,
@@ -451,13 +451,16 @@ fn load(
     } else {
         (config.pids.len() as u32).saturating_mul(4).max(256)
     };
-    // Room for the cgroups of restarted units and containers (the old ids are removed).
-    let cgroup_slots = if config.cgroups.is_empty() {
+    // Room for the cgroups of restarted units and containers (the old ids are removed), and
+    // for the pods a selector may select later (a node runs at most a few hundred).
+    let cgroup_slots = if config.cgroup_targets.pods.is_some() {
+        (config.cgroups.len() as u32).saturating_mul(4).max(1024)
+    } else if config.cgroups.is_empty() {
         1
     } else {
         (config.cgroups.len() as u32).saturating_mul(4).max(64)
     };
-    let cgroup_levels = levels(&config.cgroups);
+    let cgroup_levels = filter_levels(config);
     // Wake the daemon early when a quarter is used; else it drains on its timer.
     let wakeup_bytes = u64::from(ring_bytes / 4);
     let mut loader = EbpfLoader::new();
@@ -484,6 +487,17 @@ fn load(
     loader
         .load(EBPF_OBJECT)
         .map_err(|source| BpfError::Load { source })
+}
+
+/// The cgroup levels the program looks at: those of the cgroups to profile, and where pods
+/// live when pods are selected (they come and go while sampling).
+fn filter_levels(config: &SamplerConfig) -> u32 {
+    let pods = if config.cgroup_targets.pods.is_some() {
+        crate::procfs::pod_levels()
+    } else {
+        0
+    };
+    levels(&config.cgroups) | pods
 }
 
 /// The `CGROUP_LEVELS` mask of `cgroups`.

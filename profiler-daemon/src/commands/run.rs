@@ -217,6 +217,10 @@ impl<'a> Pipeline<'a> {
         if let Some(reload) = reload {
             driver.reload_on(reload.flag);
         }
+        if let (Some(index), Some(selector)) = (&self.shared.kubernetes, &self.config.pod_selector)
+        {
+            driver.select_pods(Arc::clone(index), selector.clone());
+        }
         if let Some(maps) = driver.take_unwind_maps() {
             self.collector.set_unwind_maps(maps);
         }
@@ -267,7 +271,12 @@ impl<'a> Pipeline<'a> {
             }
         };
         match driver.reselect(&fresh.sampler) {
-            Ok(()) => {}
+            Ok(()) => {
+                if let (Some(index), Some(selector)) = (&self.shared.kubernetes, fresh.pod_selector)
+                {
+                    driver.select_pods(Arc::clone(index), selector);
+                }
+            }
             Err(err @ ReselectError::Restart) => {
                 tracing::warn!("filters not reloaded: {err}");
             }

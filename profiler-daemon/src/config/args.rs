@@ -127,6 +127,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub kubernetes: bool,
 
+    /// Only profile the pods of this Kubernetes namespace (with `--kubernetes`; followed as pods
+    /// come and go). Repeatable; combines with the other filters as they do.
+    #[arg(long, value_name = "NS")]
+    pub namespace: Vec<String>,
+
+    /// Only profile the pods this label selector selects (`app=web,tier!=cache`; with
+    /// `--kubernetes`; with `--namespace`, both must hold).
+    #[arg(long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+
     #[command(flatten)]
     pub otlp: OtlpArgs,
 

@@ -45,6 +45,8 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub log_format: Option<super::LogFormat>,
     pub kubernetes: Option<bool>,
+    pub namespace: Option<Vec<String>>,
+    pub selector: Option<String>,
 }
 
 impl FileConfig {
@@ -114,7 +116,7 @@ mod tests {
             .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
             .filter(|k| !k.starts_with('#'))
             .collect();
-        assert_eq!(keys.len(), 29, "{keys:?}");
+        assert_eq!(keys.len(), 31, "{keys:?}");
         assert!(!tables.contains("[[") && tables.contains("name = "));
         assert_eq!(c.service_name.as_ref().map(Vec::len), Some(1));
         assert_eq!(c.unit, Some(Vec::new()));

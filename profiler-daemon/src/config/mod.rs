@@ -19,6 +19,8 @@ pub const MAX_FREQUENCY: u32 = 10_000;
 pub enum ConfigError {
     #[error("{0}")]
     Cgroup(#[from] crate::procfs::CgroupError),
+    #[error(transparent)]
+    Selector(#[from] crate::kubernetes::SelectorError),
     #[error("--frequency must be between 1 and {MAX_FREQUENCY} Hz, got {0}")]
     Frequency(u32),
     #[error("--duration must be longer than zero")]
@@ -262,6 +264,8 @@ pub struct RunConfig {
     pub service_rules: rules::ServiceRules,
     /// `--kubernetes`: the node whose pods label the profiles (`NODE_NAME`).
     pub kubernetes_node: Option<String>,
+    /// `--namespace`, `--selector`: the pods to profile (`None`: no pod filter).
+    pub pod_selector: Option<crate::kubernetes::PodSelector>,
 }
 
 /// Log output format.
@@ -347,6 +351,7 @@ impl RunConfig {
             });
         }
         let limits = Limits::from_args(&args.limits)?;
+        let pod_selector = pod_selector(args)?;
         Ok(Self {
             interval: args.interval,
             sampler: SamplerConfig::validated(
@@ -356,6 +361,8 @@ impl RunConfig {
                     paths: args.cgroup.clone(),
                     units: args.unit.clone(),
                     containers: args.container.clone(),
+                    // Filled from the pod watch while sampling.
+                    pods: pod_selector.as_ref().map(|_| Vec::new()),
                 },
                 args.include_idle,
                 &limits,
@@ -372,6 +379,7 @@ impl RunConfig {
             log_level: merged.log_level,
             service_rules: merged.service_rules,
             kubernetes_node: kubernetes_node(args.kubernetes, env)?,
+            pod_selector,
         })
     }
 }
@@ -478,6 +486,12 @@ fn apply_file(
     take!(http_address, out.http_address);
     take!(log_format, out.log_format);
     take!(kubernetes, out.kubernetes);
+    take!(namespace, out.namespace);
+    if let Some(v) = &f.selector
+        && !explicit("selector")
+    {
+        out.selector = Some(v.clone()).filter(|s| !s.trim().is_empty());
+    }
     take!(max_stacks, out.limits.max_stacks);
     take!(symbol_cache_entries, out.limits.symbol_cache_entries);
     take!(open_modules, out.limits.open_modules);
@@ -525,6 +539,25 @@ fn host_name_from(env: &dyn Fn(&str) -> Option<String>) -> String {
     env("NODE_NAME")
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(host_name)
+}
+
+/// `--namespace` and `--selector`, which need `--kubernetes`.
+fn pod_selector(args: &RunArgs) -> Result<Option<crate::kubernetes::PodSelector>, ConfigError> {
+    let selector = args.selector.as_deref().filter(|s| !s.trim().is_empty());
+    if args.namespace.is_empty() && selector.is_none() {
+        return Ok(None);
+    }
+    if !args.kubernetes {
+        return Err(ConfigError::Invalid {
+            source_name: "--namespace/--selector".to_owned(),
+            value: "without --kubernetes".to_owned(),
+            expected: "--kubernetes as well (pods are known from the Kubernetes API)",
+        });
+    }
+    Ok(Some(crate::kubernetes::PodSelector::new(
+        &args.namespace,
+        selector,
+    )?))
 }
 
 /// With `--kubernetes`, the node to watch: `NODE_NAME` (the downward API's `spec.nodeName`).
@@ -588,6 +621,7 @@ impl RecordConfig {
                     paths: args.cgroup.clone(),
                     units: args.unit.clone(),
                     containers: args.container.clone(),
+                    pods: None,
                 },
                 args.include_idle,
                 &limits,

@@ -13,13 +13,16 @@
 //! cgroup = "/system.slice/cron.service"   # this cgroup or one below it
 //! ```
 //!
-//! `container` matches a container id (the full 64 hex digits or a prefix of at least 12).
+//! `container` matches a container id (the full 64 hex digits or a prefix of at least 12);
+//! with `--kubernetes`, `namespace` a pod's namespace and `pod-labels` its labels (a label
+//! selector: `app=web,tier!=cache`).
 
 use std::path::Path;
 
 use serde::Deserialize;
 
 use super::ConfigError;
+use crate::kubernetes::{PodMeta, PodSelector};
 use crate::procfs::{ProcessInfo, unit_of_path};
 
 /// Shortest container id prefix accepted (Docker's short ids).
@@ -34,11 +37,20 @@ pub struct ServiceRule {
     pub cgroup: Option<String>,
     pub unit: Option<String>,
     pub container: Option<String>,
+    pub namespace: Option<String>,
+    pub pod_labels: Option<String>,
+}
+
+/// A validated rule: the file's, with its label selector parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule {
+    rule: ServiceRule,
+    pod_labels: Option<PodSelector>,
 }
 
 /// The validated rules, in the file's order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServiceRules(Vec<ServiceRule>);
+pub struct ServiceRules(Vec<Rule>);
 
 impl ServiceRules {
     /// Checks each rule (a name, at least one matcher, well-formed values) and normalizes it
@@ -62,17 +74,17 @@ impl ServiceRules {
         self.0.is_empty()
     }
 
-    /// The name the first matching rule gives `process`.
+    /// The name the first matching rule gives `process` (in `pod`, with `--kubernetes`).
     #[must_use]
-    pub fn name_for(&self, process: &ProcessInfo) -> Option<&str> {
+    pub fn name_for(&self, process: &ProcessInfo, pod: Option<&PodMeta>) -> Option<&str> {
         self.0
             .iter()
-            .find(|rule| matches(rule, process))
-            .map(|rule| rule.name.as_str())
+            .find(|rule| matches(rule, process, pod))
+            .map(|rule| rule.rule.name.as_str())
     }
 }
 
-fn normalized(mut rule: ServiceRule) -> Result<ServiceRule, String> {
+fn normalized(mut rule: ServiceRule) -> Result<Rule, String> {
     rule.name = rule.name.trim().to_owned();
     if rule.name.is_empty() {
         return Err("`name` is empty".to_owned());
@@ -81,9 +93,12 @@ fn normalized(mut rule: ServiceRule) -> Result<ServiceRule, String> {
         && rule.cgroup.is_none()
         && rule.unit.is_none()
         && rule.container.is_none()
+        && rule.namespace.is_none()
+        && rule.pod_labels.is_none()
     {
         return Err(format!(
-            "`{}` has nothing to match: give `executable`, `cgroup`, `unit` or `container`",
+            "`{}` has nothing to match: give `executable`, `cgroup`, `unit`, `container`, \
+             `namespace` or `pod-labels`",
             rule.name
         ));
     }
@@ -107,11 +122,17 @@ fn normalized(mut rule: ServiceRule) -> Result<ServiceRule, String> {
             ));
         }
     }
-    Ok(rule)
+    let pod_labels = rule
+        .pod_labels
+        .as_deref()
+        .map(|labels| PodSelector::new(&[], Some(labels)).map_err(|e| e.to_string()))
+        .transpose()?;
+    Ok(Rule { rule, pod_labels })
 }
 
-/// Whether every matcher of `rule` holds for `p`.
-fn matches(rule: &ServiceRule, p: &ProcessInfo) -> bool {
+/// Whether every matcher of `rule` holds for `p` (in `pod`).
+fn matches(rule: &Rule, p: &ProcessInfo, pod: Option<&PodMeta>) -> bool {
+    let (selector, rule) = (&rule.pod_labels, &rule.rule);
     let cgroup = p.cgroup.as_deref();
     rule.executable
         .as_deref()
@@ -129,6 +150,13 @@ fn matches(rule: &ServiceRule, p: &ProcessInfo) -> bool {
                 .as_deref()
                 .is_some_and(|id| id.starts_with(want))
         })
+        && rule
+            .namespace
+            .as_deref()
+            .is_none_or(|want| pod.is_some_and(|pod| pod.namespace == want))
+        && selector
+            .as_ref()
+            .is_none_or(|s| pod.is_some_and(|pod| s.matches(pod)))
 }
 
 /// Whether cgroup path `have` is `want` or below it.
@@ -185,19 +213,43 @@ mod tests {
         ))
         .unwrap();
         let unit = process("java", Some("/system.slice/shop-api.service"), None);
-        assert_eq!(r.name_for(&unit), Some("api"));
+        assert_eq!(r.name_for(&unit, None), Some("api"));
         let cron = process("python3", Some("/system.slice/cron.service/job-7"), None);
-        assert_eq!(r.name_for(&cron), Some("batch"));
+        assert_eq!(r.name_for(&cron, None), Some("batch"));
         // Both matchers must hold: a python3 elsewhere falls to the later rule.
         let other = process("python3", Some("/system.slice/cron.services"), None);
-        assert_eq!(r.name_for(&other), Some("any python"));
+        assert_eq!(r.name_for(&other, None), Some("any python"));
         let container = process(
             "node",
             Some(&format!("/system.slice/docker-{ID}.scope")),
             Some(ID),
         );
-        assert_eq!(r.name_for(&container), Some("cart"));
-        assert_eq!(r.name_for(&process("perl", None, None)), None);
+        assert_eq!(r.name_for(&container, None), Some("cart"));
+        assert_eq!(r.name_for(&process("perl", None, None), None), None);
+    }
+
+    #[test]
+    fn pod_matchers_need_the_pod() {
+        let r = rules(
+            "[[service-name]]\nname = \"web\"\nnamespace = \"shop\"\npod-labels = \"tier=front\"\n",
+        )
+        .unwrap();
+        let pod = |namespace: &str, tier: &str| PodMeta {
+            uid: "u".into(),
+            namespace: namespace.into(),
+            name: "p".into(),
+            app_name: None,
+            workload: None,
+            labels: vec![("tier".into(), tier.into())],
+            containers: Vec::new(),
+        };
+        let p = process("node", None, None);
+        assert_eq!(r.name_for(&p, Some(&pod("shop", "front"))), Some("web"));
+        assert_eq!(r.name_for(&p, Some(&pod("shop", "back"))), None);
+        assert_eq!(r.name_for(&p, Some(&pod("dev", "front"))), None);
+        assert_eq!(r.name_for(&p, None), None);
+        let e = rules("[[service-name]]\nname = \"x\"\npod-labels = \"=a\"\n").unwrap_err();
+        assert!(e.contains("number 1") && e.contains("--selector"), "{e}");
     }
 
     #[test]

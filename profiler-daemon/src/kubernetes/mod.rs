@@ -9,6 +9,7 @@
 //! and the watch retries with backoff.
 
 pub mod pod;
+pub mod select;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use kube::{Api, Client};
 
 use crate::counters::{Count, Totals};
 pub use pod::{PodMeta, Workload};
+pub use select::{PodSelector, SelectorError};
 
 /// Most pods kept: a node runs at most a few hundred (the kubelet's default limit is 110); a
 /// larger answer means a wrong selector, and the rest are dropped (counted as errors).
@@ -89,6 +91,21 @@ impl PodIndex {
             .and_then(|id| pod.container(id))
             .map(str::to_owned);
         Some(Placement { pod, container })
+    }
+
+    /// The uids of the pods `selector` selects now.
+    #[must_use]
+    pub fn select(&self, selector: &PodSelector) -> Vec<String> {
+        self.pods.read().map_or_else(
+            |_| Vec::new(),
+            |pods| {
+                pods.by_uid
+                    .values()
+                    .filter(|p| selector.matches(p))
+                    .map(|p| p.uid.clone())
+                    .collect()
+            },
+        )
     }
 
     /// Pods known now.

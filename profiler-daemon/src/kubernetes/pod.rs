@@ -26,6 +26,8 @@ pub struct PodMeta {
     /// `app.kubernetes.io/name`, when set.
     pub app_name: Option<String>,
     pub workload: Option<Workload>,
+    /// Its labels, for `--selector` and the service-name rules' `pod-label`.
+    pub labels: Vec<(String, String)>,
     /// (container id without the runtime's `scheme://`, container name).
     pub containers: Vec<(String, String)>,
 }
@@ -62,6 +64,11 @@ impl PodMeta {
             name: meta.name.clone()?,
             app_name: label(APP_NAME_LABEL),
             workload: workload(pod, label(TEMPLATE_HASH_LABEL).as_deref()),
+            labels: labels
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             containers,
         })
     }

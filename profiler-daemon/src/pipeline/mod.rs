@@ -6,6 +6,7 @@ pub mod tables;
 
 pub use collect::Collector;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use crate::bpf::unwind::{UnwindConfig, UnwindMaps};
 use crate::bpf::{BpfError, Design, RawSample, Sampler};
 use crate::config::SamplerConfig;
 use crate::counters::Totals;
+use crate::kubernetes::{PodIndex, PodSelector};
 use crate::mmaps::{MmapRecord, Mmaps};
 use crate::procfs::{CgroupFilter, CgroupTargets};
 
@@ -90,6 +92,8 @@ pub struct Driver<'s> {
     stop: &'s AtomicBool,
     /// Set by SIGHUP (`run` only): ends `run_until` with `Ending::Reload`.
     reload: Option<&'s AtomicBool>,
+    /// The pod watch and which of its pods to profile (`--namespace`, `--selector`).
+    pods: Option<(Arc<PodIndex>, PodSelector)>,
     /// Largest share of the ring buffer taken in one drain since `take_peak_fill`.
     peak_fill: f64,
 }
@@ -125,6 +129,7 @@ impl<'s> Driver<'s> {
             next_resolve: Instant::now() + RESOLVE_INTERVAL,
             stop,
             reload: None,
+            pods: None,
             peak_fill: 0.0,
         })
     }
@@ -132,6 +137,14 @@ impl<'s> Driver<'s> {
     /// Makes `run_until` return `Ending::Reload` when `flag` is set (and clears it).
     pub fn reload_on(&mut self, flag: &'s AtomicBool) {
         self.reload = Some(flag);
+    }
+
+    /// Profiles the pods of `index` that `selector` selects (looked up again with the other
+    /// cgroup targets, every `RESOLVE_INTERVAL`). The program must have been loaded with pods
+    /// as cgroup targets (`CgroupTargets::pods`).
+    pub fn select_pods(&mut self, index: Arc<PodIndex>, selector: PodSelector) {
+        self.pods = Some((index, selector));
+        self.next_resolve = Instant::now();
     }
 
     /// Points the filters at a reloaded configuration's selection. Whether there is a pid filter
@@ -199,6 +212,11 @@ impl<'s> Driver<'s> {
             return;
         }
         self.next_resolve = now + RESOLVE_INTERVAL;
+        if let Some((index, selector)) = &self.pods
+            && self.cgroup_targets.pods.is_some()
+        {
+            self.cgroup_targets.pods = Some(index.select(selector));
+        }
         let fresh = match crate::procfs::resolve_cgroups(&self.cgroup_targets) {
             Ok(fresh) => fresh,
             Err(err) => {

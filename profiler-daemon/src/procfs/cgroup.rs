@@ -187,18 +187,60 @@ fn container_paths(mount: &Path, id: &str) -> Result<Vec<PathBuf>, CgroupError> 
     Ok(found)
 }
 
-/// What to profile by cgroup: `--cgroup` paths, `--unit` names and `--container` ids.
+/// The cgroup directories of the pods `uids` (API form), in both kubelet drivers' styles:
+/// `pod<uid>` (cgroupfs) and `kubepods-<qos>-pod<uid with _>.slice` (systemd). One scan for all;
+/// a pod without a directory (gone, or not started) is left out.
+fn pod_paths(mount: &Path, uids: &[String]) -> Vec<PathBuf> {
+    if uids.is_empty() {
+        return Vec::new();
+    }
+    find(mount, |name| {
+        pod_uid_of_dir(name).is_some_and(|uid| uids.contains(&uid))
+    })
+}
+
+/// The pod uid a kubelet cgroup directory is named after.
+fn pod_uid_of_dir(name: &str) -> Option<String> {
+    super::pod_uid_from_cgroup(&format!("0::/{name}"))
+}
+
+/// The mask of cgroup levels where this host's pods live: the levels of the pod directories
+/// there are now, and 2 and 3 (`kubepods/<qos>/pod…` and `kubepods/pod…` in both drivers). The
+/// eBPF program looks at these levels when pods are selected (fixed when it loads).
+#[must_use]
+pub fn pod_levels() -> u32 {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Some(mount) = v2_mount(&mountinfo) else {
+        return 0;
+    };
+    find(&mount, |name| pod_uid_of_dir(name).is_some())
+        .iter()
+        .filter_map(|dir| {
+            let depth = dir.strip_prefix(&mount).ok()?.components().count();
+            u32::try_from(depth).ok().filter(|d| *d < MAX_LEVEL)
+        })
+        .fold(1 << 2 | 1 << 3, |mask, level| mask | 1 << level)
+}
+
+/// What to profile by cgroup: `--cgroup` paths, `--unit` names, `--container` ids and
+/// Kubernetes pods.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CgroupTargets {
     pub paths: Vec<PathBuf>,
     pub units: Vec<String>,
     pub containers: Vec<String>,
+    /// `Some` when pods are selected (`--namespace`, `--selector`): the uids of those selected
+    /// now, which may be none yet.
+    pub pods: Option<Vec<String>>,
 }
 
 impl CgroupTargets {
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.paths.is_empty() && self.units.is_empty() && self.containers.is_empty()
+        self.paths.is_empty()
+            && self.units.is_empty()
+            && self.containers.is_empty()
+            && self.pods.is_none()
     }
 }
 
@@ -217,12 +259,37 @@ pub fn resolve_all(targets: &CgroupTargets) -> Result<Vec<CgroupFilter>, CgroupE
     for id in &targets.containers {
         paths.extend(container_paths(&mount, id)?);
     }
+    if let Some(uids) = &targets.pods {
+        paths.extend(pod_paths(&mount, uids));
+    }
     paths.iter().map(|p| resolve(p, &mount)).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_are_found_in_both_kubelet_styles() {
+        let mount = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            "0b5e3c1a-7d2f-4e8b-9c1d-2a3b4c5d6e7f",
+            "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a",
+        );
+        let systemd = format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+            a.replace('-', "_")
+        );
+        let cgroupfs = format!("kubepods/pod{b}");
+        for dir in [&systemd, &cgroupfs, &"kubepods/podnot-a-uid".to_owned()] {
+            std::fs::create_dir_all(mount.path().join(dir).join("c1")).unwrap();
+        }
+        let m = mount.path();
+        let mut found = pod_paths(m, &[a.to_owned(), b.to_owned(), "gone".to_owned()]);
+        found.sort();
+        assert_eq!(found, [m.join(cgroupfs), m.join(systemd)]);
+        assert!(pod_paths(m, &[]).is_empty());
+    }
 
     #[test]
     fn units_and_containers_are_found_in_every_path_style() {

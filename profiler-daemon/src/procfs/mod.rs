@@ -9,7 +9,9 @@ mod service;
 
 pub use service::{systemd_path, unit_of_path};
 
-pub use cgroup::{CgroupError, CgroupFilter, CgroupTargets, resolve_all as resolve_cgroups};
+pub use cgroup::{
+    CgroupError, CgroupFilter, CgroupTargets, pod_levels, resolve_all as resolve_cgroups,
+};
 pub use container::{container_id_from_cgroup, pod_uid_from_cgroup};
 pub use maps::{MapsLine, parse_maps};
 

@@ -124,7 +124,11 @@ impl ResourceKey {
         // settings), its Kubernetes workload, its systemd unit, its executable.
         let service = if p.kernel_thread {
             KERNEL_SERVICE.to_owned()
-        } else if let Some(name) = options.service_rules.name_for(p).or(p.service.as_deref()) {
+        } else if let Some(name) = options
+            .service_rules
+            .name_for(p, kubernetes.as_ref().map(|k| &*k.pod))
+            .or(p.service.as_deref())
+        {
             name.to_owned()
         } else if let Some(name) = kubernetes
             .as_ref()
