@@ -45,16 +45,21 @@ impl FakeApi {
     /// A kubeconfig that points `kube` at this server, written into `dir`.
     #[must_use]
     pub fn kubeconfig(&self, dir: &Path) -> std::path::PathBuf {
-        let path = dir.join("kubeconfig");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: \
-             http://{}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    \
-             cluster: fake\n    user: fake\ncurrent-context: fake\n",
-            self.addr
-        );
-        std::fs::write(&path, text).expect("the kubeconfig is written");
-        path
+        kubeconfig(dir, self.addr)
     }
+}
+
+/// A kubeconfig that points `kube` at `http://addr` without credentials, written into `dir`.
+#[must_use]
+pub fn kubeconfig(dir: &Path, addr: SocketAddr) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: \
+         http://{addr}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    \
+         cluster: fake\n    user: fake\ncurrent-context: fake\n"
+    );
+    std::fs::write(&path, text).expect("the kubeconfig is written");
+    path
 }
 
 /// One fixture pod, as JSON text.

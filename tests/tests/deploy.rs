@@ -10,16 +10,14 @@ use profiler_tests::{profiler_bin, workspace};
 fn systemd_unit_verifies_cleanly() {
     let unit =
         std::fs::read_to_string(workspace().join("deploy/systemd/profiler.service")).unwrap();
-    assert!(
-        unit.contains("ExecStart=/usr/local/bin/profiler run --config /etc/profiler/profiler.toml")
-    );
+    assert!(unit.contains("ExecStart=/usr/bin/profiler run --config /etc/profiler/profiler.toml"));
     // Verify the same unit with ExecStart pointing at the binary under test (systemd checks
     // that the executable exists; nothing is installed on this machine).
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("profiler.service");
     std::fs::write(
         &path,
-        unit.replace("/usr/local/bin/profiler", profiler_bin().to_str().unwrap()),
+        unit.replace("/usr/bin/profiler", profiler_bin().to_str().unwrap()),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")

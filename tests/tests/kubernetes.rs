@@ -227,16 +227,7 @@ fn an_unreachable_api_leaves_profiles_flowing_and_is_logged_once() {
     };
     let dir = tempfile::tempdir().unwrap();
     // A port nothing listens on.
-    let closed = receiver::free_addr();
-    std::fs::write(
-        dir.path().join("kubeconfig"),
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: \
-             http://{closed}\nusers:\n- name: gone\n  user: {{}}\ncontexts:\n- name: gone\n  \
-             context:\n    cluster: gone\n    user: gone\ncurrent-context: gone\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = profiler_tests::kube_api::kubeconfig(dir.path(), receiver::free_addr());
     let bin = build_workload("split", dir.path());
     let work = Workload::spawn(&bin, &["30"]);
     let recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
@@ -258,10 +249,7 @@ fn an_unreachable_api_leaves_profiles_flowing_and_is_logged_once() {
         ],
         &[
             ("NODE_NAME", "node-a"),
-            (
-                "KUBECONFIG",
-                dir.path().join("kubeconfig").to_str().unwrap(),
-            ),
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
         ],
     );
     let captures = recv.wait_for(3, Duration::from_secs(30));

@@ -635,3 +635,84 @@ fn sighup_reloads_filters_and_service_name_rules_in_the_open_window() {
     );
     drop((a, b));
 }
+
+/// Starts `profiler ARGS` in a mount namespace of its own where the host's CA store is hidden
+/// (empty file systems over `/etc/ssl` and `/etc/pki`, no `SSL_CERT_*` variables), as on a
+/// minimal image without `ca-certificates`.
+fn spawn_without_ca_store(args: &[&str]) -> std::process::Child {
+    let script = "for d in /etc/ssl /etc/pki; do [ -d $d ] && mount -t tmpfs none $d; done; \
+                  exec \"$@\"";
+    std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(profiler_tests::profiler_bin())
+        .args(args)
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn tls_works_on_a_host_without_a_ca_store_and_failures_name_the_step() {
+    let Some(_machine) =
+        privileged("tls_works_on_a_host_without_a_ca_store_and_failures_name_the_step")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_workload("split", dir.path());
+    let _workload = Workload::spawn(&bin, &["30"]);
+    let (ca, cert, key) = certificates(dir.path());
+    let recv = receiver::grpc_tls("127.0.0.1:0".parse().unwrap(), &cert, &key);
+    let endpoint = format!("https://localhost:{}", recv.addr.port());
+    let args = [
+        "run",
+        "--otlp-endpoint",
+        &endpoint,
+        "--interval",
+        "1s",
+        "-F",
+        "99",
+        "--http-address",
+        "off",
+    ];
+
+    // No store, no CA: it starts (with the bundled roots), and the refusal names TLS and the
+    // endpoint.
+    let untrusting = spawn_without_ca_store(&args);
+    std::thread::sleep(Duration::from_secs(4));
+    let (code, _, stderr, _) = terminate(untrusting);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("no CA certificates on this host"),
+        "{stderr}"
+    );
+    assert!(
+        recv.captures().is_empty(),
+        "an untrusted server received data"
+    );
+    assert!(
+        stderr.contains(&format!("TLS failed with {endpoint}")),
+        "{stderr}"
+    );
+
+    // No store, the CA given: delivered (this used to end at start with `transport error`).
+    let mut with_ca = args.to_vec();
+    with_ca.extend(["--otlp-ca", ca.to_str().unwrap()]);
+    let trusting = spawn_without_ca_store(&with_ca);
+    let captures = recv.wait_for(1, Duration::from_secs(20));
+    let (code, _, stderr, _) = terminate(trusting);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!captures.is_empty(), "nothing delivered over TLS: {stderr}");
+    assert!(!samples_of(&captures[0].request, "split").is_empty());
+}

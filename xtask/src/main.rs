@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | bench | vm | install`.
+//! Project tasks: `cargo xtask setup | test | bench | vm | install | dist`.
 //!
 //! - `setup` installs, only when missing, what building and testing need on a fresh Debian
 //!   machine (see ../shared/ENVIRONMENT.md): LLVM 22 for bpf-linker, the nightly's rust-src,
@@ -6,14 +6,18 @@
 //! - `test` is the README's test command and what `.ci/run` runs: setup, fmt, clippy, build, all
 //!   tests (privileged ones included: run it as root). Clippy runs twice, on the shipped build
 //!   and on the measurement-only `bench` feature build (host and eBPF), so code behind the
-//!   feature cannot rot. Then the kernel matrix (`vm.rs`): the smoke suite on the host's kernel
+//!   feature cannot rot. `dist` builds the static binary and packages, which the tests check.
+//!   Then the kernel matrix (`vm.rs`) with the static binary: the smoke suite on the host's kernel
 //!   and on Debian's 5.10, 6.1 and 6.12 booted under QEMU, each kernel counted as one test. Its
 //!   last stdout line is the totals, `N passed, M failed`: cargo test's `test result:` lines plus
 //!   the matrix.
 //! - `bench` measures the sampler side by side with perf and bpftrace (see `bench.rs`).
 //! - `vm` runs the kernel matrix alone, on the kernels asked for (see `vm.rs`).
+//! - `dist` builds what installs without a toolchain: a static binary, a tarball, a Debian
+//!   package (see `dist.rs`).
 
 mod bench;
+mod dist;
 mod setup;
 mod vm;
 
@@ -30,6 +34,10 @@ fn main() -> Result<ExitCode> {
         Some("setup") => setup::run().map(|()| ExitCode::SUCCESS),
         Some("test") => test(),
         Some("install") => install().map(|()| ExitCode::SUCCESS),
+        Some("dist") => {
+            setup::run()?;
+            dist::run_dist().map(|()| ExitCode::SUCCESS)
+        }
         Some("bench") => {
             setup::run()?;
             bench::run(&args[1..]).map(|()| ExitCode::SUCCESS)
@@ -43,7 +51,7 @@ fn main() -> Result<ExitCode> {
             })
         }
         _ => {
-            eprintln!("usage: cargo xtask <setup|test|bench|vm|install>");
+            eprintln!("usage: cargo xtask <setup|test|bench|vm|install|dist>");
             Ok(ExitCode::from(2))
         }
     }
@@ -64,10 +72,13 @@ fn test() -> Result<ExitCode> {
     ebpf_clippy(&[])?;
     ebpf_clippy(&["--features", "bench"])?;
     cargo(&["build", "--release"])?;
+    // The static binary, tarball and package (their tests are in the suites below), and the
+    // binary the kernel matrix runs.
+    dist::run_dist()?;
     // No fail-fast: the totals then cover every suite, not just those before the first failure.
     let (mut totals, status) = cargo_test(&["test", "--workspace", "--release", "--no-fail-fast"])?;
     // Each kernel is one test: booted, the smoke suite passed on it, or not.
-    let kernels = vm::matrix(vm::CI_MATRIX);
+    let kernels = vm::matrix(vm::CI_MATRIX, &dist::dist_dir().join("profiler"));
     let failed_kernels = kernels.iter().filter(|k| !k.passed).count() as u64;
     totals.passed += kernels.len() as u64 - failed_kernels;
     totals.failed += failed_kernels;
@@ -239,8 +250,8 @@ fn install() -> Result<()> {
         );
     }
     std::fs::create_dir_all("/etc/profiler").context("creating /etc/profiler (run as root)")?;
-    std::fs::copy(&binary, "/usr/local/bin/profiler")
-        .context("installing /usr/local/bin/profiler")?;
+    std::fs::copy(&binary, dist::INSTALLED_BINARY)
+        .with_context(|| format!("installing {}", dist::INSTALLED_BINARY))?;
     let config = std::path::Path::new("/etc/profiler/profiler.toml");
     if config.exists() {
         eprintln!("keeping the existing {}", config.display());

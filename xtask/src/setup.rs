@@ -20,6 +20,9 @@ const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "kmod",
     "busybox-static",
+    // `cargo xtask dist`: musl-gcc for the C parts of the static build (ring), objcopy.
+    "musl-tools",
+    "binutils",
     // Usually present already: openssl (test certificates), systemd (systemd-analyze),
     // util-linux (setpriv, unshare), the archive keys (the kernel matrix's own apt lists).
     "openssl",
@@ -43,6 +46,7 @@ pub(crate) fn run() -> Result<()> {
     apt_packages()?;
     python_packages()?;
     rust_src()?;
+    musl_target()?;
     bpf_linker()?;
     eprintln!("setup: all prerequisites present");
     Ok(())
@@ -105,6 +109,26 @@ fn rust_src() -> Result<()> {
         return Ok(());
     }
     exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// The static build's target (`cargo xtask dist`), for the toolchain that builds the daemon.
+fn musl_target() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(crate::workspace())
+        .output()
+        .context("rustup is needed")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == crate::dist::MUSL)
+    {
+        return Ok(());
+    }
+    exec(
+        Command::new("rustup")
+            .args(["target", "add", crate::dist::MUSL])
+            .current_dir(crate::workspace()),
+    )
 }
 
 fn bpf_linker() -> Result<()> {

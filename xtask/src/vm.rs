@@ -88,20 +88,21 @@ pub(crate) fn command(args: &[String]) -> Result<bool> {
     }
     // The same build as the README's: the profiler and the suite's binary.
     crate::cargo(&["build", "--release"])?;
-    let outcomes = matrix(&kernels);
+    let outcomes = matrix(&kernels, &workspace().join("target/release/profiler"));
     Ok(outcomes.iter().all(|o| o.passed))
 }
 
 /// Runs the suite on each kernel in turn (one at a time: two emulated guests on 2 cores would
 /// starve each other's samples) and prints its line as soon as it is known.
-pub(crate) fn matrix<S: AsRef<str>>(kernels: &[S]) -> Vec<Outcome> {
+/// `profiler` is the binary under test (`cargo xtask test` gives the static one of `dist`).
+pub(crate) fn matrix<S: AsRef<str>>(kernels: &[S], profiler: &Path) -> Vec<Outcome> {
     let started = Instant::now();
     let mut outcomes = Vec::new();
     let prepared = prepare_workload();
     for name in kernels {
         let name = name.as_ref();
         let outcome = match &prepared {
-            Ok(()) => run_one(name).unwrap_or_else(|err| Outcome {
+            Ok(()) => run_one(name, profiler).unwrap_or_else(|err| Outcome {
                 passed: false,
                 line: format!("kernel {name}: FAILED: {err:#}"),
             }),
@@ -138,7 +139,7 @@ fn prepare_workload() -> Result<()> {
     )
 }
 
-fn run_one(name: &str) -> Result<Outcome> {
+fn run_one(name: &str, profiler: &Path) -> Result<Outcome> {
     let run_dir = vm_dir().join("run").join(name);
     // Idempotent: each run starts from an empty directory.
     if run_dir.exists() {
@@ -153,6 +154,7 @@ fn run_one(name: &str) -> Result<Outcome> {
         let status = Command::new(smoke_bin())
             .arg("run")
             .arg(&run_dir)
+            .env("PROFILER_BIN", profiler)
             .stdout(file(&run_dir, "smoke.out")?)
             .stderr(file(&run_dir, "smoke.err")?)
             .status()
@@ -177,7 +179,7 @@ fn run_one(name: &str) -> Result<Outcome> {
         let image = fetch(kernel)?;
         let fetched = fetch_started.elapsed();
         let started = Instant::now();
-        boot(&image, &run_dir)?;
+        boot(&image, &run_dir, profiler)?;
         (name.to_owned(), Some(fetched), started)
     };
     Ok(report(&label, &run_dir, started.elapsed(), fetched))
@@ -298,12 +300,14 @@ fn fetch(kernel: &Kernel) -> Result<Image> {
 
 /// Boots `image` under QEMU without KVM and runs the suite in it; its output lands in `run_dir`
 /// (`smoke.out`, `smoke.err`, `smoke.rc`, and the guest's console in `console.log`).
-fn boot(image: &Image, run_dir: &Path) -> Result<()> {
+fn boot(image: &Image, run_dir: &Path, profiler: &Path) -> Result<()> {
     // Files, not the guest's stdout: virtme-ng's script channel needs ports that not every
     // kernel's virtio-console offers at boot, and then falls back to the console.
     let dir = run_dir.display();
     let script = format!(
-        "{smoke} run {dir} >{dir}/smoke.out 2>{dir}/smoke.err; echo $? >{dir}/smoke.rc",
+        "PROFILER_BIN={profiler} {smoke} run {dir} >{dir}/smoke.out 2>{dir}/smoke.err; \
+         echo $? >{dir}/smoke.rc",
+        profiler = profiler.display(),
         smoke = smoke_bin().display()
     );
     let mut cmd = Command::new("vng");

@@ -7,6 +7,7 @@ mod dictionary;
 pub mod encode;
 pub mod queue;
 pub mod sender;
+mod tls;
 pub mod transport;
 
 pub use encode::{EncodeOptions, Labels, encode};

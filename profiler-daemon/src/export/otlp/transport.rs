@@ -13,6 +13,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use super::tls::{self, Roots};
 use crate::config::otlp::{Compression, OtlpConfig, Protocol};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,8 @@ impl std::fmt::Display for SendError {
 pub enum Transport {
     Grpc {
         endpoint: Endpoint,
+        /// The endpoint as logs show it (credentials masked).
+        shown: String,
         client: ProfilesServiceClient<Channel>,
         metadata: MetadataMap,
         gzip: bool,
@@ -59,6 +62,8 @@ pub enum Transport {
     Http {
         client: reqwest::Client,
         url: String,
+        /// The endpoint as logs show it (credentials masked).
+        shown: String,
         headers: reqwest::header::HeaderMap,
         gzip: bool,
     },
@@ -85,7 +90,10 @@ impl Transport {
                     .timeout(config.timeout)
                     .connect_timeout(config.timeout);
                 if config.endpoint.starts_with("https://") {
-                    let mut tls = ClientTlsConfig::new().with_native_roots();
+                    let mut tls = match tls::roots() {
+                        Roots::System => ClientTlsConfig::new().with_native_roots(),
+                        Roots::Bundled => ClientTlsConfig::new().with_webpki_roots(),
+                    };
                     if let Some(pem) = &ca {
                         tls = tls.ca_certificate(Certificate::from_pem(pem));
                     }
@@ -103,6 +111,7 @@ impl Transport {
                 }
                 Ok(Self::Grpc {
                     endpoint,
+                    shown: config.endpoint_for_logs(),
                     client,
                     metadata,
                     gzip,
@@ -112,6 +121,12 @@ impl Transport {
                 let mut builder = reqwest::Client::builder()
                     .timeout(config.timeout)
                     .connect_timeout(config.timeout);
+                if config.endpoint.starts_with("https://") {
+                    let system = tls::roots() == Roots::System;
+                    builder = builder
+                        .tls_built_in_native_certs(system)
+                        .tls_built_in_webpki_certs(!system);
+                }
                 if let Some(pem) = &ca {
                     let cert = reqwest::Certificate::from_pem(pem)
                         .map_err(|e| setup(format!("CA file: {e}")))?;
@@ -130,6 +145,7 @@ impl Transport {
                 Ok(Self::Http {
                     client,
                     url: config.endpoint.clone(),
+                    shown: config.endpoint_for_logs(),
                     headers,
                     gzip: config.compression == Compression::Gzip,
                 })
@@ -145,6 +161,7 @@ impl Transport {
         match self {
             Transport::Grpc {
                 endpoint,
+                shown,
                 client,
                 metadata,
                 gzip,
@@ -154,7 +171,7 @@ impl Transport {
                 match client.export(req).await {
                     Ok(response) => Ok(response.into_inner().partial_success),
                     Err(status) => {
-                        let err = classify_grpc(&status, metadata);
+                        let err = classify_grpc(&status, metadata, shown);
                         if matches!(err, SendError::Retryable(_)) {
                             // A fresh channel per retry: a lazy channel whose first connection
                             // failed does not reliably reconnect by itself.
@@ -167,6 +184,7 @@ impl Transport {
             Transport::Http {
                 client,
                 url,
+                shown,
                 headers,
                 gzip,
             } => {
@@ -182,10 +200,12 @@ impl Transport {
                 }
                 let mut response = builder.body(body).send().await.map_err(|e| {
                     // Connection refused, DNS, TLS handshake, timeout: the receiver may come back.
-                    // The URL is left out: it may carry credentials.
+                    // The URL is left out: it may carry credentials (`shown` masks them).
+                    let e = e.without_url();
                     SendError::Retryable(format!(
-                        "HTTP request failed: {}",
-                        error_chain(&e.without_url())
+                        "{}HTTP request failed: {}",
+                        step_prefix(&e, shown),
+                        error_chain(&e)
                     ))
                 })?;
                 let status = response.status();
@@ -261,7 +281,7 @@ fn grpc_client(endpoint: &Endpoint, gzip: bool) -> ProfilesServiceClient<Channel
 
 /// Retryable gRPC codes per the OTLP specification (`RESOURCE_EXHAUSTED` included: receivers use
 /// it for back-pressure).
-fn classify_grpc(status: &tonic::Status, metadata: &MetadataMap) -> SendError {
+fn classify_grpc(status: &tonic::Status, metadata: &MetadataMap, shown: &str) -> SendError {
     use tonic::Code;
     let secrets: Vec<String> = metadata
         .iter()
@@ -272,11 +292,13 @@ fn classify_grpc(status: &tonic::Status, metadata: &MetadataMap) -> SendError {
         .filter(|v| v.len() >= 4)
         .map(str::to_owned)
         .collect();
-    let message = format!(
-        "gRPC {:?}: {}",
+    let mut message = format!(
+        "{}gRPC {:?}: {}",
+        step_prefix(status, shown),
         status.code(),
         sanitize(status.message(), &secrets)
     );
+    append_causes(&mut message, std::error::Error::source(status), &secrets);
     match status.code() {
         Code::Cancelled
         | Code::DeadlineExceeded
@@ -296,15 +318,29 @@ fn gzip_bytes(data: &[u8]) -> std::io::Result<Vec<u8>> {
     encoder.finish()
 }
 
+/// `TLS failed with https://host:4317: ` when the step of the connection that failed is known.
+fn step_prefix(err: &(dyn std::error::Error + 'static), shown: &str) -> String {
+    tls::failed_step(err).map_or_else(String::new, |step| format!("{step} failed with {shown}: "))
+}
+
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
+    append_causes(&mut text, err.source(), &[]);
     text
+}
+
+/// Appends `cause` and its sources to `text`, each unless `text` says it already (the
+/// transports' errors repeat their causes' messages).
+fn append_causes(text: &mut String, cause: Option<&dyn std::error::Error>, secrets: &[String]) {
+    let mut next = cause;
+    while let Some(e) = next {
+        let part = sanitize(&e.to_string(), secrets);
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = e.source();
+    }
 }
 
 #[cfg(test)]
@@ -315,7 +351,7 @@ mod tests {
     fn grpc_codes_are_classified_per_the_specification() {
         let retry = |code| {
             matches!(
-                classify_grpc(&tonic::Status::new(code, "x"), &MetadataMap::new()),
+                classify_grpc(&tonic::Status::new(code, "x"), &MetadataMap::new(), "e"),
                 SendError::Retryable(_)
             )
         };
