@@ -31,13 +31,13 @@ pub struct RecordArgs {
     pub cgroup: Vec<std::path::PathBuf>,
 
     /// Only profile this systemd unit (`nginx` is `nginx.service`): its cgroup, found under the
-    /// v2 mount at start. Repeatable; combines with `--pid` and `--cgroup` as they do.
+    /// v2 mount, and followed across restarts. Repeatable; combines with `--pid` and `--cgroup`.
     #[arg(long, value_name = "UNIT")]
     pub unit: Vec<String>,
 
     /// Only profile this container (its id, or a prefix of 12 or more digits, as `docker ps` or
     /// `crictl ps` show it): its cgroup, in the docker, containerd, CRI-O or podman style,
-    /// found at start. Repeatable.
+    /// followed across restarts. Repeatable.
     #[arg(long, value_name = "ID")]
     pub container: Vec<String>,
 
@@ -75,13 +75,13 @@ pub struct RunArgs {
     pub cgroup: Vec<std::path::PathBuf>,
 
     /// Only profile this systemd unit (`nginx` is `nginx.service`): its cgroup, found under the
-    /// v2 mount at start. Repeatable; combines with `--pid` and `--cgroup` as they do.
+    /// v2 mount, and followed across restarts. Repeatable; combines with `--pid` and `--cgroup`.
     #[arg(long, value_name = "UNIT")]
     pub unit: Vec<String>,
 
     /// Only profile this container (its id, or a prefix of 12 or more digits, as `docker ps` or
     /// `crictl ps` show it): its cgroup, in the docker, containerd, CRI-O or podman style,
-    /// found at start. Repeatable.
+    /// followed across restarts. Repeatable.
     #[arg(long, value_name = "ID")]
     pub container: Vec<String>,
 
