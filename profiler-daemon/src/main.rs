@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _};
+use clap::{ArgMatches, FromArgMatches as _};
 use profiler_daemon::cli::{Cli, Command};
 #[cfg(feature = "bench")]
 use profiler_daemon::commands::bench;
@@ -17,7 +17,7 @@ use profiler_daemon::config::{LogFormat, RecordConfig, RunConfig};
 use profiler_daemon::telemetry;
 
 fn main() -> ExitCode {
-    let parsed = Cli::command()
+    let parsed = profiler_daemon::cli::command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
     let (cli, matches) = match parsed {
@@ -77,6 +77,13 @@ fn record_cmd(args: &RecordArgs, stop: &AtomicBool) -> ExitCode {
     match record::record(&config, stop) {
         Ok(summary) => {
             println!("{summary}; wrote {}", config.output.display());
+            if summary.samples == 0 {
+                println!(
+                    "nothing was sampled: the selected processes did not run on a CPU; {} is \
+                     valid and empty",
+                    config.output.display()
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(err) => runtime_error(&anyhow::Error::new(err)),

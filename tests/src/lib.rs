@@ -6,6 +6,7 @@
     reason = "test support: failing loudly (panics, unwraps) is the point here"
 )]
 
+pub mod browser;
 pub mod cgroups;
 pub mod http;
 pub mod kube_api;
@@ -243,8 +244,16 @@ pub fn split(stacks: &[(Vec<String>, u64)], functions: &[&str]) -> (HashMap<Stri
     (shares, total)
 }
 
+/// Whether a folded frame is a stand-in for an unnamed address: `[libfoo.so]`, `[kernel]`,
+/// `[unknown]` (addresses grouped by file, the default) or `[unknown] libfoo.so+0x1a2b`
+/// (`--keep-addresses`). No symbol starts with `[`.
+#[must_use]
+pub fn unnamed(frame: &str) -> bool {
+    frame.starts_with('[')
+}
+
 /// Samples of stacks whose first frame is `process`, and how many of them have a named leaf
-/// user frame (not `[unknown] ...`).
+/// user frame (not `[libfoo.so]`, `[unknown] ...`).
 #[must_use]
 pub fn named_ratio(stacks: &[(Vec<String>, u64)], process: &str) -> (u64, u64) {
     let (mut total, mut named) = (0, 0);
@@ -254,7 +263,7 @@ pub fn named_ratio(stacks: &[(Vec<String>, u64)], process: &str) -> (u64, u64) {
         }
         total += count;
         let leaf_user = frames[1..].iter().rev().find(|f| !f.ends_with("_[k]"));
-        if leaf_user.is_some_and(|f| !f.starts_with("[unknown]")) {
+        if leaf_user.is_some_and(|f| !unnamed(f)) {
             named += count;
         }
     }

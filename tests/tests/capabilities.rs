@@ -150,7 +150,7 @@ fn record_as(user: Option<u32>, caps: &[&str], dir: &Path, split: &Path, sys: &P
             f.iter().any(|x| x.ends_with("_[k]"))
                 && f.iter()
                     .filter(|x| x.ends_with("_[k]"))
-                    .all(|x| !x.starts_with("[unknown]"))
+                    .all(|x| !profiler_tests::unnamed(x))
         }),
     }
 }

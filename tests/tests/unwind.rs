@@ -492,7 +492,7 @@ fn complete_share(summary: &str) -> f64 {
 /// A frame name as both tools can agree on it: glibc's internal aliases (`__GI_`, `_impl`,
 /// symbol versions) and leading underscores dropped; unnamed frames are `?`.
 fn comparable(frame: &str) -> String {
-    if frame.starts_with("[unknown]") || frame.starts_with("0x") {
+    if profiler_tests::unnamed(frame) || frame.starts_with("0x") {
         return "?".to_owned();
     }
     let name = frame.split('@').next().unwrap_or(frame);

@@ -17,6 +17,13 @@ const PACKAGES: &[&str] = &[
     "linux-perf",
     "bpftrace",
     "protobuf-compiler",
+    // A real browser for the flamegraph tests (driven through WebDriver), and Go for `go tool
+    // pprof`, the reference reader of the pprof output.
+    "chromium",
+    "chromium-driver",
+    "golang-go",
+    // Debian's xz: a busy, stripped library (liblzma) for the flamegraph tests.
+    "xz-utils",
     "qemu-system-x86",
     "kmod",
     "busybox-static",

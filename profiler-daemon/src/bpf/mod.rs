@@ -134,8 +134,10 @@ pub enum BpfError {
 /// Short enough that processes are still alive when their addresses are normalized.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
-const PERMISSION_HINT: &str = "\nhint: profiling needs root, or the capabilities CAP_BPF, \
-    CAP_PERFMON and CAP_SYS_ADMIN: run it as root (e.g. `sudo profiler record ...`)";
+const PERMISSION_HINT: &str = "\nhint: profiling needs root, or the capabilities CAP_BPF and \
+    CAP_PERFMON (Linux 5.8 and later; CAP_SYS_ADMIN before), with CAP_SYS_PTRACE, \
+    CAP_DAC_READ_SEARCH, CAP_CHECKPOINT_RESTORE and CAP_SYSLOG to name every frame: run it as \
+    root (e.g. `sudo profiler record ...`); `profiler check` tells what is missing";
 
 /// When an error chain says "permission denied", tell the user what to do about it.
 fn permission_hint(err: &(dyn std::error::Error + 'static)) -> &'static str {

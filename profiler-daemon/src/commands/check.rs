@@ -1,19 +1,22 @@
 //! `profiler check`: diagnoses the host — kernel, each BPF feature probe, perf events,
 //! capabilities, bpffs, memlock, loading and attaching the real sampler (with the verifier's
-//! cost), and whether the configured collector is reachable — one line per check. Exit code 0
-//! when the daemon can run here, 1 otherwise.
+//! cost), and whether the configured collector takes an export — one line per check. Exit code
+//! 0 when the daemon can run here, 1 otherwise. `ok` is something used and working, `info`
+//! something optional and absent, `warn` something missing that costs frames or data.
 
 use std::fmt;
-use std::net::ToSocketAddrs as _;
 use std::time::Duration;
 
 use crate::bpf::{Design, Feature, Features, Sampler, Support};
 use crate::config::SamplerConfig;
 use crate::config::otlp::OtlpConfig;
+use crate::export::otlp::probe::{self, Verdict};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Ok,
+    /// Optional and absent: nothing is lost.
+    Info,
     /// Runs, with something missing.
     Warn,
     /// Cannot run.
@@ -31,6 +34,7 @@ impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let tag = match self.status {
             Status::Ok => "ok  ",
+            Status::Info => "info",
             Status::Warn => "warn",
             Status::Fail => "FAIL",
         };
@@ -229,7 +233,7 @@ fn probe_checks(features: &Features) -> Vec<Check> {
                         | Feature::BtfTracepoints
                         | Feature::TaskPtRegs
                         | Feature::BpfLoop => Status::Warn,
-                        _ => Status::Ok,
+                        _ => Status::Info,
                     },
                     format!("missing: {what}; {}", feature.without()),
                 ),
@@ -265,8 +269,8 @@ fn perf_checks() -> [Check; 2] {
             ),
             Err(e) => check(
                 "hardware PMU",
-                Status::Ok,
-                format!("cpu-cycles unavailable ({e}); not needed: cpu-clock is used"),
+                Status::Info,
+                format!("none ({e}); not needed: the software cpu-clock is sampled"),
             ),
         },
     ]
@@ -299,15 +303,19 @@ fn bpffs_check() -> Check {
     let mounted = mounts
         .lines()
         .any(|l| l.split_whitespace().nth(2) == Some("bpf"));
-    check(
-        "bpffs",
-        Status::Ok,
-        if mounted {
-            "mounted (not needed: nothing is pinned)"
-        } else {
-            "not mounted (not needed: nothing is pinned)"
-        },
-    )
+    if mounted {
+        check(
+            "bpffs",
+            Status::Ok,
+            "mounted (not needed: nothing is pinned)",
+        )
+    } else {
+        check(
+            "bpffs",
+            Status::Info,
+            "not mounted; not needed: nothing is pinned",
+        )
+    }
 }
 
 fn memlock_check(release: &str) -> Check {
@@ -383,44 +391,24 @@ fn format_ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
-/// TCP reachability of the collector's host and port.
+/// One empty export in the configured protocol: what every later export will meet.
 fn collector_check(otlp: &OtlpConfig) -> Check {
-    let Ok(uri) = otlp.endpoint.parse::<http::Uri>() else {
-        return check(
+    let shown = otlp.endpoint_for_logs();
+    let protocol = clap::ValueEnum::to_possible_value(&otlp.protocol)
+        .map_or_else(String::new, |v| v.get_name().to_owned());
+    match probe::probe(otlp) {
+        Verdict::Accepted => check(
+            "collector",
+            Status::Ok,
+            format!("{shown} accepted an empty export ({protocol})"),
+        ),
+        Verdict::Refused(why) => check("collector", Status::Fail, why),
+        Verdict::Unreachable(why) => check(
             "collector",
             Status::Warn,
-            format!("cannot parse `{}`", otlp.endpoint_for_logs()),
-        );
-    };
-    let host = uri.host().unwrap_or("localhost").trim_matches(['[', ']']);
-    let port = uri
-        .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        });
-    let addrs: Vec<_> = (host, port)
-        .to_socket_addrs()
-        .map(Iterator::collect)
-        .unwrap_or_default();
-    for addr in &addrs {
-        if std::net::TcpStream::connect_timeout(addr, Duration::from_secs(2)).is_ok() {
-            return check(
-                "collector",
-                Status::Ok,
-                format!("{} reachable ({addr})", otlp.endpoint_for_logs()),
-            );
-        }
-    }
-    check(
-        "collector",
-        Status::Warn,
-        format!(
-            "{} not reachable: the daemon will run, queue and retry",
-            otlp.endpoint_for_logs()
+            format!("{shown} not reachable ({why}): the daemon will run, queue and retry"),
         ),
-    )
+    }
 }
 
 #[cfg(test)]
@@ -460,7 +448,7 @@ mod tests {
         assert!(lines[2].starts_with("warn  btf"), "{}", lines[2]);
         assert!(lines[3].starts_with("warn  btf tracepoint"), "{}", lines[3]);
         assert!(
-            lines[4].starts_with("ok    tail calls     missing"),
+            lines[4].starts_with("info  tail calls     missing"),
             "{}",
             lines[4]
         );

@@ -107,6 +107,7 @@ pub fn record(config: &RecordConfig, stop: &AtomicBool) -> Result<RecordSummary,
         &config.output,
         FileOptions {
             include_idle: config.sampler.include_idle,
+            keep_addresses: config.keep_addresses,
         },
         &title,
     )?;

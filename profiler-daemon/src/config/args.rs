@@ -41,13 +41,25 @@ pub struct RecordArgs {
     #[arg(long, value_name = "ID")]
     pub container: Vec<String>,
 
-    /// Output file; the extension picks the format: `.svg` (flamegraph), `.folded` (folded stacks).
-    #[arg(long, short = 'o', value_name = "PATH")]
+    /// Output file; its extension picks the format: `.svg` (flamegraph to open in a browser),
+    /// `.folded` (folded stacks, for inferno or speedscope), `.pb.gz` (pprof, for `go tool
+    /// pprof`). Its folder must exist; checked before sampling starts.
+    #[arg(
+        long,
+        short = 'o',
+        value_name = "PATH",
+        default_value = "flamegraph.svg"
+    )]
     pub output: PathBuf,
 
     /// Keep samples of idle CPUs (pid 0) in the output (else they are only counted, as idle).
     #[arg(long)]
     pub include_idle: bool,
+
+    /// Show each unnamed address as its own frame (`[unknown] libfoo.so+0x1a2b`) instead of one
+    /// frame per file (`[libfoo.so]`) in `.svg` and `.folded` output.
+    #[arg(long)]
+    pub keep_addresses: bool,
 
     #[command(flatten)]
     pub limits: LimitArgs,

@@ -30,6 +30,8 @@ pub enum ConfigError {
         supported = OutputFormat::SUPPORTED
     )]
     OutputFormat { path: PathBuf },
+    #[error("cannot write the output `{path}`: {reason}")]
+    Output { path: PathBuf, reason: String },
     #[error("--pid {0}: no such process")]
     NoSuchPid(u32),
     #[error("--pid 0 is the idle task, not a process; use --include-idle to see idle time")]
@@ -168,6 +170,8 @@ pub struct RecordConfig {
     pub duration: Duration,
     pub output: PathBuf,
     pub format: OutputFormat,
+    /// Unnamed addresses kept apart in the output (`--keep-addresses`).
+    pub keep_addresses: bool,
     pub sampler: SamplerConfig,
     pub limits: Limits,
 }
@@ -610,10 +614,13 @@ impl RecordConfig {
             return Err(ConfigError::Duration);
         }
         let limits = Limits::from_args(&args.limits)?;
+        let format = OutputFormat::from_path(&args.output)?;
+        check_writable(&args.output)?;
         Ok(Self {
             duration: args.duration,
-            format: OutputFormat::from_path(&args.output)?,
+            format,
             output: args.output.clone(),
+            keep_addresses: args.keep_addresses,
             sampler: SamplerConfig::validated(
                 args.frequency,
                 &args.pid,
@@ -629,6 +636,32 @@ impl RecordConfig {
             limits,
         })
     }
+}
+
+/// Checks, before any sampling, that `path` can be written: its folder exists and takes a new
+/// file (one is created there and removed), and `path` is not a folder. A recording that ends
+/// in "cannot write" after ten seconds, or an hour, wastes the recording.
+fn check_writable(path: &Path) -> Result<(), ConfigError> {
+    let output_error = |reason: String| ConfigError::Output {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if path.is_dir() {
+        return Err(output_error("it is a folder".to_owned()));
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(output_error(format!(
+            "the folder `{}` does not exist",
+            dir.display()
+        )));
+    }
+    tempfile::NamedTempFile::new_in(dir)
+        .map(drop)
+        .map_err(|e| output_error(format!("cannot create a file in `{}`: {e}", dir.display())))
 }
 
 #[cfg(test)]
@@ -690,8 +723,8 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("longer than a year"), "{err}");
-        let err = parse(&["profiler", "record"]).unwrap_err();
-        assert!(err.contains("--output"), "{err}");
+        let err = parse(&["profiler", "record", "-o", "/no/such/folder/a.svg"]).unwrap_err();
+        assert!(err.contains("`/no/such/folder` does not exist"), "{err}");
         let err = parse(&["profiler", "record", "-o", "a.svg", "--pid", "0"]).unwrap_err();
         assert!(err.contains("idle"), "{err}");
         let err = parse(&["profiler", "record", "-o", "a.svg", "--pid", "abc"]).unwrap_err();

@@ -116,10 +116,7 @@ impl Layers<'_> {
         if let Some(v) = flag {
             return Ok(Some((v, Source::Flag(setting.flag))));
         }
-        for name in [
-            format!("OTEL_EXPORTER_OTLP_PROFILES_{}", setting.env),
-            format!("OTEL_EXPORTER_OTLP_{}", setting.env),
-        ] {
+        for name in variables(setting.env) {
             if let Some(text) = (self.env)(&name).filter(|v| !v.trim().is_empty()) {
                 return match parse(text.trim()) {
                     Ok(v) => Ok(Some((v, Source::Env(name)))),
@@ -151,6 +148,30 @@ const CERTIFICATE: Setting = Setting {
     flag: "otlp-ca",
     env: "CERTIFICATE",
 };
+
+/// The environment variables of each OTLP flag, highest precedence first (shown by `--help`).
+#[must_use]
+pub fn flag_variables() -> Vec<(&'static str, [String; 2])> {
+    [
+        ("otlp-endpoint", "ENDPOINT"),
+        ("otlp-header", "HEADERS"),
+        (PROTOCOL.flag, PROTOCOL.env),
+        (COMPRESSION.flag, COMPRESSION.env),
+        (TIMEOUT.flag, TIMEOUT.env),
+        (CERTIFICATE.flag, CERTIFICATE.env),
+    ]
+    .into_iter()
+    .map(|(flag, suffix)| (flag, variables(suffix)))
+    .collect()
+}
+
+/// The signal-specific variable, then the generic one.
+fn variables(suffix: &str) -> [String; 2] {
+    [
+        format!("OTEL_EXPORTER_OTLP_PROFILES_{suffix}"),
+        format!("OTEL_EXPORTER_OTLP_{suffix}"),
+    ]
+}
 
 /// The resolved exporter settings.
 #[derive(Clone, PartialEq, Eq)]

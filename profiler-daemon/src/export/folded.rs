@@ -14,13 +14,13 @@ pub fn fold(profile: &SymbolizedProfile, options: FileOptions) -> Vec<(String, u
     for stack in profile.shown(options.include_idle) {
         let mut line = sanitize(&stack.process.name);
         for loc in &stack.user {
-            for frame in loc.shown_frames().iter() {
+            for frame in loc.shown_frames(options.keep_addresses).iter() {
                 line.push(';');
                 line.push_str(&sanitize(&frame.name));
             }
         }
         for loc in &stack.kernel {
-            for frame in loc.shown_frames().iter() {
+            for frame in loc.shown_frames(options.keep_addresses).iter() {
                 line.push(';');
                 line.push_str(&sanitize(&frame.name));
                 line.push_str("_[k]");
@@ -82,8 +82,42 @@ mod tests {
             render(&lines),
             "app;main 1\napp;main;work;inlined;sys_write_[k];vfs:write_[k] 5\n"
         );
-        let with_idle = fold(&profile, FileOptions { include_idle: true });
+        let with_idle = fold(
+            &profile,
+            FileOptions {
+                include_idle: true,
+                ..FileOptions::default()
+            },
+        );
         assert!(render(&with_idle).contains("swapper;do_idle_[k] 9\n"));
+    }
+
+    #[test]
+    fn unnamed_addresses_are_grouped_by_file_unless_kept_apart() {
+        let profile = profile(vec![
+            stack(7, 7, &[&["main"], &[]], &[&[]], 2),
+            stack(7, 7, &[&["main"], &[], &[]], &[], 3),
+        ]);
+        let grouped = render(&fold(&profile, FileOptions::default()));
+        assert_eq!(
+            grouped,
+            "app;main;[app];[app] 3\napp;main;[app];[kernel]_[k] 2\n"
+        );
+        let kept = render(&fold(
+            &profile,
+            FileOptions {
+                keep_addresses: true,
+                ..FileOptions::default()
+            },
+        ));
+        assert!(
+            kept.contains("app;main;[unknown] app+0x1001;[unknown] [kernel]+0x1000_[k] 2\n"),
+            "{kept}"
+        );
+        assert!(
+            kept.contains("[unknown] app+0x1001;[unknown] app+0x1002 3\n"),
+            "{kept}"
+        );
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub enum ExportError {
 pub struct FileOptions {
     /// Keep idle samples (pid 0).
     pub include_idle: bool,
+    /// Unnamed addresses each as their own frame (`--keep-addresses`), not grouped by file.
+    pub keep_addresses: bool,
 }
 
 /// This process's umask (`/proc/self/status`, Linux ≥ 4.7), else the usual 022. Read, not set:

@@ -61,15 +61,31 @@ mod proto {
         pub num: i64,
     }
     #[derive(Clone, PartialEq, prost::Message)]
+    #[allow(
+        clippy::struct_excessive_bools,
+        reason = "the message's own fields (profile.proto)"
+    )]
     pub struct Mapping {
         #[prost(uint64, tag = "1")]
         pub id: u64,
+        #[prost(uint64, tag = "2")]
+        pub memory_start: u64,
+        #[prost(uint64, tag = "3")]
+        pub memory_limit: u64,
+        #[prost(uint64, tag = "4")]
+        pub file_offset: u64,
         #[prost(int64, tag = "5")]
         pub filename: i64,
         #[prost(int64, tag = "6")]
         pub build_id: i64,
         #[prost(bool, tag = "7")]
         pub has_functions: bool,
+        #[prost(bool, tag = "8")]
+        pub has_filenames: bool,
+        #[prost(bool, tag = "9")]
+        pub has_line_numbers: bool,
+        #[prost(bool, tag = "10")]
+        pub has_inline_frames: bool,
     }
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Location {
@@ -106,6 +122,11 @@ pub use proto::Profile as PprofProfile;
 
 /// The pprof tables; pprof ids are the interners' indices (index 0, the zero value, is never
 /// written as an entry).
+///
+/// Addresses: a whole-machine profile merges processes that load one file at different
+/// addresses, so a user location's address is its offset in the file, and each file's mapping
+/// is the range of offsets its locations use, with `file_offset` = `memory_start` (pprof's
+/// address-to-file arithmetic then gives the offset back). Kernel addresses are the kernel's own.
 struct Builder {
     profile: proto::Profile,
     strings: Strings,
@@ -141,25 +162,43 @@ impl Builder {
             let build_id = build_id.map_or(0, |b| self.string(b));
             self.profile.mapping.push(proto::Mapping {
                 id: id as u64,
+                memory_start: loc.address,
+                memory_limit: loc.address.saturating_add(1),
+                file_offset: if loc.kernel { 0 } else { loc.address },
                 filename,
                 build_id,
-                has_functions: true,
+                ..proto::Mapping::default()
             });
+        }
+        // Mappings are pushed in id order: id N is entry N - 1.
+        if let Some(mapping) = self.profile.mapping.get_mut(id as usize - 1) {
+            if loc.address < mapping.memory_start {
+                mapping.memory_start = loc.address;
+                if !loc.kernel {
+                    mapping.file_offset = loc.address;
+                }
+            }
+            mapping.memory_limit = mapping.memory_limit.max(loc.address.saturating_add(1));
+            mapping.has_functions |= !loc.frames.is_empty();
+            mapping.has_inline_frames |= loc.frames.len() > 1;
+            mapping.has_filenames |= loc.frames.iter().any(|f| f.file.is_some());
+            mapping.has_line_numbers |= loc.frames.iter().any(|f| f.line.is_some());
         }
         id as u64
     }
 
     fn location(&mut self, loc: &Location) -> u64 {
         let mapping_id = self.mapping(loc);
-        // pprof files are read by people: unnamed addresses keep a readable label.
-        let frames = loc.shown_frames();
-        let name = self.string(frames.first().map_or("", |f| &f.name));
+        // Unnamed addresses are locations without lines: pprof shows them as the address in
+        // its mapping's file, and a backend can still name them by build id.
+        let name = self.string(loc.frames.first().map_or("", |f| &f.name));
         let (id, new) = self.locations.intern((mapping_id, loc.address, name));
         if !new {
             return id as u64;
         }
         // pprof, like OTLP: innermost inlined function first.
-        let line = frames
+        let line = loc
+            .frames
             .iter()
             .rev()
             .map(|frame| {

@@ -497,7 +497,10 @@ mod tests {
         assert_eq!(stack.process.pid, pid);
         assert_eq!(&*stack.process.name, format!("[unknown process {pid}]"));
         assert!(stack.user[0].frames.is_empty());
-        assert_eq!(&*stack.user[0].shown_frames()[0].name, "[unknown] 0x1000");
+        assert_eq!(
+            &*stack.user[0].shown_frames(true)[0].name,
+            "[unknown] 0x1000"
+        );
         let mut totals = Totals::default();
         collector.totals(&mut totals);
         assert_eq!(totals.get(Count::UnknownProcess), 1);

@@ -22,17 +22,22 @@ pub struct Location {
 
 impl Location {
     /// What a person reads for this location: its frames, or for an unnamed address one label
-    /// saying where it points (`[unknown] libfoo.so+0x1a2b`, `[unknown] [kernel]+0x...`,
-    /// `[unknown] 0x7f...`).
+    /// saying where it points. Unnamed addresses are grouped by the file they are in
+    /// (`[liblzma.so.5]`, `[kernel]`, `[unknown]`), as perf's and inferno's tools show them: a
+    /// library without symbols is then one box with its whole share, not fifty boxes of one
+    /// address each. `keep_addresses` keeps them apart (`[unknown] liblzma.so.5+0x1a2b`).
     #[must_use]
-    pub fn shown_frames(&self) -> Cow<'_, [Frame]> {
+    pub fn shown_frames(&self, keep_addresses: bool) -> Cow<'_, [Frame]> {
         if !self.frames.is_empty() {
             return Cow::Borrowed(&self.frames);
         }
-        let label = match (&self.module, self.kernel) {
-            (_, true) => format!("[unknown] [kernel]+0x{:x}", self.address),
-            (Some(m), false) => format!("[unknown] {}+0x{:x}", m.name, self.address),
-            (None, false) => format!("[unknown] 0x{:x}", self.address),
+        let label = match (&self.module, self.kernel, keep_addresses) {
+            (_, true, false) => "[kernel]".to_owned(),
+            (Some(m), false, false) => format!("[{}]", m.name),
+            (None, false, false) => "[unknown]".to_owned(),
+            (_, true, true) => format!("[unknown] [kernel]+0x{:x}", self.address),
+            (Some(m), false, true) => format!("[unknown] {}+0x{:x}", m.name, self.address),
+            (None, false, true) => format!("[unknown] 0x{:x}", self.address),
         };
         Cow::Owned(vec![Frame::named(&label, None, None)])
     }

@@ -5,6 +5,7 @@
 mod budget;
 mod dictionary;
 pub mod encode;
+pub mod probe;
 pub mod queue;
 pub mod sender;
 mod tls;
