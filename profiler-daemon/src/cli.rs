@@ -6,6 +6,8 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 
 #[cfg(feature = "bench")]
 use crate::commands::bench::{BenchSymbolizeArgs, BenchTablesArgs, BpfCostArgs};
+#[cfg(feature = "bench")]
+use crate::commands::bench_live::BenchLiveArgs;
 use crate::config::args::{CheckArgs, RecordArgs, RunArgs};
 
 /// Help is wrapped at 80 columns at most (narrower terminals wrap narrower).
@@ -109,6 +111,10 @@ pub enum Command {
     #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchTables(BenchTablesArgs),
+    /// Serve the live page over synthetic stacks (used by `cargo xtask bench live`).
+    #[cfg(feature = "bench")]
+    #[command(hide = true)]
+    BenchLive(BenchLiveArgs),
 }
 
 /// The full command: the derived one, with each flag's environment variables added to its help

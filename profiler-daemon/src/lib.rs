@@ -17,6 +17,7 @@ pub mod export;
 #[cfg(test)]
 mod fuzz;
 pub mod kubernetes;
+pub mod live;
 pub mod mmaps;
 pub mod objfile;
 pub mod pipeline;

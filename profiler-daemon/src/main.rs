@@ -66,6 +66,13 @@ fn main() -> ExitCode {
         Command::BpfCost(args) => bpf_cost_cmd(&args, &stop),
         #[cfg(feature = "bench")]
         Command::BenchTables(args) => bench_tables_cmd(&args),
+        #[cfg(feature = "bench")]
+        Command::BenchLive(args) => {
+            match profiler_daemon::commands::bench_live::serve(&args, &stop) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(err) => runtime_error(&anyhow::Error::new(err)),
+            }
+        }
     }
 }
 

@@ -7,14 +7,21 @@ use std::time::{Duration, Instant};
 /// A plain HTTP/1.0 GET: (status code, body).
 #[must_use]
 pub fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    get_bytes(addr, path).map(|(code, body)| (code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A plain HTTP/1.0 GET of a binary body: (status code, body). Waits up to a minute.
+#[must_use]
+pub fn get_bytes(addr: SocketAddr, path: &str) -> Option<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.set_read_timeout(Some(Duration::from_mins(1))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
+    let mut data = Vec::new();
+    stream.read_to_end(&mut data).ok()?;
+    let end = data.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&data[..end]);
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, data[end + 4..].to_vec()))
 }
 
 /// Polls `path` until `want` status or `timeout`.

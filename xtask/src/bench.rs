@@ -62,12 +62,33 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) == Some("unwind") {
         return unwinding(&measuring, &split, &dir);
     }
+    if args.first().map(String::as_str) == Some("live") {
+        return live(&measuring);
+    }
     symbolization(&measuring, &shipped)?;
     bpf_cost(&measuring, &split)?;
     unwinding(&measuring, &split, &dir)?;
     overhead(&shipped, &split, &dir)?;
     soak(&shipped, &split)?;
+    live(&measuring)?;
     Ok(())
+}
+
+/// The live page over 100,000 distinct stacks, timed in headless Chromium (`live-bench`).
+fn live(measuring: &Path) -> Result<()> {
+    println!("== live page: 100,000 distinct stacks in headless Chromium");
+    cargo(&[
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "profiler-tests",
+        "--bin",
+        "live-bench",
+        "--",
+        measuring.to_str().context("a UTF-8 path")?,
+        "100000",
+    ])
 }
 
 /// Resident memory of a process, in MiB.

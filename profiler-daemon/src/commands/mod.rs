@@ -4,6 +4,8 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "bench")]
+pub mod bench_live;
 pub mod check;
 pub mod record;
 pub mod run;

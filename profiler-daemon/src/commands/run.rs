@@ -4,8 +4,8 @@
 //! (metrics, health) runs on the same small runtime.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::bpf::unwind::UnwindConfig;
@@ -18,6 +18,7 @@ use crate::export::otlp::{
     send_loop,
 };
 use crate::kubernetes::PodIndex;
+use crate::live::{History, LiveServerError, LiveState, Window};
 use crate::pipeline::{Collector, Driver, Ending, ReselectError};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::{Gauges, Metrics};
@@ -31,6 +32,8 @@ pub enum RunError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error(transparent)]
+    Live(#[from] LiveServerError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }
@@ -73,6 +76,8 @@ struct Shared {
     health: Arc<Health>,
     /// This node's pods (`--kubernetes`).
     kubernetes: Option<Arc<PodIndex>>,
+    /// The live page's windows (`--ui-address`).
+    live: Option<Arc<Mutex<History>>>,
 }
 
 /// How the daemon reloads its configuration: `load` reads it again (flags, environment, file)
@@ -104,6 +109,9 @@ pub fn run(
             .kubernetes_node
             .as_deref()
             .map(|node| Arc::new(PodIndex::new(node))),
+        live: config
+            .ui_address
+            .map(|_| Arc::new(Mutex::new(History::new(config.ui_max_stacks)))),
     };
     if let Some(index) = &shared.kubernetes {
         tracing::info!(
@@ -122,6 +130,14 @@ pub fn run(
             health: Arc::clone(&shared.health),
         });
         runtime.block_on(server::start(addr, state))?;
+    }
+    if let (Some(addr), Some(history)) = (config.ui_address, &shared.live) {
+        let state = Arc::new(LiveState {
+            history: Arc::clone(history),
+            interval: config.interval,
+            frequency: config.sampler.frequency,
+        });
+        runtime.block_on(crate::live::server::start(addr, state))?;
     }
     let sender = runtime.spawn(send_loop(
         transport,
@@ -303,6 +319,14 @@ impl<'a> Pipeline<'a> {
         self.windows += 1;
         self.samples += profile.samples();
         let requests = encode(&profile, &self.options);
+        if let Some(history) = &self.shared.live {
+            // Built before the lock: the page's requests wait only for the push.
+            let window = Window::of(&profile, &self.options, SystemTime::now());
+            history
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(window);
+        }
         tracing::debug!(
             samples = profile.samples(),
             stacks = profile.stacks.len(),

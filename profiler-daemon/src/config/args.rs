@@ -129,6 +129,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9740")]
     pub http_address: String,
 
+    /// Address of the live flamegraph page and its JSON API (e.g. `127.0.0.1:9741`); `off`, the
+    /// default, disables it. Read-only, but it shows every process's functions: keep it on
+    /// loopback, or behind an authenticating proxy.
+    #[arg(long, value_name = "ADDR", default_value = "off")]
+    pub ui_address: String,
+
+    /// Most stacks the live page keeps over its windows (at most 15 minutes of them; the
+    /// oldest windows go first).
+    #[arg(long, value_name = "N", default_value_t = crate::live::DEFAULT_MAX_STACKS)]
+    pub ui_max_stacks: usize,
+
     /// Log format: `text` (for people) or `json` (for log pipelines).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

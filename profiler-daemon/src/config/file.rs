@@ -42,6 +42,8 @@ pub struct FileConfig {
     pub unwind: Option<super::UnwindMode>,
     pub unwind_table_memory: Option<u64>,
     pub http_address: Option<String>,
+    pub ui_address: Option<String>,
+    pub ui_max_stacks: Option<usize>,
     pub log_level: Option<String>,
     pub log_format: Option<super::LogFormat>,
     pub kubernetes: Option<bool>,
@@ -116,7 +118,7 @@ mod tests {
             .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
             .filter(|k| !k.starts_with('#'))
             .collect();
-        assert_eq!(keys.len(), 31, "{keys:?}");
+        assert_eq!(keys.len(), 33, "{keys:?}");
         assert!(!tables.contains("[[") && tables.contains("name = "));
         assert_eq!(c.service_name.as_ref().map(Vec::len), Some(1));
         assert_eq!(c.unit, Some(Vec::new()));

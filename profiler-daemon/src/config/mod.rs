@@ -261,6 +261,10 @@ pub struct RunConfig {
     pub host_name: String,
     /// The HTTP server's address (`None`: disabled).
     pub http_address: Option<std::net::SocketAddr>,
+    /// The live page's address (`None`: disabled, the default).
+    pub ui_address: Option<std::net::SocketAddr>,
+    /// Stacks the live page keeps at most.
+    pub ui_max_stacks: usize,
     pub log_format: LogFormat,
     /// `log-level` from the config file (below `--log-level` and `RUST_LOG`).
     pub log_level: Option<String>,
@@ -349,6 +353,11 @@ impl RunConfig {
                 expected: "at least 65536",
             });
         }
+        if args.ui_max_stacks == 0 {
+            return Err(ConfigError::ZeroLimit {
+                name: "ui-max-stacks",
+            });
+        }
         if args.export_queue_size == 0 {
             return Err(ConfigError::ZeroLimit {
                 name: "export-queue-size",
@@ -378,7 +387,9 @@ impl RunConfig {
             labels: args.labels.clone(),
             max_profile_bytes: args.max_profile_bytes,
             host_name: host_name_from(env),
-            http_address: parse_http_address(&args.http_address)?,
+            http_address: parse_address("--http-address", &args.http_address)?,
+            ui_address: parse_address("--ui-address", &args.ui_address)?,
+            ui_max_stacks: args.ui_max_stacks,
             log_format: args.log_format,
             log_level: merged.log_level,
             service_rules: merged.service_rules,
@@ -488,6 +499,8 @@ fn apply_file(
     take!(labels, out.labels);
     take!(max_profile_bytes, out.max_profile_bytes);
     take!(http_address, out.http_address);
+    take!(ui_address, out.ui_address);
+    take!(ui_max_stacks, out.ui_max_stacks);
     take!(log_format, out.log_format);
     take!(kubernetes, out.kubernetes);
     take!(namespace, out.namespace);
@@ -583,13 +596,13 @@ fn kubernetes_node(
 }
 
 /// `off` (or empty) disables the server.
-fn parse_http_address(text: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+fn parse_address(flag: &str, text: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
     let text = text.trim();
     if text.is_empty() || text.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
     text.parse().map(Some).map_err(|_| ConfigError::Invalid {
-        source_name: "--http-address".to_owned(),
+        source_name: flag.to_owned(),
         value: text.to_owned(),
         expected: "an address like `127.0.0.1:9740`, or `off`",
     })

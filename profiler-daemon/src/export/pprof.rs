@@ -228,6 +228,50 @@ impl Builder {
         id as u64
     }
 
+    /// Sample types `samples/count` and `cpu/nanoseconds`; returns the period.
+    fn sample_types(&mut self, frequency: u32) -> i64 {
+        let period = 1_000_000_000 / i64::from(frequency.max(1));
+        let samples = proto::ValueType {
+            r#type: self.string("samples"),
+            unit: self.string("count"),
+        };
+        let cpu = proto::ValueType {
+            r#type: self.string("cpu"),
+            unit: self.string("nanoseconds"),
+        };
+        self.profile.sample_type = vec![samples, cpu];
+        self.profile.period_type = Some(cpu);
+        self.profile.period = period;
+        period
+    }
+
+    /// A location that is one function name (no mapping, no address).
+    fn named_location(&mut self, name: &str) -> u64 {
+        let name = self.string(name);
+        let (id, new) = self.locations.intern((0, 0, name));
+        if new {
+            let (function_id, new_fn) = self.functions.intern((name, 0));
+            if new_fn {
+                self.profile.function.push(proto::Function {
+                    id: function_id as u64,
+                    name,
+                    system_name: name,
+                    filename: 0,
+                });
+            }
+            self.profile.location.push(proto::Location {
+                id: id as u64,
+                mapping_id: 0,
+                address: 0,
+                line: vec![proto::Line {
+                    function_id: function_id as u64,
+                    line: 0,
+                }],
+            });
+        }
+        id as u64
+    }
+
     fn finish(mut self) -> PprofProfile {
         self.profile.string_table = self.strings.into_values();
         self.profile
@@ -239,18 +283,7 @@ impl Builder {
 #[must_use]
 pub fn build(profile: &SymbolizedProfile, options: FileOptions) -> PprofProfile {
     let mut b = Builder::new();
-    let period = 1_000_000_000 / i64::from(profile.frequency.max(1));
-    let samples = proto::ValueType {
-        r#type: b.string("samples"),
-        unit: b.string("count"),
-    };
-    let cpu = proto::ValueType {
-        r#type: b.string("cpu"),
-        unit: b.string("nanoseconds"),
-    };
-    b.profile.sample_type = vec![samples, cpu];
-    b.profile.period_type = Some(cpu);
-    b.profile.period = period;
+    let period = b.sample_types(profile.frequency);
     b.profile.time_nanos = profile.start_unix_nano as i64;
     b.profile.duration_nanos = profile.duration_nano as i64;
     for stack in profile.shown(options.include_idle) {
@@ -293,12 +326,47 @@ pub fn build(profile: &SymbolizedProfile, options: FileOptions) -> PprofProfile 
     b.finish()
 }
 
+/// The pprof of folded stacks (`a;b;c`, samples; root first), for views that kept names only
+/// (the live page): one function and one location per name, no mappings.
+pub fn render_named(
+    lines: &[(String, u64)],
+    frequency: u32,
+    start: std::time::SystemTime,
+    end: std::time::SystemTime,
+) -> std::io::Result<Vec<u8>> {
+    let mut b = Builder::new();
+    let period = b.sample_types(frequency);
+    let since_epoch = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64)
+    };
+    b.profile.time_nanos = since_epoch(start);
+    b.profile.duration_nanos = since_epoch(end).saturating_sub(b.profile.time_nanos);
+    for (line, count) in lines {
+        let location_id = line
+            .split(';')
+            .rev()
+            .map(|name| b.named_location(name))
+            .collect();
+        let count = i64::try_from(*count).unwrap_or(i64::MAX);
+        b.profile.sample.push(proto::Sample {
+            location_id,
+            value: vec![count, count.saturating_mul(period)],
+            label: Vec::new(),
+        });
+    }
+    gzip(&b.finish().encode_to_vec())
+}
+
+fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes)?;
+    encoder.finish()
+}
+
 /// The gzip-compressed encoding, as `go tool pprof` reads it.
 pub fn render(profile: &SymbolizedProfile, options: FileOptions) -> std::io::Result<Vec<u8>> {
-    let bytes = build(profile, options).encode_to_vec();
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(&bytes)?;
-    encoder.finish()
+    gzip(&build(profile, options).encode_to_vec())
 }
 
 #[cfg(test)]

@@ -54,13 +54,14 @@ pub async fn start(addr: SocketAddr, state: Arc<ServerState>) -> Result<SocketAd
         .route("/healthz", axum::routing::get(healthz))
         .route("/readyz", axum::routing::get(readyz))
         .with_state(state);
-    tokio::spawn(serve(listener, app));
+    tokio::spawn(serve(listener, app, CONNECTION_TIMEOUT));
     tracing::info!(address = %local, "serving /metrics, /healthz, /readyz");
     Ok(local)
 }
 
-/// Accepts connections within `MAX_CONNECTIONS`, one request each, with time limits.
-async fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
+/// Accepts connections within `MAX_CONNECTIONS`, one request each, with time limits: the
+/// request head within `HEADER_TIMEOUT`, the whole connection within `longest`.
+pub(crate) async fn serve(listener: tokio::net::TcpListener, app: axum::Router, longest: Duration) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
@@ -84,7 +85,7 @@ async fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             // A connection past its time is dropped like one that ended.
-            if let Ok(Err(err)) = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+            if let Ok(Err(err)) = tokio::time::timeout(longest, connection).await {
                 tracing::trace!("HTTP connection ended: {err}");
             }
             drop(slot);

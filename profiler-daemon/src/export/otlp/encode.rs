@@ -24,6 +24,7 @@ use super::budget::ConvertedSize;
 use super::dictionary::Dictionary;
 use crate::config::rules::ServiceRules;
 use crate::kubernetes::{Placement, PodIndex};
+use crate::procfs::ProcessInfo;
 use crate::profile::{Stack, SymbolizedProfile};
 
 /// Pyroscope's default `max_profile_stacktrace_samples`.
@@ -115,31 +116,9 @@ struct ResourceKey {
 impl ResourceKey {
     fn of(stack: &Stack, options: &EncodeOptions) -> Self {
         let p = &stack.process;
-        let kubernetes = options
-            .kubernetes
-            .as_ref()
-            .filter(|_| !p.kernel_thread)
-            .and_then(|index| index.placement(p.pod_uid.as_deref(), p.container_id.as_deref()));
-        // First match wins: the configured rules, the process's own name for itself (its OTEL
-        // settings), its Kubernetes workload, its systemd unit, its executable.
-        let service = if p.kernel_thread {
-            KERNEL_SERVICE.to_owned()
-        } else if let Some(name) = options
-            .service_rules
-            .name_for(p, kubernetes.as_ref().map(|k| &*k.pod))
-            .or(p.service.as_deref())
-        {
-            name.to_owned()
-        } else if let Some(name) = kubernetes
-            .as_ref()
-            .and_then(|k| k.pod.service(k.container.as_deref()))
-        {
-            name
-        } else {
-            p.unit.as_deref().unwrap_or(&p.exe_name).to_owned()
-        };
+        let kubernetes = placement(p, options);
         Self {
-            service,
+            service: service(p, kubernetes.as_ref(), options),
             exe_name: p.exe_name.to_string(),
             exe_path: options
                 .labels
@@ -149,6 +128,40 @@ impl ResourceKey {
             container_id: p.container_id.as_deref().map(str::to_owned),
             kubernetes,
         }
+    }
+}
+
+/// The process's pod (`--kubernetes`).
+fn placement(p: &ProcessInfo, options: &EncodeOptions) -> Option<Placement> {
+    options
+        .kubernetes
+        .as_ref()
+        .filter(|_| !p.kernel_thread)
+        .and_then(|index| index.placement(p.pod_uid.as_deref(), p.container_id.as_deref()))
+}
+
+/// The `service.name` a process's profiles are exported under (the live page's filter uses the
+/// same names).
+#[must_use]
+pub fn service_name(p: &ProcessInfo, options: &EncodeOptions) -> String {
+    service(p, placement(p, options).as_ref(), options)
+}
+
+/// First match wins: the configured rules, the process's own name for itself (its OTEL
+/// settings), its Kubernetes workload, its systemd unit, its executable.
+fn service(p: &ProcessInfo, kubernetes: Option<&Placement>, options: &EncodeOptions) -> String {
+    if p.kernel_thread {
+        KERNEL_SERVICE.to_owned()
+    } else if let Some(name) = options
+        .service_rules
+        .name_for(p, kubernetes.map(|k| &*k.pod))
+        .or(p.service.as_deref())
+    {
+        name.to_owned()
+    } else if let Some(name) = kubernetes.and_then(|k| k.pod.service(k.container.as_deref())) {
+        name
+    } else {
+        p.unit.as_deref().unwrap_or(&p.exe_name).to_owned()
     }
 }
 

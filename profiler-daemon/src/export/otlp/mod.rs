@@ -11,7 +11,7 @@ pub mod sender;
 mod tls;
 pub mod transport;
 
-pub use encode::{EncodeOptions, Labels, encode};
+pub use encode::{EncodeOptions, Labels, encode, service_name};
 pub use queue::RequestQueue;
 pub use sender::{ExportStats, Observers, send_loop};
 pub use transport::{Transport, TransportError};
