@@ -274,3 +274,37 @@ mod settings_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod readme_tests {
+    use super::command;
+
+    /// Every flag of `record` and `run` is documented in the README (the record table, the run
+    /// sections), so a new flag cannot ship undocumented.
+    #[test]
+    fn every_flag_is_in_the_readme() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+        )
+        .expect("README.md");
+        let cmd = command();
+        for sub in ["record", "run", "check"] {
+            let sub = cmd.find_subcommand(sub).expect("subcommand");
+            for long in sub.get_arguments().filter_map(clap::Arg::get_long) {
+                if ["help", "version"].contains(&long) {
+                    continue;
+                }
+                let flag = format!("--{long}");
+                let documented = readme.match_indices(&flag).any(|(at, _)| {
+                    !readme[at + flag.len()..]
+                        .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+                });
+                assert!(
+                    documented,
+                    "--{long} of `{}` is not in the README",
+                    sub.get_name()
+                );
+            }
+        }
+    }
+}

@@ -109,7 +109,9 @@ mod tests {
         let list = "deployment.environment=prod,team=a%2Cb,k8s.pod.name=x%20y";
         for m in mutations(list.as_bytes(), ROUNDS) {
             let text = String::from_utf8_lossy(&m);
-            if let Ok(pairs) = crate::config::otlp::parse_key_values(&text, "X") {
+            if let Ok(pairs) =
+                crate::config::otlp::parse_key_values(&text, &crate::config::Source::Other("X"))
+            {
                 assert!(pairs.iter().all(|(k, _)| !k.is_empty()));
             }
         }

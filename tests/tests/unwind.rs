@@ -594,8 +594,11 @@ fn tables_evicted_for_want_of_room_come_back_when_their_process_runs_again() {
     else {
         return;
     };
-    // One python3 process busy at 1-4 s and again at 9-12 s; perl busy from 4.5 s for 2-4 s (its
-    // `time` counts whole seconds): the two never run at once. With 2 MiB
+    // One python3 process busy at 1-4 s and again at 10-13 s; perl busy from 5.5 s for 2-4 s
+    // (its `time` counts whole seconds): the two never run at once, with a second and more
+    // between them even when python3 starts slowly on a loaded host (with half a second, a
+    // CI run once saw them overlap, and the daemon's reload throttle (5 s) then held python3's
+    // second phase back). With 2 MiB
     // of rows (131,072), python3 with libc and ld.so (95,000 rows) and perl with libperl (62,000
     // more) do not fit together: perl's arrival evicts python3's table (idle then, so least
     // recently used), and python3's return must load it again and evict perl's.
@@ -607,7 +610,7 @@ fn tables_evicted_for_want_of_room_come_back_when_their_process_runs_again() {
          d[str(i)] = [j * 2 for j in range(20)]\n    return sorted(d.items())[:3]\n\
          def busy(seconds):\n    end = time.time() + seconds\n    \
          while time.time() < end:\n        work()\n\
-         time.sleep(1)\nbusy(3)\ntime.sleep(5)\nbusy(3)\n",
+         time.sleep(1)\nbusy(3)\ntime.sleep(6)\nbusy(3)\n",
     )
     .unwrap();
     let python = Workload::spawn(python, &[phases.to_str().unwrap()]);
@@ -616,7 +619,7 @@ fn tables_evicted_for_want_of_room_come_back_when_their_process_runs_again() {
         &[
             "-c",
             &format!(
-                "sleep 4.5; exec {} {} 3",
+                "sleep 5.5; exec {} {} 3",
                 perl.display(),
                 perl_script.display()
             ),
@@ -627,7 +630,7 @@ fn tables_evicted_for_want_of_room_come_back_when_their_process_runs_again() {
         "-F",
         "999",
         "-d",
-        "12500ms",
+        "14s",
         "--pid",
         &python_pid,
         "--pid",

@@ -231,11 +231,13 @@ impl Sampler {
             mode: crate::config::UnwindMode::Fp,
             ..*unwind
         };
-        let (mut ebpf, unwind) = match load(config, design, ring_bytes, unwind) {
+        // (`filter_levels` scans the cgroup hierarchy when pods are selected: once.)
+        let sizes = Sizes::of(config, ring_bytes);
+        let (mut ebpf, unwind) = match load(config, design, sizes, unwind) {
             Ok(ebpf) => (ebpf, unwind),
             Err(err) if unwind.mode == crate::config::UnwindMode::Auto => {
                 unwind::refused(unwind.mode, &err);
-                (load(config, design, ring_bytes, &fp)?, &fp)
+                (load(config, design, sizes, &fp)?, &fp)
             }
             Err(err) => return Err(err),
         };
@@ -300,7 +302,7 @@ impl Sampler {
             })?;
         let unwind_maps = unwind::take_maps(&mut ebpf, unwind)?;
         Ok(Self {
-            cgroup_levels: filter_levels(config),
+            cgroup_levels: sizes.cgroup_levels,
             pid_filter: !config.pids.is_empty(),
             unwind_maps,
             program: name,
@@ -433,13 +435,34 @@ impl Sampler {
     }
 }
 
+/// What `load` sizes the program by, worked out once per start.
+#[derive(Clone, Copy)]
+struct Sizes {
+    ring_bytes: u32,
+    /// The `CGROUP_LEVELS` mask (`filter_levels`).
+    cgroup_levels: u32,
+}
+
+impl Sizes {
+    fn of(config: &SamplerConfig, ring_bytes: u32) -> Self {
+        Self {
+            ring_bytes,
+            cgroup_levels: filter_levels(config),
+        }
+    }
+}
+
 /// Creates the maps (sized for `design`) and patches the configuration globals.
 fn load(
     config: &SamplerConfig,
     design: Design,
-    ring_bytes: u32,
+    sizes: Sizes,
     unwind: &unwind::UnwindConfig,
 ) -> Result<Ebpf, BpfError> {
+    let Sizes {
+        ring_bytes,
+        cgroup_levels,
+    } = sizes;
     let filter = u32::from(!config.pids.is_empty());
     let include_idle = u32::from(config.include_idle);
     let self_tgid = if config.profile_self {
@@ -462,7 +485,6 @@ fn load(
     } else {
         (config.cgroups.len() as u32).saturating_mul(4).max(64)
     };
-    let cgroup_levels = filter_levels(config);
     // Wake the daemon early when a quarter is used; else it drains on its timer.
     let wakeup_bytes = u64::from(ring_bytes / 4);
     let mut loader = EbpfLoader::new();

@@ -46,12 +46,44 @@ pub enum ConfigError {
     ZeroLimit { name: &'static str },
     #[error("config file `{path}`: {message}")]
     File { path: PathBuf, message: String },
-    #[error("{source_name}: `{value}` is not valid: expected {expected}")]
+    #[error("{origin}: `{value}` is not valid: expected {expected}")]
     Invalid {
-        source_name: String,
+        origin: Source,
         value: String,
         expected: &'static str,
     },
+}
+
+/// Where a setting's value came from: the layer that won (flags > environment > file >
+/// defaults). Errors carry it, so a value from the file is reported with the file's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A command-line flag (its name without dashes, also its file key).
+    Flag(&'static str),
+    /// An environment variable.
+    Env(String),
+    /// A key of the configuration file.
+    File(&'static str),
+    /// Anything else: a default, a derived value.
+    Other(&'static str),
+}
+
+impl Source {
+    #[must_use]
+    pub fn env(name: &str) -> Self {
+        Self::Env(name.to_owned())
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Flag(flag) => write!(f, "--{flag}"),
+            Source::Env(name) => f.write_str(name),
+            Source::File(key) => write!(f, "config file key `{key}`"),
+            Source::Other(what) => f.write_str(what),
+        }
+    }
 }
 
 /// Output formats of `profiler record`, chosen by the output file's extension.
@@ -341,14 +373,14 @@ impl RunConfig {
         let args = &merged.args;
         if args.interval < Duration::from_millis(100) {
             return Err(ConfigError::Invalid {
-                source_name: "--interval".to_owned(),
+                origin: Source::Flag("interval"),
                 value: humantime::format_duration(args.interval).to_string(),
                 expected: "at least 100ms",
             });
         }
         if args.max_profile_bytes < 64 * 1024 {
             return Err(ConfigError::Invalid {
-                source_name: "--max-profile-bytes".to_owned(),
+                origin: Source::Flag("max-profile-bytes"),
                 value: args.max_profile_bytes.to_string(),
                 expected: "at least 65536",
             });
@@ -387,8 +419,8 @@ impl RunConfig {
             labels: args.labels.clone(),
             max_profile_bytes: args.max_profile_bytes,
             host_name: host_name_from(env),
-            http_address: parse_address("--http-address", &args.http_address)?,
-            ui_address: parse_address("--ui-address", &args.ui_address)?,
+            http_address: parse_address("http-address", &args.http_address)?,
+            ui_address: parse_address("ui-address", &args.ui_address)?,
             ui_max_stacks: args.ui_max_stacks,
             log_format: args.log_format,
             log_level: merged.log_level,
@@ -409,16 +441,10 @@ fn blame_file(err: ConfigError, path: &Path, explicit: &dyn Fn(&str) -> bool) ->
         ConfigError::NoSuchPid(_) | ConfigError::PidZero | ConfigError::PidIsThread { .. } => {
             "pid".to_owned()
         }
-        ConfigError::Invalid { source_name, .. } => {
-            match source_name.strip_prefix("--").or_else(|| {
-                source_name
-                    .strip_prefix("config file key `")?
-                    .strip_suffix('`')
-            }) {
-                Some(key) => key.to_owned(),
-                None => return err,
-            }
-        }
+        ConfigError::Invalid {
+            origin: Source::Flag(key) | Source::File(key),
+            ..
+        } => (*key).to_owned(),
         _ => return err,
     };
     if explicit(&key.replace('-', "_")) {
@@ -432,9 +458,16 @@ fn blame_file(err: ConfigError, path: &Path, explicit: &dyn Fn(&str) -> bool) ->
     }) else {
         return err;
     };
+    // The value's own complaint, without the flag it was first taken for.
+    let complaint = match err {
+        ConfigError::Invalid {
+            value, expected, ..
+        } => format!("`{value}` is not valid: expected {expected}"),
+        other => other.to_string(),
+    };
     ConfigError::File {
         path: path.to_path_buf(),
-        message: format!("line {}, key `{key}`: {err}", line + 1),
+        message: format!("line {}, key `{key}`: {complaint}", line + 1),
     }
 }
 
@@ -566,7 +599,7 @@ fn pod_selector(args: &RunArgs) -> Result<Option<crate::kubernetes::PodSelector>
     }
     if !args.kubernetes {
         return Err(ConfigError::Invalid {
-            source_name: "--namespace/--selector".to_owned(),
+            origin: Source::Other("--namespace/--selector"),
             value: "without --kubernetes".to_owned(),
             expected: "--kubernetes as well (pods are known from the Kubernetes API)",
         });
@@ -588,7 +621,7 @@ fn kubernetes_node(
     match env("NODE_NAME").map(|n| n.trim().to_owned()) {
         Some(node) if !node.is_empty() => Ok(Some(node)),
         _ => Err(ConfigError::Invalid {
-            source_name: "--kubernetes".to_owned(),
+            origin: Source::Flag("kubernetes"),
             value: "NODE_NAME unset".to_owned(),
             expected: "NODE_NAME set to this node's name (the downward API's spec.nodeName)",
         }),
@@ -596,13 +629,16 @@ fn kubernetes_node(
 }
 
 /// `off` (or empty) disables the server.
-fn parse_address(flag: &str, text: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+fn parse_address(
+    flag: &'static str,
+    text: &str,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
     let text = text.trim();
     if text.is_empty() || text.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
     text.parse().map(Some).map_err(|_| ConfigError::Invalid {
-        source_name: flag.to_owned(),
+        origin: Source::Flag(flag),
         value: text.to_owned(),
         expected: "an address like `127.0.0.1:9740`, or `off`",
     })

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::ConfigError;
+use super::{ConfigError, Source};
 
 /// Path of the profiles signal on an OTLP/HTTP receiver (OpenTelemetry Collector, Pyroscope).
 pub const HTTP_PROFILES_PATH: &str = "/v1development/profiles";
@@ -72,24 +72,6 @@ pub struct OtlpArgs {
     pub otlp_timeout: Option<Duration>,
 }
 
-/// Where a setting's value came from, for error messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    Flag(&'static str),
-    Env(String),
-    File(&'static str),
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Source::Flag(flag) => write!(f, "--{flag}"),
-            Source::Env(name) => f.write_str(name),
-            Source::File(key) => write!(f, "config file key `{key}`"),
-        }
-    }
-}
-
 /// One setting's names: its flag (without dashes, also the file key) and the suffix of its
 /// `OTEL_EXPORTER_OTLP_[PROFILES_]*` variables.
 struct Setting {
@@ -121,7 +103,7 @@ impl Layers<'_> {
                 return match parse(text.trim()) {
                     Ok(v) => Ok(Some((v, Source::Env(name)))),
                     Err(expected) => Err(ConfigError::Invalid {
-                        source_name: name,
+                        origin: Source::Env(name),
                         value: text,
                         expected,
                     }),
@@ -266,7 +248,7 @@ pub fn resolve(
         None => DEFAULT_TIMEOUT,
         Some((t, source)) if t.is_zero() => {
             return Err(ConfigError::Invalid {
-                source_name: source.to_string(),
+                origin: source,
                 value: "0".to_owned(),
                 expected: "a positive duration",
             });
@@ -287,7 +269,7 @@ pub fn resolve(
                 Ok(path)
             } else {
                 Err(ConfigError::Invalid {
-                    source_name: source.to_string(),
+                    origin: source,
                     value: path.display().to_string(),
                     expected: "a readable PEM file with a certificate",
                 })
@@ -296,7 +278,7 @@ pub fn resolve(
         .transpose()?;
     let mut renamed_attributes = Vec::new();
     let resource_attributes = match env("OTEL_RESOURCE_ATTRIBUTES") {
-        Some(text) => parse_key_values(&text, "OTEL_RESOURCE_ATTRIBUTES")?
+        Some(text) => parse_key_values(&text, &Source::env("OTEL_RESOURCE_ATTRIBUTES"))?
             .into_iter()
             .map(|(k, v)| {
                 let key = label_key(&k);
@@ -346,23 +328,31 @@ fn resolve_endpoint(
     let nonempty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
     // (value, where it came from, whether it is a base URL that gets the signal path)
     let (value, source, base) = if let Some(v) = &args.otlp_endpoint {
-        (v.clone(), "--otlp-endpoint", true)
+        (v.clone(), Source::Flag("otlp-endpoint"), true)
     } else if let Some(v) = nonempty("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT") {
-        (v, "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", false)
+        (
+            v,
+            Source::env("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT"),
+            false,
+        )
     } else if let Some(v) = nonempty("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        (v, "OTEL_EXPORTER_OTLP_ENDPOINT", true)
+        (v, Source::env("OTEL_EXPORTER_OTLP_ENDPOINT"), true)
     } else if let Some(v) = &file.otlp_endpoint {
-        (v.clone(), "config file key `otlp-endpoint`", true)
+        (v.clone(), Source::File("otlp-endpoint"), true)
     } else {
         let default = match protocol {
             Protocol::Grpc => DEFAULT_GRPC_ENDPOINT,
             Protocol::HttpProtobuf => DEFAULT_HTTP_ENDPOINT,
         };
-        (default.to_owned(), "the default endpoint", true)
+        (
+            default.to_owned(),
+            Source::Other("the default endpoint"),
+            true,
+        )
     };
     let value = value.trim().to_owned();
     let invalid = |expected| ConfigError::Invalid {
-        source_name: source.to_owned(),
+        origin: source.clone(),
         value: redact_url(&value),
         expected,
     };
@@ -399,7 +389,7 @@ fn resolve_headers(
     for item in &file.otlp_header {
         let Some((k, v)) = item.split_once('=') else {
             return Err(ConfigError::Invalid {
-                source_name: "config file key `otlp-header`".to_owned(),
+                origin: Source::File("otlp-header"),
                 value: redact(item),
                 expected: "KEY=VALUE",
             });
@@ -411,7 +401,7 @@ fn resolve_headers(
         "OTEL_EXPORTER_OTLP_PROFILES_HEADERS",
     ] {
         if let Some(text) = env(name) {
-            for (k, v) in parse_key_values(&text, name)? {
+            for (k, v) in parse_key_values(&text, &Source::env(name))? {
                 set(k, v);
             }
         }
@@ -419,7 +409,7 @@ fn resolve_headers(
     for flag in &args.otlp_header {
         let Some((k, v)) = flag.split_once('=') else {
             return Err(ConfigError::Invalid {
-                source_name: "--otlp-header".to_owned(),
+                origin: Source::Flag("otlp-header"),
                 value: redact(flag),
                 expected: "KEY=VALUE",
             });
@@ -431,7 +421,7 @@ fn resolve_headers(
             || http::HeaderValue::from_str(v).is_err()
         {
             return Err(ConfigError::Invalid {
-                source_name: "an OTLP header".to_owned(),
+                origin: Source::Other("an OTLP header"),
                 value: format!("{k}=***"),
                 expected: "a valid HTTP header name and a printable ASCII value",
             });
@@ -442,12 +432,12 @@ fn resolve_headers(
 
 /// Parses `k1=v1,k2=v2` with percent-encoded values (the W3C Baggage form the specification
 /// uses for `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES`).
-pub fn parse_key_values(text: &str, source: &str) -> Result<Vec<(String, String)>, ConfigError> {
+pub fn parse_key_values(text: &str, source: &Source) -> Result<Vec<(String, String)>, ConfigError> {
     let mut out = Vec::new();
     for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let Some((k, v)) = item.split_once('=') else {
             return Err(ConfigError::Invalid {
-                source_name: source.to_owned(),
+                origin: source.clone(),
                 value: redact(item),
                 expected: "comma-separated key=value pairs",
             });
@@ -459,14 +449,14 @@ pub fn parse_key_values(text: &str, source: &str) -> Result<Vec<(String, String)
         };
         let (Ok(k), Ok(v)) = (decode(k), decode(v)) else {
             return Err(ConfigError::Invalid {
-                source_name: source.to_owned(),
+                origin: source.clone(),
                 value: redact(item),
                 expected: "percent-encoded UTF-8",
             });
         };
         if k.is_empty() {
             return Err(ConfigError::Invalid {
-                source_name: source.to_owned(),
+                origin: source.clone(),
                 value: redact(item),
                 expected: "a non-empty key",
             });

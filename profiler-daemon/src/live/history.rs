@@ -43,6 +43,7 @@ impl Window {
         let mut services = Table::default();
         let mut merged: HashMap<(u32, Box<[u32]>), u64> = HashMap::new();
         let mut frames = Vec::new();
+        let mut service_of: HashMap<*const crate::procfs::ProcessInfo, u32> = HashMap::new();
         for stack in profile.shown(false) {
             frames.clear();
             frames.push(names.id(&stack.process.name));
@@ -56,7 +57,10 @@ impl Window {
                     frames.push(names.id(&format!("{}_[k]", frame.name)));
                 }
             }
-            let service = services.id(&service_name(&stack.process, options));
+            // Once per process (the rules and the pod lookup), not once per stack.
+            let service = *service_of
+                .entry(Arc::as_ptr(&stack.process))
+                .or_insert_with(|| services.id(&service_name(&stack.process, options)));
             *merged
                 .entry((service, frames.clone().into_boxed_slice()))
                 .or_default() += stack.count;

@@ -193,13 +193,24 @@ pub fn encode(
     let mut resource_of: HashMap<ResourceKey, usize> = HashMap::new();
     let mut merged: Vec<Vec<Merged<'_>>> = Vec::new();
     let mut merged_of: HashMap<(usize, i32, Vec<i32>), usize> = HashMap::new();
+    // A process's stacks share one resource: its key (service rules, pod lookup) is worked out
+    // once per process, not once per stack. The pointer identifies the process's entry for as
+    // long as `profile` is borrowed.
+    let mut resource_of_process: HashMap<*const ProcessInfo, usize> = HashMap::new();
     for stack in profile.shown(options.include_idle) {
-        let key = ResourceKey::of(stack, options);
-        let resource = *resource_of.entry(key.clone()).or_insert_with(|| {
-            resources.push(key);
-            merged.push(Vec::new());
-            resources.len() - 1
-        });
+        let process = Arc::as_ptr(&stack.process);
+        let resource = if let Some(&r) = resource_of_process.get(&process) {
+            r
+        } else {
+            let key = ResourceKey::of(stack, options);
+            let r = *resource_of.entry(key.clone()).or_insert_with(|| {
+                resources.push(key);
+                merged.push(Vec::new());
+                resources.len() - 1
+            });
+            resource_of_process.insert(process, r);
+            r
+        };
         let stack_index = window.stack(stack);
         let attributes = window.sample_attributes(stack, options.labels);
         let samples = &mut merged[resource];
