@@ -137,7 +137,7 @@ pub struct RunArgs {
 
     /// Most stacks the live page keeps over its windows (at most 15 minutes of them; the
     /// oldest windows go first).
-    #[arg(long, value_name = "N", default_value_t = crate::live::DEFAULT_MAX_STACKS)]
+    #[arg(long, value_name = "N", default_value_t = super::DEFAULT_UI_MAX_STACKS)]
     pub ui_max_stacks: usize,
 
     /// Log format: `text` (for people) or `json` (for log pipelines).

@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use args::{LimitArgs, RecordArgs, RunArgs};
 
+/// Default `--ui-max-stacks`: stacks the live page keeps over all its windows (about 150 bytes
+/// each with a 30-frame stack, so ~30 MiB at most).
+pub const DEFAULT_UI_MAX_STACKS: usize = 200_000;
+
 /// Highest sampling frequency accepted. Past this the timer interrupts themselves dominate.
 pub const MAX_FREQUENCY: u32 = 10_000;
 

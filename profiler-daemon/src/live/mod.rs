@@ -9,7 +9,3 @@ pub mod server;
 
 pub use history::{History, Window};
 pub use server::{LiveServerError, LiveState};
-
-/// Default `--ui-max-stacks`: stacks kept over all windows (about 150 bytes each with a
-/// 30-frame stack, so ~30 MiB at most).
-pub const DEFAULT_MAX_STACKS: usize = 200_000;
