@@ -47,7 +47,7 @@ pub fn render(lines: &[(String, u64)]) -> String {
 }
 
 /// `;` separates frames and a newline ends the line: neither may appear inside a name.
-fn sanitize(name: &str) -> String {
+pub(crate) fn sanitize(name: &str) -> String {
     let trimmed = if name.is_empty() { "[unnamed]" } else { name };
     trimmed.replace([';', '\n', '\r'], ":")
 }

@@ -66,9 +66,10 @@ impl Selection<'_> {
     pub fn folded(&self) -> Vec<(String, u64)> {
         let mut lines: HashMap<String, u64> = HashMap::new();
         for (names, count) in self.stacks() {
+            // The same frame names as the file writer's folded stacks.
             let line: Vec<String> = names
                 .iter()
-                .map(|n| n.replace([';', '\n', '\r'], ":"))
+                .map(|n| crate::export::folded::sanitize(n))
                 .collect();
             *lines.entry(line.join(";")).or_default() += count;
         }
