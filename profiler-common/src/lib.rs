@@ -251,10 +251,13 @@ pub const RBP_UNSUPPORTED: u8 = 4;
 /// CFA by `cfa_kind`; the caller's rip at CFA - 8 (`CFA_SIGNAL`: at `rsp + b`), its rsp the CFA,
 /// its rbp by `rbp_kind`. 12 bytes, 4-byte aligned, no padding.
 ///
-/// Lookup: the last row whose `pc` is at most the wanted pc, by this binary search over `n`
-/// rows (at most `UNWIND_SEARCH_STEPS` iterations for `UNWIND_MAX_ROWS` rows):
-/// `lo = 0; hi = n; while lo < hi { mid = (lo + hi) / 2; if rows[mid].pc <= pc { lo = mid + 1 }
-/// else { hi = mid } }`; the row is `rows[lo - 1]`, none when `lo == 0`.
+/// Lookup: the last row whose `pc` is at most the wanted pc, by this search over `n > 0` rows,
+/// which narrows a window `[base, base + n)` holding the answer and takes the same steps
+/// whatever the comparisons say (`UNWIND_SEARCH_STEPS` iterations suffice for
+/// `UNWIND_MAX_ROWS` rows): `base = 0; repeat { half = n / 2; if rows[base + half].pc <= pc
+/// { base += half }; n -= half }`; the row is `rows[base]`, none when its `pc` is above the
+/// wanted one. (The BPF walker makes the `if` arithmetic: the verifier then checks one path
+/// through the loop instead of one per outcome of every comparison.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct UnwindRow {

@@ -181,25 +181,23 @@ impl UnwindTable {
         self.lookup_offset(offset)
     }
 
-    /// The row for `pc`, an offset from `base`, by the binary search the BPF walker runs (see
-    /// `UnwindRow`): at most `UNWIND_SEARCH_STEPS` halvings of `[lo, hi)`, keeping
-    /// `rows[lo - 1].pc <= pc < rows[hi].pc`, with no early exit on equality so that every
-    /// lookup takes the same path through the loop.
+    /// The row for `pc`, an offset from `base`, by the search the BPF walker runs (see
+    /// `UnwindRow`): `UNWIND_SEARCH_STEPS` halvings of the window `[base, base + n)` that holds
+    /// the answer, each the same steps whatever the comparison says.
     #[must_use]
     pub fn lookup_offset(&self, pc: u32) -> Option<&UnwindRow> {
-        let (mut lo, mut hi) = (0_usize, self.rows.len());
-        for _ in 0..profiler_common::UNWIND_SEARCH_STEPS {
-            if lo >= hi {
-                break;
-            }
-            let mid = lo + (hi - lo) / 2;
-            if self.rows.get(mid).is_some_and(|row| row.pc <= pc) {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
+        let (mut base, mut n) = (0_usize, self.rows.len());
+        if n == 0 {
+            return None;
         }
-        self.rows.get(lo.checked_sub(1)?)
+        for _ in 0..profiler_common::UNWIND_SEARCH_STEPS {
+            let half = n / 2;
+            if self.rows.get(base + half)?.pc <= pc {
+                base += half;
+            }
+            n -= half;
+        }
+        self.rows.get(base).filter(|row| row.pc <= pc)
     }
 
     /// Bytes the rows take in a BPF map.
