@@ -8,6 +8,8 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use crate::commands::bench::{BenchSymbolizeArgs, BenchTablesArgs, BpfCostArgs};
 #[cfg(feature = "bench")]
 use crate::commands::bench_live::BenchLiveArgs;
+#[cfg(feature = "bench")]
+use crate::commands::bench_scale::BenchScaleArgs;
 use crate::config::args::{CheckArgs, RecordArgs, RunArgs};
 
 /// Help is wrapped at 80 columns at most (narrower terminals wrap narrower).
@@ -42,21 +44,25 @@ Examples:
   Every process, exported to a local OpenTelemetry Collector (gRPC, port 4317):
     sudo profiler run
   To Grafana Pyroscope's OTLP receiver over HTTP:
-    sudo profiler run --otlp-protocol http/protobuf --otlp-endpoint http://pyroscope:4040
+    sudo profiler run --otlp-protocol http/protobuf \\
+      --otlp-endpoint http://pyroscope:4040
   With metrics and health checks on port 9464, settings from a file:
-    sudo profiler run --config /etc/profiler/profiler.toml --http-address 127.0.0.1:9464
+    sudo profiler run --config /etc/profiler/profiler.toml \\
+      --http-address 127.0.0.1:9464
 
-Settings: flags win over environment variables, which win over the --config file, which wins
-over the defaults. The OTEL_EXPORTER_OTLP_* variables of the OpenTelemetry specification are
-read (each flag above names its own); OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES of a
-profiled process name its service. SIGHUP reloads the flags, environment and file.";
+Settings: flags win over environment variables, which win over the --config
+file, which wins over the defaults. The OTEL_EXPORTER_OTLP_* variables of the
+OpenTelemetry specification are read (each flag above names its own);
+OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES of a profiled process name its
+service. SIGHUP reloads the flags, environment and file.";
 
 const CHECK_EXAMPLES: &str = "\
 Examples:
   sudo profiler check
   sudo profiler check --otlp-endpoint https://collector.example:4317
 
-Exit status: 0 when this host can run the profiler, 1 when it cannot (the FAIL lines say why).";
+Exit status: 0 when this host can run the profiler, 1 when it cannot (the FAIL
+lines say why).";
 
 /// System-wide sampling CPU profiler (eBPF).
 ///
@@ -115,6 +121,11 @@ pub enum Command {
     #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchLive(BenchLiveArgs),
+    /// Time the collector, naming and encoding over many processes and stacks (used by
+    /// `cargo xtask bench scale`).
+    #[cfg(feature = "bench")]
+    #[command(hide = true)]
+    BenchScale(BenchScaleArgs),
 }
 
 /// The full command: the derived one, with each flag's environment variables added to its help

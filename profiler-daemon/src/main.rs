@@ -73,6 +73,14 @@ fn main() -> ExitCode {
                 Err(err) => runtime_error(&anyhow::Error::new(err)),
             }
         }
+        #[cfg(feature = "bench")]
+        Command::BenchScale(args) => match profiler_daemon::commands::bench_scale::run(&args) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => runtime_error(&anyhow::Error::new(err)),
+        },
     }
 }
 

@@ -3,7 +3,11 @@
 //! - `sample_aggregate`: counts per (task, kernel stack id, user stack id) in a hash map, stacks in
 //!   a `STACK_TRACE` map;
 //! - `sample_buildid`: the kernel normalizes user frames itself (`BPF_F_USER_BUILD_ID`: build id
-//!   + file offset per frame).
+//!   + file offset per frame);
+//! - stages of the shipped frame-pointer sampler, to tell what each part of it costs:
+//!   `sample_header` (admission, the header and the ring buffer record, no stacks),
+//!   `sample_kernel` (plus the kernel stack), `sample_lean` (both stacks, without `comm` and the
+//!   cgroup id).
 
 #![allow(
     clippy::inline_always,
@@ -23,7 +27,38 @@ use aya_ebpf::{
 };
 use profiler_common::{AggregateKey, Counter, MAX_FRAMES};
 
-use crate::sampler::{SAMPLES, admit, bump, comm};
+use crate::sampler::{SAMPLES, Stages, admit, bump, comm, try_sample_ringbuf};
+
+#[perf_event]
+pub(crate) fn sample_header(ctx: PerfEventContext) -> u32 {
+    let header_only = Stages {
+        kernel_stack: false,
+        user_stack: false,
+        ..Stages::ALL_FP
+    };
+    try_sample_ringbuf(&ctx, header_only);
+    0
+}
+
+#[perf_event]
+pub(crate) fn sample_kernel(ctx: PerfEventContext) -> u32 {
+    let kernel_only = Stages {
+        user_stack: false,
+        ..Stages::ALL_FP
+    };
+    try_sample_ringbuf(&ctx, kernel_only);
+    0
+}
+
+#[perf_event]
+pub(crate) fn sample_lean(ctx: PerfEventContext) -> u32 {
+    let no_task_ids = Stages {
+        task_ids: false,
+        ..Stages::ALL_FP
+    };
+    try_sample_ringbuf(&ctx, no_task_ids);
+    0
+}
 
 /// Build-id variant: one user stack as `struct bpf_stack_build_id` (32 bytes a frame).
 #[map]

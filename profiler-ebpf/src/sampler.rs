@@ -20,7 +20,9 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack, bpf_probe_read_kernel,
         generated::{
@@ -163,10 +165,35 @@ pub(crate) fn comm() -> [u8; COMM_LEN] {
     bpf_get_current_comm().unwrap_or([0; COMM_LEN])
 }
 
+/// What a sampler run does beyond admission and the ring buffer record: the shipped programs do
+/// everything; the `bench` feature's stage variants leave parts out to measure what each costs.
+#[derive(Clone, Copy)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "compile-time switches, each a part of the program kept or left out"
+)]
+pub(crate) struct Stages {
+    /// Walk the user stack with the tables (else frame pointers).
+    pub(crate) tables: bool,
+    pub(crate) kernel_stack: bool,
+    pub(crate) user_stack: bool,
+    /// `comm` and the cgroup id in the header.
+    pub(crate) task_ids: bool,
+}
+
+impl Stages {
+    pub(crate) const ALL_FP: Self = Self {
+        tables: false,
+        kernel_stack: true,
+        user_stack: true,
+        task_ids: true,
+    };
+}
+
 /// The sampler with frame-pointer user stacks (`--unwind fp`).
 #[perf_event]
 pub(crate) fn sample_ringbuf(ctx: PerfEventContext) -> u32 {
-    try_sample_ringbuf(&ctx, false);
+    try_sample_ringbuf(&ctx, Stages::ALL_FP);
     0
 }
 
@@ -174,12 +201,18 @@ pub(crate) fn sample_ringbuf(ctx: PerfEventContext) -> u32 {
 /// so that kernels without `bpf_loop` still load `sample_ringbuf`.
 #[perf_event]
 pub(crate) fn sample_unwind(ctx: PerfEventContext) -> u32 {
-    try_sample_ringbuf(&ctx, true);
+    try_sample_ringbuf(
+        &ctx,
+        Stages {
+            tables: true,
+            ..Stages::ALL_FP
+        },
+    );
     0
 }
 
 #[inline(always)]
-fn try_sample_ringbuf(ctx: &PerfEventContext, tables: bool) {
+pub(crate) fn try_sample_ringbuf(ctx: &PerfEventContext, stages: Stages) {
     const STACK_BYTES: u32 = (MAX_FRAMES * 8) as u32;
     let Some((tgid, tid)) = admit() else {
         return;
@@ -193,14 +226,24 @@ fn try_sample_ringbuf(ctx: &PerfEventContext, tables: bool) {
         let header = &mut (*record).header;
         header.tgid = tgid;
         header.tid = tid;
-        header.cgroup_id = bpf_get_current_cgroup_id();
+        if stages.task_ids {
+            header.cgroup_id = bpf_get_current_cgroup_id();
+            header.comm = comm();
+        }
         header.time_ns = bpf_ktime_get_ns();
         header.cpu = bpf_get_smp_processor_id();
-        header.comm = comm();
         let mut flags = 0;
 
         let frames = (*record).frames.as_mut_ptr();
-        let kernel = bpf_get_stack(ctx.as_ptr(), frames.cast(), STACK_BYTES, 0);
+        // A sample that hit user mode has no kernel stack, but asking costs the helper's whole
+        // setup (~290 ns of ~1,540 per sample here): CPU-bound programs are mostly in user
+        // mode. The registers are the context's first member (a direct context read).
+        let in_user = (*ctx.as_ptr().cast::<pt_regs>()).cs & 3 == 3;
+        let kernel = if stages.kernel_stack && !in_user {
+            bpf_get_stack(ctx.as_ptr(), frames.cast(), STACK_BYTES, 0)
+        } else {
+            0
+        };
         let kernel_len = if kernel < 0 {
             bump(Counter::KernelStackFailed);
             flags |= FLAG_KERNEL_STACK_FAILED;
@@ -212,7 +255,7 @@ fn try_sample_ringbuf(ctx: &PerfEventContext, tables: bool) {
 
         // The user frames follow the kernel frames. Kernel threads have no user stack: an
         // empty stack, not a failure.
-        let walked = if tables {
+        let walked = if stages.tables {
             unwind::walk(ctx, tgid, &raw mut (*record).frames, kernel_len)
         } else {
             Walk::NoTables
@@ -223,6 +266,8 @@ fn try_sample_ringbuf(ctx: &PerfEventContext, tables: bool) {
                 flags |= FLAG_USER_TRUNCATED;
             }
             (len * 8) as i64
+        } else if !stages.user_stack {
+            0
         } else {
             bpf_get_stack(
                 ctx.as_ptr(),

@@ -44,6 +44,12 @@ impl Receiver {
         self.store.lock().unwrap().clone()
     }
 
+    /// Everything received so far, forgotten here (a long-running sink keeps nothing).
+    #[must_use]
+    pub fn take(&self) -> Vec<Capture> {
+        std::mem::take(&mut *self.store.lock().unwrap())
+    }
+
     /// Waits until `n` exports arrived or `timeout` passes; returns what arrived.
     #[must_use]
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Capture> {

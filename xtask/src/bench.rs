@@ -23,11 +23,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo, workspace};
+use crate::{cargo, overhead, scale, workspace};
 
 const HZ: &str = "999";
 
@@ -37,11 +37,36 @@ const BENCH_TARGET_DIR: &str = "target/bench-build";
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     cargo(&["build", "--release", "-p", "profiler-daemon"])?;
-    if args.first().map(String::as_str) == Some("soak") {
-        let dir = workspace().join("target/bench");
-        std::fs::create_dir_all(&dir)?;
-        let split = build_split(&dir)?;
-        return soak(&workspace().join("target/release/profiler"), &split);
+    // The OTLP receiver `profiler run` exports to in the overhead comparison.
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "profiler-tests",
+        "--bin",
+        "otlp-sink",
+    ])?;
+    let dir = workspace().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let split = build_split(&dir)?;
+    let shipped = workspace().join("target/release/profiler");
+    let sink = workspace().join("target/release/otlp-sink");
+    let only = args.first().map(String::as_str);
+    let mut report = serde_json::Map::new();
+    let json = dir.join("bench.json");
+    let mut save = |key: &str, value: serde_json::Value| -> Result<()> {
+        report.insert(key.to_owned(), value);
+        std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+        Ok(())
+    };
+    match only {
+        Some("soak") => return soak(&shipped, &split),
+        Some("overhead") => {
+            save("overhead", overhead::run(&shipped, &sink, &split, &dir)?)?;
+            println!("figures also in {}", json.display());
+            return Ok(());
+        }
+        _ => {}
     }
     cargo(&[
         "build",
@@ -53,24 +78,31 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         "--target-dir",
         BENCH_TARGET_DIR,
     ])?;
-    let dir = workspace().join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let split = build_split(&dir)?;
-    let shipped = workspace().join("target/release/profiler");
     let measuring = workspace().join(BENCH_TARGET_DIR).join("release/profiler");
-
-    if args.first().map(String::as_str) == Some("unwind") {
-        return unwinding(&measuring, &split, &dir);
-    }
-    if args.first().map(String::as_str) == Some("live") {
-        return live(&measuring);
+    match only {
+        Some("unwind") => return unwinding(&measuring, &split, &dir),
+        Some("live") => return live(&measuring),
+        Some("cost") => {
+            save("bpf_cost", bpf_cost(&measuring, &split)?)?;
+            return Ok(());
+        }
+        Some("scale") => {
+            save("scale", scale::run(&measuring)?)?;
+            return Ok(());
+        }
+        Some(other) => bail!(
+            "unknown bench `{other}`: cost, overhead, scale, unwind, live, soak, or nothing for all"
+        ),
+        None => {}
     }
     symbolization(&measuring, &shipped)?;
-    bpf_cost(&measuring, &split)?;
+    save("bpf_cost", bpf_cost(&measuring, &split)?)?;
     unwinding(&measuring, &split, &dir)?;
-    overhead(&shipped, &split, &dir)?;
+    save("overhead", overhead::run(&shipped, &sink, &split, &dir)?)?;
+    save("scale", scale::run(&measuring)?)?;
     soak(&shipped, &split)?;
     live(&measuring)?;
+    println!("figures also in {}", json.display());
     Ok(())
 }
 
@@ -241,35 +273,61 @@ fn busy(split: &Path, seconds: u32) -> Result<Vec<Child>> {
         .collect()
 }
 
-/// `measuring` is the `bench` feature build (`bpf-cost` exists only there).
-fn bpf_cost(measuring: &Path, split: &Path) -> Result<()> {
-    println!("## BPF time per sample ({HZ} Hz, all CPUs busy, 3 alternating rounds of 4 s)");
-    // The busy workload must outlive all rounds: 3 designs x 3 rounds x 4 s, plus loading.
-
-    let mut results: [(&str, Vec<f64>); 3] = [
-        ("ringbuf", Vec::new()),
-        ("aggregate", Vec::new()),
-        ("buildid", Vec::new()),
+/// BPF time per sample of the shipped design, of its stages, and of the designs it was chosen
+/// over. `measuring` is the `bench` feature build (`bpf-cost` exists only there).
+fn bpf_cost(measuring: &Path, split: &Path) -> Result<serde_json::Value> {
+    const DESIGNS: [(&str, &str); 6] = [
+        (
+            "ringbuf",
+            "ring buffer record, frame pointers (shipped `--unwind fp`)",
+        ),
+        ("header", "stage: admission + header + record, no stacks"),
+        ("kernel", "stage: + kernel stack"),
+        ("lean", "stage: both stacks, without comm and cgroup id"),
+        ("aggregate", "in-kernel aggregation (stack ids)"),
+        (
+            "buildid",
+            "user frames as build id + offset (BPF_F_USER_BUILD_ID)",
+        ),
     ];
-    let load = busy(split, 60)?;
+    println!("## BPF time per sample ({HZ} Hz, all CPUs busy, 3 alternating rounds of 4 s)");
+    let mut figures = vec![Vec::new(); DESIGNS.len()];
+    // The busy workload must outlive all rounds: 6 designs x 3 rounds x (4 s + loading).
+    let load = busy(split, 150)?;
     for _round in 0..3 {
-        for (design, figures) in &mut results {
-            let args = ["--design", *design, "--duration", "4s", "--frequency", HZ];
-            figures.push(bpf_cost_figure(measuring, &args, "ns_per_sample")?);
+        for ((design, _), out) in DESIGNS.iter().zip(&mut figures) {
+            let args = ["--design", design, "--duration", "4s", "--frequency", HZ];
+            out.push(bpf_cost_figure(measuring, &args, "ns_per_sample")?);
         }
     }
     stop(load);
-    let [ring, agg, build_id] = results.map(|(_, figures)| median(figures));
+    let medians: Vec<f64> = figures.into_iter().map(median).collect();
     println!("| design | median ns per sample |\n|---|---|");
-    println!("| ring buffer record (used) | {ring:.0} |");
-    println!("| in-kernel aggregation | {agg:.0} |");
-    println!("| user frames as build id + offset (BPF_F_USER_BUILD_ID) | {build_id:.0} |");
+    for ((_, label), ns) in DESIGNS.iter().zip(&medians) {
+        println!("| {label} | {ns:.0} |");
+    }
+    let [ring, header, kernel, lean, agg, build_id] = medians[..] else {
+        bail!("one figure per design");
+    };
     println!(
-        "ratios: ring buffer / aggregation {:.2}, build id / ring buffer {:.2}\n",
+        "where the time goes: record and admission {header:.0} ns, kernel stack {:.0} ns, \
+         user stack {:.0} ns, comm + cgroup id {:.0} ns; ratios: ring buffer / aggregation \
+         {:.2}, build id / ring buffer {:.2}\n",
+        kernel - header,
+        ring - kernel,
+        ring - lean,
         ring / agg,
         build_id / ring
     );
-    Ok(())
+    Ok(serde_json::json!(
+        DESIGNS
+            .iter()
+            .zip(&medians)
+            .map(|((design, label), ns)| serde_json::json!({
+                "design": design, "label": label, "ns_per_sample": ns
+            }))
+            .collect::<Vec<_>>()
+    ))
 }
 
 /// One `profiler bpf-cost` run: its `key=` figure.
@@ -419,7 +477,7 @@ fn bpftrace_cost(pids: &[String]) -> Result<f64> {
 }
 
 /// (`run_time_ns`, `run_cnt`) summed over the BPF programs process `pid` holds open.
-fn prog_stats(pid: u32) -> Result<(u64, u64)> {
+pub(crate) fn prog_stats(pid: u32) -> Result<(u64, u64)> {
     let mut sums = (0, 0);
     for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
         let Ok(text) = std::fs::read_to_string(entry.path()) else {
@@ -436,109 +494,8 @@ fn prog_stats(pid: u32) -> Result<(u64, u64)> {
     Ok(sums)
 }
 
-struct Tool {
-    name: &'static str,
-    cmd: Option<Command>,
-}
-
-fn tools(profiler: &Path, dir: &Path) -> Vec<Tool> {
-    let mut ours = Command::new(profiler);
-    ours.args(["record", "-F", HZ, "-d", "10m", "-o"])
-        .arg(dir.join("bench.svg"));
-    let mut ours_fp = Command::new(profiler);
-    ours_fp
-        .args(["record", "--unwind", "fp", "-F", HZ, "-d", "10m", "-o"])
-        .arg(dir.join("bench-fp.svg"));
-    let mut perf = Command::new("perf");
-    perf.args(["record", "-a", "-g", "-F", HZ, "-q", "-o"])
-        .arg(dir.join("perf.data"));
-    let mut bpftrace = Command::new("bpftrace");
-    bpftrace.args([
-        "-q",
-        "-e",
-        "profile:hz:999 { @[kstack, ustack, pid] = count(); }",
-    ]);
-    vec![
-        Tool {
-            name: "baseline (no profiler)",
-            cmd: None,
-        },
-        Tool {
-            name: "profiler record (unwind tables)",
-            cmd: Some(ours),
-        },
-        Tool {
-            name: "profiler record --unwind fp",
-            cmd: Some(ours_fp),
-        },
-        Tool {
-            name: "perf record -a -g",
-            cmd: Some(perf),
-        },
-        Tool {
-            name: "bpftrace profile",
-            cmd: Some(bpftrace),
-        },
-    ]
-}
-
-/// Per tool: workload seconds, profiler CPU seconds, profiler peak RSS (KiB). `profiler` is the
-/// shipped build: the overhead users get.
-fn overhead(profiler: &Path, split: &Path, dir: &Path) -> Result<()> {
-    println!(
-        "## Overhead at {HZ} Hz on every CPU (fixed work: split workload on each CPU, 2 rounds)"
-    );
-    let mut tools = tools(profiler, dir);
-    let mut rows: Vec<Vec<(f64, f64, i64)>> = vec![Vec::new(); tools.len()];
-    let iterations = "3000";
-    for _round in 0..2 {
-        for (i, tool) in tools.iter_mut().enumerate() {
-            let child = match &mut tool.cmd {
-                Some(cmd) => {
-                    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-                    // Let each tool finish attaching (bpftrace compiles its script first).
-                    std::thread::sleep(Duration::from_secs(4));
-                    Some(child)
-                }
-                None => None,
-            };
-            let start = Instant::now();
-            let workers: Vec<Child> = (0..std::thread::available_parallelism()
-                .map_or(2, usize::from))
-                .map(|_| Command::new(split).args(["0", iterations]).spawn())
-                .collect::<std::io::Result<_>>()?;
-            for mut w in workers {
-                w.wait()?;
-            }
-            let work = start.elapsed().as_secs_f64();
-            let (cpu, rss) = match child {
-                Some(child) => interrupt_and_measure(child)?,
-                None => (0.0, 0),
-            };
-            rows[i].push((work, cpu, rss));
-        }
-    }
-    let base = rows[0].iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
-    println!(
-        "| configuration | workload time (best of 2) | slowdown | profiler CPU (s) | profiler peak RSS (MiB) |"
-    );
-    println!("|---|---|---|---|---|");
-    for (tool, figures) in tools.iter().zip(&rows) {
-        let best = figures.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
-        let cpu = figures.iter().map(|r| r.1).sum::<f64>() / figures.len() as f64;
-        let rss = figures.iter().map(|r| r.2).max().unwrap_or(0);
-        println!(
-            "| {} | {best:.2} s | {:+.1}% | {cpu:.2} | {:.1} |",
-            tool.name,
-            100.0 * (best / base - 1.0),
-            rss as f64 / 1024.0
-        );
-    }
-    Ok(())
-}
-
 /// SIGINT, wait, and read the child's CPU time and peak RSS from wait4.
-fn interrupt_and_measure(child: Child) -> Result<(f64, i64)> {
+pub(crate) fn interrupt_and_measure(child: Child) -> Result<(f64, i64)> {
     let pid = libc::pid_t::try_from(child.id())?;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid, libc::SIGINT) };
@@ -556,7 +513,7 @@ fn interrupt_and_measure(child: Child) -> Result<(f64, i64)> {
 }
 
 /// Kills and reaps the workload (killing one that has exited already succeeds).
-fn stop(children: Vec<Child>) {
+pub(crate) fn stop(children: Vec<Child>) {
     for mut c in children {
         if let Err(e) = c.kill() {
             eprintln!("killing workload {}: {e}", c.id());

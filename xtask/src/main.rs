@@ -18,6 +18,8 @@
 
 mod bench;
 mod dist;
+mod overhead;
+mod scale;
 mod setup;
 mod vm;
 

@@ -41,6 +41,15 @@ pub enum Design {
     #[cfg(feature = "bench")]
     #[value(name = "buildid")]
     BuildId,
+    /// The shipped sampler without stacks: admission, header, ring buffer record.
+    #[cfg(feature = "bench")]
+    Header,
+    /// The shipped sampler with the kernel stack only.
+    #[cfg(feature = "bench")]
+    Kernel,
+    /// The shipped sampler without `comm` and the cgroup id.
+    #[cfg(feature = "bench")]
+    Lean,
 }
 
 impl Design {
@@ -51,6 +60,12 @@ impl Design {
             Design::Aggregate => "sample_aggregate",
             #[cfg(feature = "bench")]
             Design::BuildId => "sample_buildid",
+            #[cfg(feature = "bench")]
+            Design::Header => "sample_header",
+            #[cfg(feature = "bench")]
+            Design::Kernel => "sample_kernel",
+            #[cfg(feature = "bench")]
+            Design::Lean => "sample_lean",
         }
     }
 
@@ -59,7 +74,7 @@ impl Design {
         match self {
             Design::RingBuf => true,
             #[cfg(feature = "bench")]
-            Design::BuildId => true,
+            Design::BuildId | Design::Header | Design::Kernel | Design::Lean => true,
             #[cfg(feature = "bench")]
             Design::Aggregate => false,
         }

@@ -6,6 +6,8 @@
 pub mod bench;
 #[cfg(feature = "bench")]
 pub mod bench_live;
+#[cfg(feature = "bench")]
+pub mod bench_scale;
 pub mod check;
 pub mod record;
 pub mod run;

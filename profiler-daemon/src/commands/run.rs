@@ -338,6 +338,11 @@ impl<'a> Pipeline<'a> {
                 self.shared.stats.dropped(1);
             }
         }
+        // The symbolized files' pages, mapped while naming this window, out of the RSS.
+        if let Ok(exe) = std::env::current_exe() {
+            let bytes = crate::symbolize::release_file_pages(&exe);
+            tracing::trace!(bytes, "mapped pages of symbolized files given back");
+        }
         self.collector.totals(&mut totals);
         totals.set(Count::Windows, self.windows);
         log_losses(&totals, &self.logged);

@@ -176,6 +176,13 @@ pub struct CheckArgs {
     pub otlp: OtlpArgs,
 }
 
+/// Default `--max-stacks`.
+pub const DEFAULT_MAX_STACKS: usize = 200_000;
+/// Default `--symbol-cache-entries`.
+pub const DEFAULT_SYMBOL_CACHE_ENTRIES: usize = 200_000;
+/// Default `--open-modules`.
+pub const DEFAULT_OPEN_MODULES: usize = 512;
+
 /// Memory bounds shared by the sampling subcommands.
 #[derive(Debug, Args, Clone)]
 pub struct LimitArgs {
@@ -187,16 +194,16 @@ pub struct LimitArgs {
 
     /// Most distinct stacks kept in memory per profile; samples of new stacks beyond it are
     /// counted as lost (`profile_full`).
-    #[arg(long, value_name = "N", default_value_t = 200_000)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_STACKS)]
     pub max_stacks: usize,
 
     /// Most symbolized addresses cached (per unique binary and offset, shared by processes).
-    #[arg(long, value_name = "N", default_value_t = 200_000)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SYMBOL_CACHE_ENTRIES)]
     pub symbol_cache_entries: usize,
 
     /// Most executables and libraries kept open with their parsed symbols, beyond those that
     /// running processes map (those are always kept, so their names survive an exit).
-    #[arg(long, value_name = "N", default_value_t = 512)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_OPEN_MODULES)]
     pub open_modules: usize,
 
     /// Sample the profiler's own process too (left out by default: naming its own large binary

@@ -352,6 +352,7 @@ impl Collector {
                 count,
             });
         }
+        self.symbolizer.forget_idle();
         SymbolizedProfile {
             stacks,
             frequency: self.frequency,

@@ -10,8 +10,10 @@
 //! directories.
 
 mod frame;
+mod release;
 
 pub use frame::{Frame, Resolved, unnamed};
+pub use release::release_file_pages;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -41,6 +43,9 @@ pub struct SymbolizerStage {
     symbolizer: Symbolizer,
     user_cache: LruCache<(ModuleId, u64), Resolved>,
     kernel_cache: LruCache<u64, Resolved>,
+    /// Files blazesym has parsed, and whether they were asked for names since the last
+    /// `forget_idle`.
+    parsed: HashMap<PathBuf, bool>,
     stats: SymbolizeStats,
 }
 
@@ -59,6 +64,7 @@ impl SymbolizerStage {
                 .build(),
             user_cache: LruCache::new(cap),
             kernel_cache: LruCache::new(cap),
+            parsed: HashMap::new(),
             stats: SymbolizeStats::default(),
         }
     }
@@ -78,13 +84,37 @@ impl SymbolizerStage {
     /// files; see `ModuleRegistry::take_closed`).
     pub fn forget(&mut self, read_paths: Vec<PathBuf>) {
         for path in read_paths {
-            let evict = blazesym::symbolize::evict::Evict::Elf(blazesym::symbolize::evict::Elf {
-                path,
-                _non_exhaustive: (),
-            });
-            if let Err(err) = self.symbolizer.evict(&evict) {
-                tracing::debug!("forgetting a closed module failed: {err}");
-            }
+            self.evict(path);
+        }
+    }
+
+    /// Forgets what blazesym parsed of the files not asked for names since the last call (once
+    /// a window): parsed symbols and DWARF (and the file's mapped pages) are the daemon's largest
+    /// memory, and the names looked up stay in the caches. A file is parsed again only for an
+    /// address not seen before.
+    pub fn forget_idle(&mut self) {
+        let idle: Vec<PathBuf> = self
+            .parsed
+            .iter()
+            .filter(|&(_, &used)| !used)
+            .map(|(path, _)| path.clone())
+            .collect();
+        for path in idle {
+            self.evict(path);
+        }
+        for used in self.parsed.values_mut() {
+            *used = false;
+        }
+    }
+
+    fn evict(&mut self, path: PathBuf) {
+        self.parsed.remove(&path);
+        let evict = blazesym::symbolize::evict::Evict::Elf(blazesym::symbolize::evict::Elf {
+            path,
+            _non_exhaustive: (),
+        });
+        if let Err(err) = self.symbolizer.evict(&evict) {
+            tracing::debug!("forgetting a parsed file failed: {err}");
         }
     }
 
@@ -126,9 +156,11 @@ impl SymbolizerStage {
                     .iter()
                     .map(|&o| module.virtual_address(o).unwrap_or(0))
                     .collect();
+                self.parsed.insert(debug.path.clone(), true);
                 let src = Source::Elf(Elf::new(debug.path.clone()));
                 self.symbolizer.symbolize(&src, Input::VirtOffset(&addrs))
             } else {
+                self.parsed.insert(module.read_path.clone(), true);
                 let src = Source::Elf(Elf::new(module.read_path.clone()));
                 self.symbolizer.symbolize(&src, Input::FileOffset(&offsets))
             };

@@ -302,13 +302,21 @@ fn build_within_size(
     options: &EncodeOptions,
 ) -> Vec<ExportProfilesServiceRequest> {
     let request = build(profile, resources, group, options);
-    if request.encoded_len() <= options.max_profile_bytes || group.len() <= 1 {
+    let size = request.encoded_len();
+    if size <= options.max_profile_bytes || group.len() <= 1 {
         return vec![request];
     }
-    let (a, b) = group.split_at(group.len() / 2);
-    let mut out = build_within_size(profile, resources, a, options);
-    out.extend(build_within_size(profile, resources, b, options));
-    out
+    // Dropped before the parts are built: a window many times the limit would otherwise hold
+    // every level of the split at once. Split in proportion to the excess (not in halves), so
+    // a large window is built about twice, not once per halving.
+    drop(request);
+    let parts = size
+        .div_ceil(options.max_profile_bytes.max(1))
+        .clamp(2, group.len());
+    group
+        .chunks(group.len().div_ceil(parts))
+        .flat_map(|part| build_within_size(profile, resources, part, options))
+        .collect()
 }
 
 fn build(
