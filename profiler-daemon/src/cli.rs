@@ -129,13 +129,17 @@ pub enum Command {
 }
 
 /// The full command: the derived one, with each flag's environment variables added to its help
-/// from the table the configuration reads them by (`config::otlp::flag_variables`), so the two
+/// from the table the configuration resolves them by (`config::layers::SETTINGS`), so the two
 /// cannot disagree.
 #[must_use]
 pub fn command() -> clap::Command {
-    let mut variables: Vec<(String, Vec<String>)> = crate::config::otlp::flag_variables()
-        .into_iter()
-        .map(|(flag, names)| (flag.replace('-', "_"), names.to_vec()))
+    let mut variables: Vec<(String, Vec<String>)> = crate::config::layers::SETTINGS
+        .iter()
+        .filter(|s| !s.env.is_empty())
+        .map(|s| {
+            let names = s.env.iter().map(|&n| n.to_owned()).collect();
+            (s.key.replace('-', "_"), names)
+        })
         .collect();
     variables.push(("kubernetes".to_owned(), vec!["NODE_NAME".to_owned()]));
     let mut cmd = Cli::command();
@@ -181,9 +185,9 @@ mod tests {
     fn the_command_is_consistent_and_every_otlp_flag_names_its_variables() {
         command().debug_assert();
         let text = help(&["profiler", "run", "--help"]);
-        for (_, names) in crate::config::otlp::flag_variables() {
-            for name in names {
-                assert!(text.contains(&name), "{name} missing from run --help");
+        for setting in crate::config::layers::SETTINGS {
+            for name in setting.env {
+                assert!(text.contains(name), "{name} missing from run --help");
             }
         }
         assert!(text.contains("NODE_NAME"));
@@ -257,6 +261,14 @@ mod settings_tests {
         let mut keys = file_keys();
         assert!(keys.remove("service-name"), "{keys:?}");
         assert_eq!(flags, keys, "flags of run vs keys of the file");
+        let declared: BTreeSet<String> = crate::config::layers::SETTINGS
+            .iter()
+            .map(|s| s.key.to_owned())
+            .collect();
+        assert_eq!(
+            flags, declared,
+            "flags of run vs the settings the resolver declares"
+        );
 
         let shipped = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/profiler.toml"),

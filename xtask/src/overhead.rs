@@ -9,8 +9,8 @@
 //! round's ratio to that round's no-profiler run. The spread of the no-profiler runs says how
 //! much of a slowdown is noise.
 //!
-//! Per configuration: the profiler's CPU while the workload runs (its steady state, from
-//! `/proc/PID/stat`) and over its whole life (startup included, from `wait4`), its peak RSS and
+//! Per configuration: the profiler's CPU while the workload runs (its steady state, from its
+//! threads' `schedstat`) and over its whole life (startup included, from `wait4`), its peak RSS and
 //! its resident anonymous and file-backed memory at the end of the work, its BPF programs' time
 //! per run (`kernel.bpf_stats_enabled`, on for the whole comparison: the same few nanoseconds
 //! for both BPF profilers), the memory its BPF maps take (their `memlock` in fdinfo, what the
@@ -340,16 +340,18 @@ fn one(kind: Kind, hz: u32, profiler: &Path, sink: &Sink, split: &Path, dir: &Pa
     Ok(run)
 }
 
-/// User + system CPU seconds of `pid` so far (`/proc/PID/stat`, clock ticks of 1/100 s).
+/// CPU seconds of all of `pid`'s threads so far, from each thread's `schedstat` (nanoseconds:
+/// `/proc/PID/stat`'s ticks of 10 ms cannot tell 0.01% of a core over a few seconds).
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<f64> = rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
 }
 
 /// A `/proc/PID/status` field in KiB.

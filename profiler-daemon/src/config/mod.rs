@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod file;
+pub mod layers;
 pub mod otlp;
 pub mod rules;
 
@@ -510,65 +511,74 @@ fn merge(
     })
 }
 
-/// Fills `out` with the file's values where no flag was given on the command line.
+/// Fills `out` with the file's values where no flag was given on the command line, through the
+/// one resolver (`layers`): none of these settings reads a variable.
 fn apply_file(
     out: &mut RunArgs,
     f: &file::FileConfig,
     path: &Path,
     explicit: &dyn Fn(&str) -> bool,
 ) -> Result<(), ConfigError> {
-    macro_rules! take {
+    let layers = layers::Layers {
+        explicit,
+        env: &|_| None,
+    };
+    macro_rules! layer {
         ($field:ident, $target:expr) => {
-            if let Some(v) = &f.$field
-                && !explicit(stringify!($field))
-            {
-                $target = v.clone();
-            }
+            layers.apply(stringify!($field), &mut $target, f.$field.as_ref())?
         };
     }
-    take!(frequency, out.frequency);
-    take!(pid, out.pid);
-    take!(cgroup, out.cgroup);
-    take!(unit, out.unit);
-    take!(container, out.container);
-    take!(include_idle, out.include_idle);
-    take!(export_queue_size, out.export_queue_size);
-    take!(labels, out.labels);
-    take!(max_profile_bytes, out.max_profile_bytes);
-    take!(http_address, out.http_address);
-    take!(ui_address, out.ui_address);
-    take!(ui_max_stacks, out.ui_max_stacks);
-    take!(log_format, out.log_format);
-    take!(kubernetes, out.kubernetes);
-    take!(namespace, out.namespace);
-    if let Some(v) = &f.selector
-        && !explicit("selector")
-    {
-        out.selector = Some(v.clone()).filter(|s| !s.trim().is_empty());
-    }
-    take!(max_stacks, out.limits.max_stacks);
-    take!(symbol_cache_entries, out.limits.symbol_cache_entries);
-    take!(open_modules, out.limits.open_modules);
-    take!(profile_self, out.limits.profile_self);
-    take!(debug_dir, out.limits.debug_dir);
-    take!(unwind, out.limits.unwind);
-    take!(unwind_table_memory, out.limits.unwind_table_memory);
-    if let Some(v) = f.ring_buffer_size
-        && !explicit("ring_buffer_size")
-    {
-        // 0 in the file: the automatic size.
-        out.limits.ring_buffer_size = (v != 0).then_some(v);
-    }
-    if let Some(v) = &f.interval
-        && !explicit("interval")
-    {
-        out.interval = file::duration(path, "interval", v)?;
-    }
-    if let Some(v) = &f.shutdown_timeout
-        && !explicit("shutdown_timeout")
-    {
-        out.shutdown_timeout = file::duration(path, "shutdown-timeout", v)?;
-    }
+    layer!(frequency, out.frequency);
+    layer!(pid, out.pid);
+    layer!(cgroup, out.cgroup);
+    layer!(unit, out.unit);
+    layer!(container, out.container);
+    layer!(include_idle, out.include_idle);
+    layer!(export_queue_size, out.export_queue_size);
+    layer!(labels, out.labels);
+    layer!(max_profile_bytes, out.max_profile_bytes);
+    layer!(http_address, out.http_address);
+    layer!(ui_address, out.ui_address);
+    layer!(ui_max_stacks, out.ui_max_stacks);
+    layer!(log_format, out.log_format);
+    layer!(kubernetes, out.kubernetes);
+    layer!(namespace, out.namespace);
+    layer!(max_stacks, out.limits.max_stacks);
+    layer!(symbol_cache_entries, out.limits.symbol_cache_entries);
+    layer!(open_modules, out.limits.open_modules);
+    layer!(profile_self, out.limits.profile_self);
+    layer!(debug_dir, out.limits.debug_dir);
+    layer!(unwind, out.limits.unwind);
+    layer!(unwind_table_memory, out.limits.unwind_table_memory);
+    // Values the file spells differently from the flag: an empty selector is none, a ring
+    // buffer of 0 the automatic size, durations are text.
+    let selector = f
+        .selector
+        .as_ref()
+        .map(|s| Some(s.clone()).filter(|s| !s.trim().is_empty()));
+    layers.apply("selector", &mut out.selector, selector.as_ref())?;
+    let ring = f.ring_buffer_size.map(|v| (v != 0).then_some(v));
+    layers.apply(
+        "ring_buffer_size",
+        &mut out.limits.ring_buffer_size,
+        ring.as_ref(),
+    )?;
+    let interval = f
+        .interval
+        .as_deref()
+        .map(|v| file::duration(path, "interval", v))
+        .transpose()?;
+    layers.apply("interval", &mut out.interval, interval.as_ref())?;
+    let shutdown = f
+        .shutdown_timeout
+        .as_deref()
+        .map(|v| file::duration(path, "shutdown-timeout", v))
+        .transpose()?;
+    layers.apply(
+        "shutdown_timeout",
+        &mut out.shutdown_timeout,
+        shutdown.as_ref(),
+    )?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::layers::{Layers, setting};
 use super::{ConfigError, Source};
 
 /// Path of the profiles signal on an OTLP/HTTP receiver (OpenTelemetry Collector, Pyroscope).
@@ -70,89 +71,6 @@ pub struct OtlpArgs {
     /// Time limit of one export attempt (e.g. `10s`).
     #[arg(long, value_name = "DUR", value_parser = super::args::parse_duration)]
     pub otlp_timeout: Option<Duration>,
-}
-
-/// One setting's names: its flag (without dashes, also the file key) and the suffix of its
-/// `OTEL_EXPORTER_OTLP_[PROFILES_]*` variables.
-struct Setting {
-    flag: &'static str,
-    env: &'static str,
-}
-
-/// The layers of OTLP settings, highest precedence first: flags, signal-specific variables,
-/// generic variables, the configuration file.
-struct Layers<'a> {
-    env: &'a dyn Fn(&str) -> Option<String>,
-}
-
-impl Layers<'_> {
-    /// The first value set of `setting`: `flag`, then the variables (parsed with `parse`, which
-    /// says what it expected on failure), then `file`.
-    fn pick<T>(
-        &self,
-        setting: &Setting,
-        flag: Option<T>,
-        file: Option<T>,
-        parse: impl Fn(&str) -> Result<T, &'static str>,
-    ) -> Result<Option<(T, Source)>, ConfigError> {
-        if let Some(v) = flag {
-            return Ok(Some((v, Source::Flag(setting.flag))));
-        }
-        for name in variables(setting.env) {
-            if let Some(text) = (self.env)(&name).filter(|v| !v.trim().is_empty()) {
-                return match parse(text.trim()) {
-                    Ok(v) => Ok(Some((v, Source::Env(name)))),
-                    Err(expected) => Err(ConfigError::Invalid {
-                        origin: Source::Env(name),
-                        value: text,
-                        expected,
-                    }),
-                };
-            }
-        }
-        Ok(file.map(|v| (v, Source::File(setting.flag))))
-    }
-}
-
-const PROTOCOL: Setting = Setting {
-    flag: "otlp-protocol",
-    env: "PROTOCOL",
-};
-const COMPRESSION: Setting = Setting {
-    flag: "otlp-compression",
-    env: "COMPRESSION",
-};
-const TIMEOUT: Setting = Setting {
-    flag: "otlp-timeout",
-    env: "TIMEOUT",
-};
-const CERTIFICATE: Setting = Setting {
-    flag: "otlp-ca",
-    env: "CERTIFICATE",
-};
-
-/// The environment variables of each OTLP flag, highest precedence first (shown by `--help`).
-#[must_use]
-pub fn flag_variables() -> Vec<(&'static str, [String; 2])> {
-    [
-        ("otlp-endpoint", "ENDPOINT"),
-        ("otlp-header", "HEADERS"),
-        (PROTOCOL.flag, PROTOCOL.env),
-        (COMPRESSION.flag, COMPRESSION.env),
-        (TIMEOUT.flag, TIMEOUT.env),
-        (CERTIFICATE.flag, CERTIFICATE.env),
-    ]
-    .into_iter()
-    .map(|(flag, suffix)| (flag, variables(suffix)))
-    .collect()
-}
-
-/// The signal-specific variable, then the generic one.
-fn variables(suffix: &str) -> [String; 2] {
-    [
-        format!("OTEL_EXPORTER_OTLP_PROFILES_{suffix}"),
-        format!("OTEL_EXPORTER_OTLP_{suffix}"),
-    ]
 }
 
 /// The resolved exporter settings.
@@ -221,16 +139,25 @@ pub fn resolve(
     file: &OtlpArgs,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<OtlpConfig, ConfigError> {
-    let layers = Layers { env };
+    // The OTLP flags have no clap defaults: a value is a flag given.
+    let layers = Layers {
+        explicit: &|_| true,
+        env,
+    };
     let protocol = layers
-        .pick(&PROTOCOL, args.otlp_protocol, file.otlp_protocol, |v| {
-            <Protocol as clap::ValueEnum>::from_str(v, false)
-                .map_err(|_| "`grpc` or `http/protobuf` (http/json is not supported)")
-        })?
+        .pick(
+            "otlp-protocol",
+            args.otlp_protocol,
+            file.otlp_protocol,
+            |v| {
+                <Protocol as clap::ValueEnum>::from_str(v, false)
+                    .map_err(|_| "`grpc` or `http/protobuf` (http/json is not supported)")
+            },
+        )?
         .map_or(Protocol::Grpc, |(v, _)| v);
     let compression = layers
         .pick(
-            &COMPRESSION,
+            "otlp-compression",
             args.otlp_compression,
             file.otlp_compression,
             |v| {
@@ -239,7 +166,7 @@ pub fn resolve(
         )?
         .map_or(Compression::Gzip, |(v, _)| v);
     // The specification gives the variables in milliseconds.
-    let timeout = layers.pick(&TIMEOUT, args.otlp_timeout, file.otlp_timeout, |v| {
+    let timeout = layers.pick("otlp-timeout", args.otlp_timeout, file.otlp_timeout, |v| {
         v.parse()
             .map(Duration::from_millis)
             .map_err(|_| "milliseconds, e.g. `10000`")
@@ -256,12 +183,9 @@ pub fn resolve(
         Some((t, _)) => t,
     };
     let ca_file = layers
-        .pick(
-            &CERTIFICATE,
-            args.otlp_ca.clone(),
-            file.otlp_ca.clone(),
-            |v| Ok(PathBuf::from(v)),
-        )?
+        .pick("otlp-ca", args.otlp_ca.clone(), file.otlp_ca.clone(), |v| {
+            Ok(PathBuf::from(v))
+        })?
         .map(|(path, source)| {
             // Read now: a wrong file should stop the daemon at start, not fail every export.
             let pem = std::fs::read_to_string(&path).unwrap_or_default();
@@ -325,20 +249,26 @@ fn resolve_endpoint(
     env: &dyn Fn(&str) -> Option<String>,
     protocol: Protocol,
 ) -> Result<String, ConfigError> {
-    let nonempty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-    // (value, where it came from, whether it is a base URL that gets the signal path)
-    let (value, source, base) = if let Some(v) = &args.otlp_endpoint {
-        (v.clone(), Source::Flag("otlp-endpoint"), true)
-    } else if let Some(v) = nonempty("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT") {
-        (
-            v,
-            Source::env("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT"),
-            false,
-        )
-    } else if let Some(v) = nonempty("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        (v, Source::env("OTEL_EXPORTER_OTLP_ENDPOINT"), true)
-    } else if let Some(v) = &file.otlp_endpoint {
-        (v.clone(), Source::File("otlp-endpoint"), true)
+    // The setting's layers, but for one rule of the specification: the signal-specific
+    // variable is the whole URL, every other layer a base URL that gets the signal path.
+    let signal_variable = setting("otlp-endpoint")
+        .env
+        .first()
+        .copied()
+        .unwrap_or_default();
+    let layers = Layers {
+        explicit: &|_| true,
+        env,
+    };
+    let picked = layers.pick(
+        "otlp-endpoint",
+        args.otlp_endpoint.clone(),
+        file.otlp_endpoint.clone(),
+        |v| Ok(v.to_owned()),
+    )?;
+    let (value, source, base) = if let Some((v, source)) = picked {
+        let base = source != Source::env(signal_variable);
+        (v, source, base)
     } else {
         let default = match protocol {
             Protocol::Grpc => DEFAULT_GRPC_ENDPOINT,
@@ -396,10 +326,9 @@ fn resolve_headers(
         };
         set(k.trim().to_owned(), v.trim().to_owned());
     }
-    for name in [
-        "OTEL_EXPORTER_OTLP_HEADERS",
-        "OTEL_EXPORTER_OTLP_PROFILES_HEADERS",
-    ] {
+    // Headers merge across the layers (the specification's rule), lowest first: the file, the
+    // setting's variables from the last to the first, the flags.
+    for &name in setting("otlp-header").env.iter().rev() {
         if let Some(text) = env(name) {
             for (k, v) in parse_key_values(&text, &Source::env(name))? {
                 set(k, v);

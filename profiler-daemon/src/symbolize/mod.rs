@@ -46,6 +46,8 @@ pub struct SymbolizerStage {
     /// Files blazesym has parsed, and whether they were asked for names since the last
     /// `forget_idle`.
     parsed: HashMap<PathBuf, bool>,
+    /// The daemon's executable, whose mapped pages stay (see `release_file_pages`).
+    own_exe: Option<PathBuf>,
     stats: SymbolizeStats,
 }
 
@@ -65,6 +67,7 @@ impl SymbolizerStage {
             user_cache: LruCache::new(cap),
             kernel_cache: LruCache::new(cap),
             parsed: HashMap::new(),
+            own_exe: std::env::current_exe().ok(),
             stats: SymbolizeStats::default(),
         }
     }
@@ -164,6 +167,11 @@ impl SymbolizerStage {
                 let src = Source::Elf(Elf::new(module.read_path.clone()));
                 self.symbolizer.symbolize(&src, Input::FileOffset(&offsets))
             };
+            // The file's pages blazesym touched (a large binary's DWARF: tens of MiB) are given
+            // back right away, not at the end of the window, so they never add up across files.
+            if let Some(exe) = &self.own_exe {
+                let _released = release_file_pages(exe);
+            }
             let results = match results {
                 Ok(results) => results,
                 Err(err) => {
