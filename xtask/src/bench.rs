@@ -52,8 +52,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let shipped = workspace().join("target/release/profiler");
     let sink = workspace().join("target/release/otlp-sink");
     let only = args.first().map(String::as_str);
-    let mut report = serde_json::Map::new();
     let json = dir.join("bench.json");
+    // Sections run alone (`cargo xtask bench overhead`) replace theirs and keep the others.
+    let mut report: serde_json::Map<String, serde_json::Value> = std::fs::read(&json)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
     let mut save = |key: &str, value: serde_json::Value| -> Result<()> {
         report.insert(key.to_owned(), value);
         std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;

@@ -96,6 +96,13 @@ impl SymbolizerStage {
     /// memory, and the names looked up stay in the caches. A file is parsed again only for an
     /// address not seen before.
     pub fn forget_idle(&mut self) {
+        // The files' pages blazesym touched (a large binary's DWARF: tens of MiB) are given back
+        // once a window, after all its naming: per lookup, they would be faulted in again for
+        // every stack.
+        if let Some(exe) = &self.own_exe {
+            let bytes = release_file_pages(exe);
+            tracing::trace!(bytes, "mapped pages of symbolized files given back");
+        }
         let idle: Vec<PathBuf> = self
             .parsed
             .iter()
@@ -167,11 +174,6 @@ impl SymbolizerStage {
                 let src = Source::Elf(Elf::new(module.read_path.clone()));
                 self.symbolizer.symbolize(&src, Input::FileOffset(&offsets))
             };
-            // The file's pages blazesym touched (a large binary's DWARF: tens of MiB) are given
-            // back right away, not at the end of the window, so they never add up across files.
-            if let Some(exe) = &self.own_exe {
-                let _released = release_file_pages(exe);
-            }
             let results = match results {
                 Ok(results) => results,
                 Err(err) => {
