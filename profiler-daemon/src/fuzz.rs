@@ -4,21 +4,7 @@
 //! mutations of real inputs, each parsed without a panic, in a fixed time. They run with the unit
 //! tests (in CI); a longer run needs only a larger `ROUNDS`.
 
-/// A xorshift generator: reproducible runs without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use crate::xorshift::Rng;
 
 const ROUNDS: usize = 20_000;
 

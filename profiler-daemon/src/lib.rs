@@ -27,3 +27,5 @@ pub mod profile;
 pub mod symbolize;
 pub mod telemetry;
 pub mod unwind;
+#[cfg(any(test, feature = "bench"))]
+mod xorshift;

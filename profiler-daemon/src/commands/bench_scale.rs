@@ -20,6 +20,7 @@ use crate::bpf::RawSample;
 use crate::config::{Limits, UnwindMode};
 use crate::export::otlp::{EncodeOptions, encode};
 use crate::pipeline::{Collector, Sink as _};
+use crate::xorshift::Rng;
 
 #[derive(Debug, Args)]
 pub struct BenchScaleArgs {
@@ -84,22 +85,6 @@ fn spawn(n: usize) -> std::io::Result<Vec<Child>> {
                 .spawn()
         })
         .collect()
-}
-
-/// xorshift64: deterministic stacks, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
 }
 
 /// Per process: its pid and the address pools of its executable files.
