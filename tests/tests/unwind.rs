@@ -594,7 +594,7 @@ fn tables_evicted_for_want_of_room_come_back_when_their_process_runs_again() {
     else {
         return;
     };
-    // One python3 process busy at 1-4 s and again at 10-13 s; perl busy from 5.5 s for 2-4 s
+    // One python3 process busy at 1-4 s and again at 12-15 s; perl busy from 5.5 s for 2-4 s
     // (its `time` counts whole seconds): the two never run at once, with a second and more
     // between them even when python3 starts slowly on a loaded host (with half a second, a
     // CI run once saw them overlap, and the daemon's reload throttle (5 s) then held python3's
@@ -610,7 +610,7 @@ fn tables_evicted_for_want_of_room_come_back_when_their_process_runs_again() {
          d[str(i)] = [j * 2 for j in range(20)]\n    return sorted(d.items())[:3]\n\
          def busy(seconds):\n    end = time.time() + seconds\n    \
          while time.time() < end:\n        work()\n\
-         time.sleep(1)\nbusy(3)\ntime.sleep(6)\nbusy(3)\n",
+         time.sleep(1)\nbusy(3)\ntime.sleep(8)\nbusy(3)\n",
     )
     .unwrap();
     let python = Workload::spawn(python, &[phases.to_str().unwrap()]);
@@ -630,7 +630,7 @@ fn tables_evicted_for_want_of_room_come_back_when_their_process_runs_again() {
         "-F",
         "999",
         "-d",
-        "14s",
+        "16s",
         "--pid",
         &python_pid,
         "--pid",

@@ -56,8 +56,11 @@ pub struct TableStats {
     pub rows: u64,
 }
 
-/// Shortest time between two reloads of a process's evicted tables.
-const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+/// Shortest time between two reloads of a process's evicted tables: long enough that two busy
+/// processes whose tables do not fit together cost a few table builds a second at most (~5 ms
+/// each for python3), short enough that a process whose tables went while it was idle is not
+/// walked by frame pointers for long (5 s once cost a test's whole 3-s phase on a loaded host).
+const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Updates waiting for the worker at most; beyond, an update is dropped (the collector sends it
 /// again at the process's next samples).
