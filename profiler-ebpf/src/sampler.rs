@@ -113,6 +113,15 @@ fn selected(tgid: u32) -> bool {
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
+/// Whether the sample hit user mode (privilege level 3 in the sampled `cs`). The registers are
+/// the context's first member: a direct context read, no helper.
+#[inline(always)]
+pub(crate) fn sampled_in_user_mode(ctx: &PerfEventContext) -> bool {
+    // SAFETY: a perf-event program's context is `bpf_perf_event_data`, whose first member is
+    // the sampled `pt_regs`; the verifier allows reading its fields.
+    unsafe { (*ctx.as_ptr().cast::<pt_regs>()).cs & 3 == 3 }
+}
+
 #[inline(always)]
 pub(crate) fn bump(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
@@ -237,9 +246,8 @@ pub(crate) fn try_sample_ringbuf(ctx: &PerfEventContext, stages: Stages) {
         let frames = (*record).frames.as_mut_ptr();
         // A sample that hit user mode has no kernel stack, but asking costs the helper's whole
         // setup (~290 ns of ~1,540 per sample here): CPU-bound programs are mostly in user
-        // mode. The registers are the context's first member (a direct context read).
-        let in_user = (*ctx.as_ptr().cast::<pt_regs>()).cs & 3 == 3;
-        let kernel = if stages.kernel_stack && !in_user {
+        // mode.
+        let kernel = if stages.kernel_stack && !sampled_in_user_mode(ctx) {
             bpf_get_stack(ctx.as_ptr(), frames.cast(), STACK_BYTES, 0)
         } else {
             0

@@ -45,7 +45,7 @@ use profiler_common::{
     UNWIND_SEARCH_STEPS, UnwindCacheEntry, UnwindMapping, UnwindProcess, UnwindRow,
 };
 
-use crate::sampler::bump;
+use crate::sampler::{bump, sampled_in_user_mode};
 
 /// Processes with tables (tgid → mappings). The loader sizes it; values (5 KiB) are allocated
 /// when inserted.
@@ -86,12 +86,10 @@ pub(crate) enum Walk {
 #[inline(always)]
 fn user_regs(ctx: &PerfEventContext) -> Option<Regs> {
     // SAFETY: the context of a perf-event program points at `bpf_perf_event_data`, whose first
-    // member is the sampled registers; read with probe reads.
+    // member is the sampled registers; the task's saved registers are read with probe reads.
     unsafe {
-        let regs = ctx.as_ptr().cast::<pt_regs>();
-        let cs = bpf_probe_read_kernel(&raw const (*regs).cs).ok()?;
-        let regs = if cs & 3 == 3 {
-            regs
+        let regs = if sampled_in_user_mode(ctx) {
+            ctx.as_ptr().cast::<pt_regs>()
         } else {
             let task = bpf_get_current_task_btf();
             bpf_task_pt_regs(task) as *const pt_regs

@@ -129,13 +129,18 @@ fn live(measuring: &Path) -> Result<()> {
 
 /// Resident memory of a process, in MiB.
 fn rss_mib(pid: u32) -> f64 {
+    status_kib(pid, "VmRSS:") / 1024.0
+}
+
+/// One figure of `/proc/PID/status` in KiB (`key` with its colon, e.g. `RssAnon:`); 0 when the
+/// process is gone.
+pub(crate) fn status_kib(pid: u32, key: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok())
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
         .unwrap_or(0.0)
-        / 1024.0
 }
 
 /// `profiler run` through a long outage under process churn: RSS per minute.
@@ -351,7 +356,7 @@ fn bpf_cost_figure(measuring: &Path, args: &[&str], key: &str) -> Result<f64> {
         .with_context(|| format!("no {key} in bpf-cost output"))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }

@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
+use crate::bench::{median, status_kib};
+
 /// Rounds of every configuration at every frequency (`BENCH_ROUNDS` changes it).
 const ROUNDS: usize = 5;
 
@@ -354,16 +356,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     ns as f64 / 1e9
 }
 
-/// A `/proc/PID/status` field in KiB.
-fn status_kib(pid: u32, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// KiB of the BPF maps `pid` holds open: their `memlock` (what the kernel charges for them).
 fn map_memory_kib(pid: u32) -> f64 {
     let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
@@ -384,9 +376,4 @@ fn map_memory_kib(pid: u32) -> f64 {
         }
     }
     bytes / 1024.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }

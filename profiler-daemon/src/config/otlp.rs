@@ -215,7 +215,7 @@ pub fn resolve(
         None => Vec::new(),
     };
     Ok(OtlpConfig {
-        endpoint: resolve_endpoint(args, file, env, protocol)?,
+        endpoint: resolve_endpoint(args, file, &layers, protocol)?,
         protocol,
         headers: resolve_headers(args, file, env)?,
         ca_file,
@@ -246,7 +246,7 @@ pub fn label_key(key: &str) -> String {
 fn resolve_endpoint(
     args: &OtlpArgs,
     file: &OtlpArgs,
-    env: &dyn Fn(&str) -> Option<String>,
+    layers: &Layers<'_>,
     protocol: Protocol,
 ) -> Result<String, ConfigError> {
     // The setting's layers, but for one rule of the specification: the signal-specific
@@ -256,10 +256,6 @@ fn resolve_endpoint(
         .first()
         .copied()
         .unwrap_or_default();
-    let layers = Layers {
-        explicit: &|_| true,
-        env,
-    };
     let picked = layers.pick(
         "otlp-endpoint",
         args.otlp_endpoint.clone(),

@@ -13,7 +13,7 @@ mod frame;
 mod release;
 
 pub use frame::{Frame, Resolved, unnamed};
-pub use release::release_file_pages;
+use release::release_file_pages;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;

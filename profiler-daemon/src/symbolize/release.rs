@@ -14,56 +14,61 @@ use std::path::Path;
 /// shared libraries it runs on (anything executable is left alone). Returns the bytes given back
 /// (the mappings' sizes, resident or not).
 #[must_use]
-pub fn release_file_pages(keep: &Path) -> u64 {
+pub(super) fn release_file_pages(keep: &Path) -> u64 {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return 0;
     };
+    let mappings: Vec<Mapping<'_>> = maps.lines().filter_map(Mapping::parse).collect();
+    let executable_files: std::collections::HashSet<&str> = mappings
+        .iter()
+        .filter(|m| m.perms.contains('x'))
+        .map(|m| m.path)
+        .collect();
     let keep = keep.to_string_lossy();
-    let mut executable_files = std::collections::HashSet::new();
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        if let (Some(_), Some(perms), Some(path)) = (fields.next(), fields.next(), fields.nth(3))
-            && perms.contains('x')
-        {
-            executable_files.insert(path.to_owned());
-        }
-    }
     let mut released = 0;
-    for line in maps.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(range), Some(&perms), Some(&path)) =
-            (fields.first(), fields.get(1), fields.get(5))
-        else {
-            continue;
-        };
+    for m in &mappings {
         // blazesym maps files shared and read-only (`r--s`); private read-only (`r--p`) is
         // just as safe. Devices are left alone.
-        if !(perms == "r--s" || perms == "r--p")
-            || !path.starts_with('/')
-            || path.starts_with("/dev/")
-            || *path == *keep
-            || executable_files.contains(path)
+        if !(m.perms == "r--s" || m.perms == "r--p")
+            || !m.path.starts_with('/')
+            || m.path.starts_with("/dev/")
+            || *m.path == *keep
+            || executable_files.contains(m.path)
         {
             continue;
         }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (
-            usize::from_str_radix(start, 16),
-            usize::from_str_radix(end, 16),
-        ) else {
-            continue;
-        };
         // SAFETY: a read-only file mapping of this process, from its own maps: its
         // pages equal the file's, so dropping them loses nothing; the next access faults them
         // back in from the page cache. Called on the thread that owns the symbolizer, the only
         // code that maps and unmaps such files, so the mapping is still the one read.
-        let rc =
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        let rc = unsafe { libc::madvise(m.start as *mut libc::c_void, m.len, libc::MADV_DONTNEED) };
         if rc == 0 {
-            released += (end - start) as u64;
+            released += m.len as u64;
         }
     }
     released
+}
+
+/// One line of `/proc/self/maps` that names a file.
+struct Mapping<'a> {
+    start: usize,
+    len: usize,
+    perms: &'a str,
+    path: &'a str,
+}
+
+impl<'a> Mapping<'a> {
+    fn parse(line: &'a str) -> Option<Self> {
+        let mut fields = line.split_whitespace();
+        let (range, perms, path) = (fields.next()?, fields.next()?, fields.nth(3)?);
+        let (start, end) = range.split_once('-')?;
+        let start = usize::from_str_radix(start, 16).ok()?;
+        let end = usize::from_str_radix(end, 16).ok()?;
+        Some(Self {
+            start,
+            len: end.checked_sub(start)?,
+            perms,
+            path,
+        })
+    }
 }
