@@ -7,7 +7,7 @@
 //! - stages of the shipped frame-pointer sampler, to tell what each part of it costs:
 //!   `sample_header` (admission, the header and the ring buffer record, no stacks),
 //!   `sample_kernel` (plus the kernel stack), `sample_lean` (both stacks, without `comm` and the
-//!   cgroup id).
+//!   cgroup id), `sample_getstack` (every user stack by `bpf_get_stack`, none by probe reads).
 
 #![allow(
     clippy::inline_always,
@@ -57,6 +57,16 @@ pub(crate) fn sample_lean(ctx: PerfEventContext) -> u32 {
         ..Stages::ALL_FP
     };
     try_sample_ringbuf(&ctx, no_task_ids);
+    0
+}
+
+#[perf_event]
+pub(crate) fn sample_getstack(ctx: PerfEventContext) -> u32 {
+    let helper_only = Stages {
+        fp_probe: false,
+        ..Stages::ALL_FP
+    };
+    try_sample_ringbuf(&ctx, helper_only);
     0
 }
 

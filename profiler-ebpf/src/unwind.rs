@@ -85,26 +85,32 @@ pub(crate) enum Walk {
 /// saved user registers (a sample in a syscall or page fault).
 #[inline(always)]
 fn user_regs(ctx: &PerfEventContext) -> Option<Regs> {
-    // SAFETY: the context of a perf-event program points at `bpf_perf_event_data`, whose first
-    // member is the sampled registers; the task's saved registers are read with probe reads.
-    unsafe {
-        let regs = if sampled_in_user_mode(ctx) {
-            ctx.as_ptr().cast::<pt_regs>()
-        } else {
-            let task = bpf_get_current_task_btf();
-            bpf_task_pt_regs(task) as *const pt_regs
-        };
-        if regs.is_null() {
-            return None;
+    let (rip, rsp, rbp) = if sampled_in_user_mode(ctx) {
+        // SAFETY: direct context reads of the sampled registers, which the verifier rewrites
+        // into reads through the kernel's `bpf_perf_event_data_kern::regs` (a probe read at the
+        // context's address would read that structure, not the registers).
+        unsafe {
+            let regs = ctx.as_ptr().cast::<pt_regs>();
+            ((*regs).rip, (*regs).rsp, (*regs).rbp)
         }
-        let rip = bpf_probe_read_kernel(&raw const (*regs).rip).ok()?;
-        let rsp = bpf_probe_read_kernel(&raw const (*regs).rsp).ok()?;
-        let rbp = bpf_probe_read_kernel(&raw const (*regs).rbp).ok()?;
-        if rip == 0 || rsp == 0 {
-            return None;
+    } else {
+        // SAFETY: the current task's saved user registers, read with probe reads.
+        unsafe {
+            let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+            if regs.is_null() {
+                return None;
+            }
+            (
+                bpf_probe_read_kernel(&raw const (*regs).rip).ok()?,
+                bpf_probe_read_kernel(&raw const (*regs).rsp).ok()?,
+                bpf_probe_read_kernel(&raw const (*regs).rbp).ok()?,
+            )
         }
-        Some(Regs { rip, rsp, rbp })
+    };
+    if rip == 0 || rsp == 0 {
+        return None;
     }
+    Some(Regs { rip, rsp, rbp })
 }
 
 /// The mapping of `procs` holding `addr`: a linear scan over the sorted starts, stopping at the

@@ -670,3 +670,63 @@ fn tables_evicted_for_want_of_room_come_back_when_their_process_runs_again() {
         );
     }
 }
+
+/// `--unwind fp` walks stacks of up to 12 frames with a probe read per frame and deeper ones with
+/// `bpf_get_stack`, and remembers per CPU the last process found deep. Two processes with frame
+/// pointers, one on each side of that limit, share the CPUs (the hint changes hands): every
+/// stack of both is whole, each recursion level a frame.
+#[test]
+fn frame_pointer_stacks_are_whole_on_both_sides_of_the_probe_walk_limit() {
+    let Some(_machine) =
+        privileged("frame_pointer_stacks_are_whole_on_both_sides_of_the_probe_walk_limit")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fp = ["-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"];
+    let bin = build_cases(dir.path(), "cases_fp", &fp);
+    // 4 levels: 9 frames from burn to __libc_start_call_main; 30 levels: 35.
+    let shallow = Workload::spawn(&bin, &["deep", "20", "4"]);
+    let deep = Workload::spawn(&bin, &["deep", "20", "30"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (shallow_pid, deep_pid) = (shallow.pid().to_string(), deep.pid().to_string());
+    let args = [
+        "-F",
+        "999",
+        "-d",
+        "3s",
+        "--pid",
+        &shallow_pid,
+        "--pid",
+        &deep_pid,
+        "--unwind",
+        "fp",
+    ];
+    let stacks = record_folded(dir.path(), "fp_probe", &args);
+    drop((shallow, deep));
+    let (mut total, mut by_levels) = (0, std::collections::BTreeMap::new());
+    for (frames, count) in &stacks {
+        if !frames.iter().any(|f| f == "deep_work") {
+            continue;
+        }
+        total += count;
+        if in_order(frames, &["main", "recurse", "deep_work"]) {
+            let levels = frames.iter().filter(|f| *f == "recurse").count();
+            *by_levels.entry(levels).or_insert(0) += count;
+        }
+    }
+    println!("fp stacks in deep_work: {total}, whole by recursion levels: {by_levels:?}");
+    let (five, thirty_one) = (by_levels.get(&5), by_levels.get(&31));
+    assert!(total > 1500, "too few samples: {total}");
+    for (levels, n) in [(5, five), (31, thirty_one)] {
+        let n = n.copied().unwrap_or(0);
+        assert!(
+            share(n, total) >= 40.0,
+            "{levels}-level stacks: {n} of {total} ({by_levels:?})"
+        );
+    }
+    assert!(
+        share(five.unwrap_or(&0) + thirty_one.unwrap_or(&0), total) >= 98.0,
+        "stacks cut or walked wrong: {by_levels:?} of {total}"
+    );
+}

@@ -10,6 +10,8 @@
 //! 3. A soak: `profiler run` for 10 minutes at 999 Hz with its collector unreachable (an outage:
 //!    the export queue full, retries) while short processes churn; RSS per minute
 //!    (`cargo xtask bench soak` runs only this; `SOAK_MINUTES` shortens it).
+//! 5. A busy host (`busy`): the shipped daemon's memory and CPU beside clang, python3, perl, xz,
+//!    process churn, hundreds of processes and a hot binary with DWARF.
 //! 4. The user stack walkers (run after 1): BPF time per emitted sample with unwind tables and
 //!    with frame pointers, and bpftrace's frame-pointer stacks, on Debian's python3 (no frame
 //!    pointers) and on the frame-pointer `split`, alternated; table rows, bytes and build time
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo, overhead, scale, workspace};
+use crate::{busy, cargo, overhead, scale, workspace};
 
 const HZ: &str = "999";
 
@@ -94,8 +96,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             save("scale", scale::run(&measuring)?)?;
             return Ok(());
         }
+        Some("busy") => {
+            save("busy", busy::run(&shipped, &measuring, &sink, &dir)?)?;
+            return Ok(());
+        }
         Some(other) => bail!(
-            "unknown bench `{other}`: cost, overhead, scale, unwind, live, soak, or nothing for all"
+            "unknown bench `{other}`: cost, overhead, scale, busy, unwind, live, soak, or nothing \
+             for all"
         ),
         None => {}
     }
@@ -104,6 +111,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     unwinding(&measuring, &split, &dir)?;
     save("overhead", overhead::run(&shipped, &sink, &split, &dir)?)?;
     save("scale", scale::run(&measuring)?)?;
+    save("busy", busy::run(&shipped, &measuring, &sink, &dir)?)?;
     soak(&shipped, &split)?;
     live(&measuring)?;
     println!("figures also in {}", json.display());
@@ -285,7 +293,7 @@ fn busy(split: &Path, seconds: u32) -> Result<Vec<Child>> {
 /// BPF time per sample of the shipped design, of its stages, and of the designs it was chosen
 /// over. `measuring` is the `bench` feature build (`bpf-cost` exists only there).
 fn bpf_cost(measuring: &Path, split: &Path) -> Result<serde_json::Value> {
-    const DESIGNS: [(&str, &str); 6] = [
+    const DESIGNS: [(&str, &str); 7] = [
         (
             "ringbuf",
             "ring buffer record, frame pointers (shipped `--unwind fp`)",
@@ -293,6 +301,10 @@ fn bpf_cost(measuring: &Path, split: &Path) -> Result<serde_json::Value> {
         ("header", "stage: admission + header + record, no stacks"),
         ("kernel", "stage: + kernel stack"),
         ("lean", "stage: both stacks, without comm and cgroup id"),
+        (
+            "getstack",
+            "every user stack by bpf_get_stack, none by probe reads",
+        ),
         ("aggregate", "in-kernel aggregation (stack ids)"),
         (
             "buildid",
@@ -301,7 +313,7 @@ fn bpf_cost(measuring: &Path, split: &Path) -> Result<serde_json::Value> {
     ];
     println!("## BPF time per sample ({HZ} Hz, all CPUs busy, 3 alternating rounds of 4 s)");
     let mut figures = vec![Vec::new(); DESIGNS.len()];
-    // The busy workload must outlive all rounds: 6 designs x 3 rounds x (4 s + loading).
+    // The busy workload must outlive all rounds: 7 designs x 3 rounds x (4 s + loading).
     let load = busy(split, 150)?;
     for _round in 0..3 {
         for ((design, _), out) in DESIGNS.iter().zip(&mut figures) {
@@ -315,15 +327,16 @@ fn bpf_cost(measuring: &Path, split: &Path) -> Result<serde_json::Value> {
     for ((_, label), ns) in DESIGNS.iter().zip(&medians) {
         println!("| {label} | {ns:.0} |");
     }
-    let [ring, header, kernel, lean, agg, build_id] = medians[..] else {
+    let [ring, header, kernel, lean, get_stack, agg, build_id] = medians[..] else {
         bail!("one figure per design");
     };
     println!(
         "where the time goes: record and admission {header:.0} ns, kernel stack {:.0} ns, \
-         user stack {:.0} ns, comm + cgroup id {:.0} ns; ratios: ring buffer / aggregation \
-         {:.2}, build id / ring buffer {:.2}\n",
+         user stack {:.0} ns ({:.0} ns by bpf_get_stack), comm + cgroup id {:.0} ns; \
+         ratios: ring buffer / aggregation {:.2}, build id / ring buffer {:.2}\n",
         kernel - header,
         ring - kernel,
+        get_stack - kernel,
         ring - lean,
         ring / agg,
         build_id / ring

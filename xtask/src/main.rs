@@ -17,6 +17,7 @@
 //!   package (see `dist.rs`).
 
 mod bench;
+mod busy;
 mod dist;
 mod overhead;
 mod scale;

@@ -93,14 +93,14 @@ struct Run {
 }
 
 /// The receiver our daemon exports to, and what it printed so far.
-struct Sink {
-    child: Child,
-    addr: String,
+pub(crate) struct Sink {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
     lines: std::sync::Arc<std::sync::Mutex<Vec<(f64, f64)>>>,
 }
 
 impl Sink {
-    fn start(bin: &Path) -> Result<Self> {
+    pub(crate) fn start(bin: &Path) -> Result<Self> {
         let addr = "127.0.0.1:14317".to_owned();
         let mut child = Command::new(bin)
             .arg(&addr)
@@ -128,7 +128,7 @@ impl Sink {
         Ok(Self { child, addr, lines })
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.lines
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -136,7 +136,7 @@ impl Sink {
     }
 
     /// Bytes and samples of the exports after the first `from`.
-    fn since(&self, from: usize) -> (f64, f64) {
+    pub(crate) fn since(&self, from: usize) -> (f64, f64) {
         let lines = self
             .lines
             .lock()
@@ -344,7 +344,7 @@ fn one(kind: Kind, hz: u32, profiler: &Path, sink: &Sink, split: &Path, dir: &Pa
 
 /// CPU seconds of all of `pid`'s threads so far, from each thread's `schedstat` (nanoseconds:
 /// `/proc/PID/stat`'s ticks of 10 ms cannot tell 0.01% of a core over a few seconds).
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0.0;
     };
@@ -357,7 +357,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// KiB of the BPF maps `pid` holds open: their `memlock` (what the kernel charges for them).
-fn map_memory_kib(pid: u32) -> f64 {
+pub(crate) fn map_memory_kib(pid: u32) -> f64 {
     let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return 0.0;
     };

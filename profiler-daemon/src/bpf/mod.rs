@@ -50,6 +50,10 @@ pub enum Design {
     /// The shipped sampler without `comm` and the cgroup id.
     #[cfg(feature = "bench")]
     Lean,
+    /// The shipped sampler with every user stack walked by `bpf_get_stack`.
+    #[cfg(feature = "bench")]
+    #[value(name = "getstack")]
+    GetStack,
 }
 
 impl Design {
@@ -66,6 +70,8 @@ impl Design {
             Design::Kernel => "sample_kernel",
             #[cfg(feature = "bench")]
             Design::Lean => "sample_lean",
+            #[cfg(feature = "bench")]
+            Design::GetStack => "sample_getstack",
         }
     }
 
@@ -74,7 +80,9 @@ impl Design {
         match self {
             Design::RingBuf => true,
             #[cfg(feature = "bench")]
-            Design::BuildId | Design::Header | Design::Kernel | Design::Lean => true,
+            Design::BuildId | Design::Header | Design::Kernel | Design::Lean | Design::GetStack => {
+                true
+            }
             #[cfg(feature = "bench")]
             Design::Aggregate => false,
         }
