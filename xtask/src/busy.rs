@@ -135,7 +135,17 @@ pub(crate) fn run(shipped: &Path, measuring: &Path, sink_bin: &Path, dir: &Path)
 fn measure(shipped: &Path, sink_bin: &Path, hz: u64, seconds: u64) -> Result<Value> {
     std::thread::sleep(Duration::from_secs(3));
     let sink = Sink::start(sink_bin)?;
-    let daemon = Command::new(shipped)
+    // `BUSY_WRAPPER=heaptrack` (or another wrapper that execs its arguments) to see what holds
+    // the memory; the RSS figures are then the wrapper's.
+    let mut daemon = match std::env::var("BUSY_WRAPPER") {
+        Ok(wrapper) => {
+            let mut c = Command::new(wrapper);
+            c.arg(shipped);
+            c
+        }
+        Err(_) => Command::new(shipped),
+    };
+    let daemon = daemon
         .args(["run", "-F", &hz.to_string(), "--otlp-endpoint"])
         .arg(format!("http://{}", sink.addr))
         .args(["--http-address", "off"])
