@@ -1,7 +1,9 @@
 //! The shipped perf-event sampler, `sample_ringbuf`: one record per sample (header + kernel and
 //! user frame arrays) into a ring buffer; user space aggregates. It filters by process in the
 //! kernel and counts every outcome in `COUNTERS`. (The designs it was measured against live in
-//! `bench`, built only with the `bench` feature.)
+//! `bench`, built only with the `bench` feature.) User stacks come from the table walker
+//! (`unwind`, in `sample_unwind`) or by frame pointers: shallow ones walked here with a probe
+//! read per frame, deeper ones by `bpf_get_stack` (see `fp_user_stack`).
 //!
 //! `on_exec` / `on_exit` (BTF tracepoints) put process events in the same ring buffer, so user
 //! space snapshots a new image's mappings right away and tells images and reused pids apart;

@@ -1,22 +1,23 @@
 //! `cargo xtask bench`: figures for the README, measured side by side in one run (the machines
 //! are shared and noisy, so only ratios within a run mean anything).
 //!
-//! 1. BPF time per sample of the two sampler designs (ring buffer records vs in-kernel
-//!    aggregation), from the kernel's own accounting (`kernel.bpf_stats_enabled`), alternated.
-//! 0. Symbolization throughput (cold and warm caches) on a large binary with DWARF and on libc.
-//! 2. Overhead against the peers: a fixed amount of work (the `split` workload) timed alone and
-//!    under `profiler record`, `perf record -a -g` and `bpftrace` at the same frequency; plus
-//!    each profiler's own CPU time and peak memory.
-//! 3. A soak: `profiler run` for 10 minutes at 999 Hz with its collector unreachable (an outage:
-//!    the export queue full, retries) while short processes churn; RSS per minute
-//!    (`cargo xtask bench soak` runs only this; `SOAK_MINUTES` shortens it).
-//! 5. A busy host (`busy`): the shipped daemon's memory and CPU beside clang, python3, perl, xz,
-//!    process churn, hundreds of processes and a hot binary with DWARF.
-//! 4. The user stack walkers (run after 1): BPF time per emitted sample with unwind tables and
+//! 1. Symbolization throughput (cold and warm caches) on a large binary with DWARF and on libc.
+//! 2. BPF time per sample (`cost`): the shipped sampler, its stages, and the designs it was
+//!    chosen over, from the kernel's own accounting (`kernel.bpf_stats_enabled`), alternated.
+//! 3. The user stack walkers (`unwind`): BPF time per emitted sample with unwind tables and
 //!    with frame pointers, and bpftrace's frame-pointer stacks, on Debian's python3 (no frame
 //!    pointers) and on the frame-pointer `split`, alternated; table rows, bytes and build time
-//!    for libc, python3, perl and every file mapped on the host (`cargo xtask bench unwind`
-//!    runs only this).
+//!    for libc, python3, perl and every file mapped on the host.
+//! 4. Overhead against the peers (`overhead`, see `overhead.rs`): a fixed amount of work timed
+//!    alone and under each profiler at 19, 99 and 999 Hz.
+//! 5. Scale (`scale`): 1,000 processes and 100,000 distinct stacks in one window.
+//! 6. A busy host (`busy`, see `busy.rs`): the shipped daemon's memory and CPU beside clang,
+//!    python3, perl, xz, process churn, hundreds of processes and a hot binary with DWARF.
+//! 7. A soak (`soak`): `profiler run` for 10 minutes at 999 Hz with its collector unreachable
+//!    while short processes churn; RSS per minute (`SOAK_MINUTES` shortens it).
+//! 8. The live page (`live`).
+//!
+//! `cargo xtask bench SECTION` runs one section; the figures go to `target/bench/bench.json`.
 //!
 //! Two binaries: the measurement-only subcommands (`bpf-cost`, `bench-symbolize`) exist only with
 //! profiler-daemon's `bench` feature, so they run from a build with it in its own target
