@@ -3,7 +3,7 @@
 //! kernel and counts every outcome in `COUNTERS`. (The designs it was measured against live in
 //! `bench`, built only with the `bench` feature.) User stacks come from the table walker
 //! (`unwind`, in `sample_unwind`) or by frame pointers: shallow ones walked here with a probe
-//! read per frame, deeper ones by `bpf_get_stack` (see `fp_user_stack`).
+//! read per frame, deeper ones by `bpf_get_stack` (see `shallow_fp_stack`).
 //!
 //! `on_exec` / `on_exit` (BTF tracepoints) put process events in the same ring buffer, so user
 //! space snapshots a new image's mappings right away and tells images and reused pids apart;
@@ -116,13 +116,30 @@ fn selected(tgid: u32) -> bool {
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// Whether the sample hit user mode (privilege level 3 in the sampled `cs`). The registers are
-/// the context's first member: a direct context read, no helper.
+/// Whether the sample hit user mode (privilege level 3 in the sampled `cs`).
 #[inline(always)]
 pub(crate) fn sampled_in_user_mode(ctx: &PerfEventContext) -> bool {
-    // SAFETY: a perf-event program's context is `bpf_perf_event_data`, whose first member is
-    // the sampled `pt_regs`; the verifier allows reading its fields.
-    unsafe { (*ctx.as_ptr().cast::<pt_regs>()).cs & 3 == 3 }
+    // SAFETY: see `sampled_pt_regs`.
+    unsafe { (*sampled_pt_regs(ctx)).cs & 3 == 3 }
+}
+
+/// The sampled `rip`, `rsp` and `rbp` (the user's when `sampled_in_user_mode`).
+#[inline(always)]
+pub(crate) fn sampled_regs(ctx: &PerfEventContext) -> (u64, u64, u64) {
+    // SAFETY: see `sampled_pt_regs`.
+    unsafe {
+        let regs = sampled_pt_regs(ctx);
+        ((*regs).rip, (*regs).rsp, (*regs).rbp)
+    }
+}
+
+/// The sampled registers: a perf-event program's context is `bpf_perf_event_data`, whose first
+/// member is them. Read its fields directly only: the verifier rewrites those reads into reads
+/// through the kernel's `bpf_perf_event_data_kern::regs`; a probe read at this address would
+/// read that structure, not the registers.
+#[inline(always)]
+fn sampled_pt_regs(ctx: &PerfEventContext) -> *const pt_regs {
+    ctx.as_ptr().cast::<pt_regs>()
 }
 
 #[inline(always)]
@@ -189,7 +206,7 @@ pub(crate) struct Stages {
     pub(crate) tables: bool,
     pub(crate) kernel_stack: bool,
     pub(crate) user_stack: bool,
-    /// Walk shallow frame-pointer stacks with probe reads (see `fp_user_stack`), not only
+    /// Walk shallow frame-pointer stacks with probe reads (see `shallow_fp_stack`), not only
     /// with `bpf_get_stack`.
     pub(crate) fp_probe: bool,
     /// `comm` and the cgroup id in the header.
@@ -257,7 +274,8 @@ pub(crate) fn try_sample_ringbuf(ctx: &PerfEventContext, stages: Stages) {
         // A sample that hit user mode has no kernel stack, but asking costs the helper's whole
         // setup (~290 ns of ~1,540 per sample here): CPU-bound programs are mostly in user
         // mode.
-        let kernel = if stages.kernel_stack && !sampled_in_user_mode(ctx) {
+        let in_user = sampled_in_user_mode(ctx);
+        let kernel = if stages.kernel_stack && !in_user {
             bpf_get_stack(ctx.as_ptr(), frames.cast(), STACK_BYTES, 0)
         } else {
             0
@@ -273,6 +291,8 @@ pub(crate) fn try_sample_ringbuf(ctx: &PerfEventContext, stages: Stages) {
 
         // The user frames follow the kernel frames. Kernel threads have no user stack: an
         // empty stack, not a failure.
+        // Shallow frame-pointer stacks of user-mode samples are walked here (`shallow_fp_stack`).
+        let probe = stages.fp_probe && in_user;
         let walked = if stages.tables {
             unwind::walk(ctx, tgid, &raw mut (*record).frames, kernel_len)
         } else {
@@ -286,15 +306,21 @@ pub(crate) fn try_sample_ringbuf(ctx: &PerfEventContext, stages: Stages) {
             (len * 8) as i64
         } else if !stages.user_stack {
             0
-        } else if stages.fp_probe && sampled_in_user_mode(ctx) {
-            fp_user_stack(ctx, tgid, &mut (*record).frames, kernel_len)
+        } else if probe
+            && let Some(bytes) = shallow_fp_stack(ctx, tgid, &mut (*record).frames, kernel_len)
+        {
+            bytes
         } else {
-            bpf_get_stack(
+            let bytes = bpf_get_stack(
                 ctx.as_ptr(),
                 frames.add(kernel_len).cast(),
                 STACK_BYTES,
                 u64::from(BPF_F_USER_STACK),
-            )
+            );
+            if probe {
+                remember_depth(tgid, bytes);
+            }
+            bytes
         };
         let user_len = if user < 0 {
             bump(Counter::UserStackFailed);
@@ -343,48 +369,33 @@ const PROBE_WALK_FRAMES: usize = 12;
 #[map]
 static DEEP_TGID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// The user stack by frame pointers for a sample taken in user mode, at `frames[first..]`;
-/// returns the bytes written (or `bpf_get_stack`'s error). Shallow stacks are walked with a probe
-/// read per frame, deeper ones by `bpf_get_stack` (see `PROBE_WALK_FRAMES`).
+/// The frame-pointer stack of a user-mode sample walked with a probe read per frame, at
+/// `frames[first..]`; returns the bytes written. `None` when the stack is deeper than
+/// `PROBE_WALK_FRAMES`, or `tgid` was last found so on this CPU: `bpf_get_stack` takes it then,
+/// and `remember_depth` notes what it found.
 #[inline(always)]
-fn fp_user_stack(
+fn shallow_fp_stack(
     ctx: &PerfEventContext,
     tgid: u32,
     frames: &mut [u64; RECORD_FRAMES],
     first: usize,
-) -> i64 {
-    let deep = DEEP_TGID.get_ptr_mut(0);
+) -> Option<i64> {
+    let deep = DEEP_TGID.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot of a per-CPU array (programs do not nest on a CPU).
-    let known_deep = deep.is_some_and(|d| unsafe { *d } == tgid);
-    if !known_deep {
-        if let Some(bytes) = probe_walk(ctx, frames, first) {
-            return bytes;
-        }
-        if let Some(d) = deep {
-            // SAFETY: as above.
-            unsafe { *d = tgid };
-        }
+    if unsafe { *deep } == tgid {
+        return None;
     }
-    let Some(out) = frames.get_mut(first..) else {
-        return 0;
-    };
-    // SAFETY: `first` ≤ 127 (masked by the caller), so 127 frames fit after it.
-    let bytes = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            out.as_mut_ptr().cast(),
-            (MAX_FRAMES * 8) as u32,
-            u64::from(BPF_F_USER_STACK),
-        )
-    };
-    if known_deep
-        && bytes <= (PROBE_WALK_FRAMES * 8) as i64
-        && let Some(d) = deep
-    {
-        // SAFETY: as above.
-        unsafe { *d = 0 };
+    probe_walk(ctx, frames, first)
+}
+
+/// Notes whether `tgid`'s stack, `bytes` long by `bpf_get_stack`, is too deep for the probe walk.
+#[inline(always)]
+fn remember_depth(tgid: u32, bytes: i64) {
+    if let Some(deep) = DEEP_TGID.get_ptr_mut(0) {
+        let too_deep = bytes > (PROBE_WALK_FRAMES * 8) as i64;
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { *deep = if too_deep { tgid } else { 0 } };
     }
-    bytes
 }
 
 /// The kernel's frame-pointer walk done with probe reads: the sampled `rip`, then each frame's
@@ -396,11 +407,7 @@ fn probe_walk(
     frames: &mut [u64; RECORD_FRAMES],
     first: usize,
 ) -> Option<i64> {
-    // SAFETY: the context's first member is the sampled registers (see `sampled_in_user_mode`).
-    let (rip, mut fp) = unsafe {
-        let regs = ctx.as_ptr().cast::<pt_regs>();
-        ((*regs).rip, (*regs).rbp)
-    };
+    let (rip, _, mut fp) = sampled_regs(ctx);
     *frames.get_mut(first)? = rip;
     let mut n = 1;
     while n <= PROBE_WALK_FRAMES {

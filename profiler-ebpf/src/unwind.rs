@@ -28,7 +28,6 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, pt_regs},
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_user,
@@ -45,7 +44,7 @@ use profiler_common::{
     UNWIND_SEARCH_STEPS, UnwindCacheEntry, UnwindMapping, UnwindProcess, UnwindRow,
 };
 
-use crate::sampler::{bump, sampled_in_user_mode};
+use crate::sampler::{bump, sampled_in_user_mode, sampled_regs};
 
 /// Processes with tables (tgid → mappings). The loader sizes it; values (5 KiB) are allocated
 /// when inserted.
@@ -86,13 +85,7 @@ pub(crate) enum Walk {
 #[inline(always)]
 fn user_regs(ctx: &PerfEventContext) -> Option<Regs> {
     let (rip, rsp, rbp) = if sampled_in_user_mode(ctx) {
-        // SAFETY: direct context reads of the sampled registers, which the verifier rewrites
-        // into reads through the kernel's `bpf_perf_event_data_kern::regs` (a probe read at the
-        // context's address would read that structure, not the registers).
-        unsafe {
-            let regs = ctx.as_ptr().cast::<pt_regs>();
-            ((*regs).rip, (*regs).rsp, (*regs).rbp)
-        }
+        sampled_regs(ctx)
     } else {
         // SAFETY: the current task's saved user registers, read with probe reads.
         unsafe {

@@ -370,6 +370,18 @@ fn bpf_cost_figure(measuring: &Path, args: &[&str], key: &str) -> Result<f64> {
         .with_context(|| format!("no {key} in bpf-cost output"))
 }
 
+/// A positive number from environment variable `name`, else `default`.
+pub(crate) fn positive_env<T>(name: &str, default: T) -> T
+where
+    T: std::str::FromStr + PartialOrd + Default,
+{
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v| *v > T::default())
+        .unwrap_or(default)
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)

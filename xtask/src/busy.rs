@@ -17,16 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
-use crate::bench::{interrupt_and_measure, status_kib};
+use crate::bench::{interrupt_and_measure, positive_env, status_kib};
 use crate::overhead::{Sink, cpu_seconds, map_memory_kib};
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default)
-}
 
 /// The busy host's programs, each in a process group of its own so that a shell's children go
 /// with it.
@@ -120,8 +112,8 @@ fn processes() -> usize {
 
 /// Runs the scenario; returns its figures as JSON.
 pub(crate) fn run(shipped: &Path, measuring: &Path, sink_bin: &Path, dir: &Path) -> Result<Value> {
-    let seconds = setting("BUSY_SECONDS", 60);
-    let hz = setting("BUSY_HZ", 99);
+    let seconds: u64 = positive_env("BUSY_SECONDS", 60);
+    let hz: u64 = positive_env("BUSY_HZ", 99);
     println!(
         "## Busy host: `profiler run -F {hz}` (defaults otherwise) for {seconds} s beside clang, \
          python3, perl, xz, process churn, 200 idle processes and a hot 139 MB DWARF binary"

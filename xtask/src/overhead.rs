@@ -24,17 +24,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::bench::{median, status_kib};
+use crate::bench::{median, positive_env, status_kib};
 
 /// Rounds of every configuration at every frequency (`BENCH_ROUNDS` changes it).
 const ROUNDS: usize = 5;
 
 fn rounds() -> usize {
-    std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .filter(|&r| r > 0)
-        .unwrap_or(ROUNDS)
+    positive_env("BENCH_ROUNDS", ROUNDS)
 }
 /// 19 Hz is the daemon's default; 99 and 999 Hz are the usual comparison points.
 const FREQUENCIES: [u32; 3] = [19, 99, 999];
