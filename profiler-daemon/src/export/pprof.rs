@@ -140,9 +140,12 @@ impl Builder {
         Self {
             profile: proto::Profile::default(),
             strings: Strings::default(),
-            functions: Interner::new((0, 0)),
+            // pprof ids start at 1: index 0 is reserved with a key no function or location can
+            // have (an unnamed address 0 outside any mapping is a real location, and interning it
+            // as the zero value made a sample point at location 0: "nil location").
+            functions: Interner::new((-1, -1)),
             mappings: Interner::new((0, false)),
-            locations: Interner::new((0, 0, 0)),
+            locations: Interner::new((u64::MAX, u64::MAX, -1)),
         }
     }
 
@@ -416,5 +419,20 @@ mod tests {
         );
         let labels: Vec<&str> = sample.label.iter().map(|l| s(l.key)).collect();
         assert_eq!(labels, vec!["pid", "tid", "comm", "thread"]);
+    }
+
+    #[test]
+    fn an_unnamed_address_zero_outside_any_mapping_is_a_location_of_its_own() {
+        let mut b = Builder::new();
+        let zero = Location {
+            module: None,
+            address: 0,
+            kernel: false,
+            frames: std::sync::Arc::from(Vec::new()),
+        };
+        assert_eq!(b.location(&zero), 1);
+        assert_eq!(b.location(&zero), 1, "the same location again");
+        assert_eq!(b.profile.location.len(), 1);
+        assert_eq!(b.profile.location[0].id, 1);
     }
 }
