@@ -173,6 +173,7 @@ catalog! {
     SymbolizeMiss => "symbolize", Some("miss"), "symbolize_miss", Count;
     SymbolizeError => "symbolize", Some("error"), "symbolize_error", Count;
     ProcessNamed => "symbolize", Some("process_named"), "process_named", Count;
+    DwarfOverBudget => "symbolize", Some("dwarf_over_budget"), "dwarf_over_budget", Count;
     TablesLoaded => "unwind_tables", Some("loaded"), "tables_loaded", Count;
     TablesEvicted => "unwind_tables", Some("evicted"), "tables_evicted", Count;
     TablesFailed => "unwind_tables", Some("failed"), "tables_failed", Count;

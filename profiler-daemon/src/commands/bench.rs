@@ -138,6 +138,7 @@ pub fn measure_unwinding(
             max_stacks: 200_000,
             symbol_cache_entries: 1000,
             open_modules: 512,
+            debug_info_bytes: crate::config::args::DEFAULT_DEBUG_INFO_MEMORY,
             debug_dirs: Vec::new(),
             profile_self: false,
             unwind: unwind.mode,
@@ -214,7 +215,7 @@ pub fn symbolize(binary: &Path, count: usize) -> Result<SymbolizeBench, Symboliz
     let picks: Vec<u64> = offsets.iter().step_by(step).take(count).copied().collect();
 
     let mut modules = ModuleRegistry::new(4, Vec::new());
-    let mut stage = SymbolizerStage::new(picks.len() * 2, Vec::new());
+    let mut stage = SymbolizerStage::new(picks.len() * 2, Vec::new(), u64::MAX);
     let module = modules.open_path(binary);
     let keys: Vec<_> = picks.iter().map(|&o| (module.id, o)).collect();
     let start = Instant::now();

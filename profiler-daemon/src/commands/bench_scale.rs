@@ -154,6 +154,7 @@ fn measure(args: &BenchScaleArgs, children: &[Child]) -> Result<String, BenchSca
         max_stacks: crate::config::args::DEFAULT_MAX_STACKS.max(args.stacks),
         symbol_cache_entries: crate::config::args::DEFAULT_SYMBOL_CACHE_ENTRIES,
         open_modules: crate::config::args::DEFAULT_OPEN_MODULES,
+        debug_info_bytes: crate::config::args::DEFAULT_DEBUG_INFO_MEMORY,
         debug_dirs: Vec::new(),
         profile_self: false,
         unwind: UnwindMode::Fp,

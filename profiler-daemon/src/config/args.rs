@@ -180,6 +180,11 @@ pub struct CheckArgs {
 pub const DEFAULT_MAX_STACKS: usize = 200_000;
 /// Default `--symbol-cache-entries`.
 pub const DEFAULT_SYMBOL_CACHE_ENTRIES: usize = 200_000;
+/// Default `--debug-info-memory`: 16 MiB of DWARF, about 20 MiB parsed. Enough for the DWARF of
+/// most services' binaries (a Go service, a C program with `-g`); a large C++ or Rust binary
+/// built with `-g` (100+ MiB) is named from its symbol table instead, so that one binary does
+/// not triple the daemon's memory.
+pub const DEFAULT_DEBUG_INFO_MEMORY: u64 = 16 << 20;
 /// Default `--open-modules`.
 pub const DEFAULT_OPEN_MODULES: usize = 512;
 
@@ -200,6 +205,12 @@ pub struct LimitArgs {
     /// Most symbolized addresses cached (per unique binary and offset, shared by processes).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SYMBOL_CACHE_ENTRIES)]
     pub symbol_cache_entries: usize,
+
+    /// DWARF parsed at once for naming, in bytes of `.debug_info` + `.debug_line` (blazesym's
+    /// parse takes about 1.2 times that). A file whose DWARF does not fit is named from its
+    /// symbol table: function names, without file, line or inlined frames. 0: never DWARF.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_DEBUG_INFO_MEMORY)]
+    pub debug_info_memory: u64,
 
     /// Most executables and libraries kept open with their parsed symbols, beyond those that
     /// running processes map (those are always kept, so their names survive an exit).

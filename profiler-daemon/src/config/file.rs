@@ -37,6 +37,7 @@ pub struct FileConfig {
     pub max_stacks: Option<usize>,
     pub symbol_cache_entries: Option<usize>,
     pub open_modules: Option<usize>,
+    pub debug_info_memory: Option<u64>,
     pub profile_self: Option<bool>,
     pub debug_dir: Option<Vec<PathBuf>>,
     pub unwind: Option<super::UnwindMode>,
@@ -118,12 +119,13 @@ mod tests {
             .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
             .filter(|k| !k.starts_with('#'))
             .collect();
-        assert_eq!(keys.len(), 33, "{keys:?}");
+        assert_eq!(keys.len(), 34, "{keys:?}");
         assert!(!tables.contains("[[") && tables.contains("name = "));
         assert_eq!(c.service_name.as_ref().map(Vec::len), Some(1));
         assert_eq!(c.unit, Some(Vec::new()));
         assert_eq!(c.unwind, Some(super::super::UnwindMode::Auto));
         assert_eq!(c.unwind_table_memory, Some(64 << 20));
+        assert_eq!(c.debug_info_memory, Some(16 << 20));
     }
 
     #[test]

@@ -89,6 +89,7 @@ pub const SETTINGS: &[Setting] = &[
     plain("max-stacks"),
     plain("symbol-cache-entries"),
     plain("open-modules"),
+    plain("debug-info-memory"),
     plain("profile-self"),
     plain("debug-dir"),
     plain("unwind"),

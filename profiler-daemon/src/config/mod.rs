@@ -137,6 +137,8 @@ pub struct Limits {
     pub ring_buffer_bytes: Option<u32>,
     pub max_stacks: usize,
     pub symbol_cache_entries: usize,
+    /// DWARF parsed at once for naming (`--debug-info-memory`).
+    pub debug_info_bytes: u64,
     /// Executables and libraries kept open (and parsed) at most, beyond those in use.
     pub open_modules: usize,
     /// Extra directories searched for split debug info (before `/usr/lib/debug`).
@@ -179,6 +181,7 @@ impl Limits {
             max_stacks: args.max_stacks,
             symbol_cache_entries: args.symbol_cache_entries,
             open_modules: args.open_modules,
+            debug_info_bytes: args.debug_info_memory,
             debug_dirs: args.debug_dir.clone(),
             profile_self: args.profile_self,
         })
@@ -546,6 +549,7 @@ fn apply_file(
     layer!(max_stacks, out.limits.max_stacks);
     layer!(symbol_cache_entries, out.limits.symbol_cache_entries);
     layer!(open_modules, out.limits.open_modules);
+    layer!(debug_info_memory, out.limits.debug_info_memory);
     layer!(profile_self, out.limits.profile_self);
     layer!(debug_dir, out.limits.debug_dir);
     layer!(unwind, out.limits.unwind);

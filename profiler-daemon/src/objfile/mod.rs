@@ -44,6 +44,8 @@ pub struct Module {
     pub debug_file: Option<DebugFile>,
     /// The loadable segments: (file offset, file size, virtual address).
     segments: Vec<(u64, u64, u64)>,
+    /// The size of this file's own DWARF (see `dwarf_bytes`).
+    own_dwarf_bytes: u64,
     /// File size, the first identity check.
     size: u64,
     /// Content digest, computed when another file claims the same build id.
@@ -56,11 +58,13 @@ impl Module {
     /// A module read through its path, with no open handle (tests).
     #[must_use]
     pub fn at_path(id: ModuleId, path: PathBuf, build_id: Option<Arc<str>>) -> Self {
+        let layout = debug::layout(&path);
         Self {
             id,
             read_path: path.clone(),
             name: file_name(&path),
-            segments: debug::load_segments(&path),
+            segments: layout.segments,
+            own_dwarf_bytes: layout.dwarf_bytes,
             path,
             build_id,
             debug_file: None,
@@ -78,6 +82,16 @@ impl Module {
             .iter()
             .find(|&&(start, size, _)| offset >= start && offset < start + size)
             .map(|&(start, _, vaddr)| vaddr + (offset - start))
+    }
+
+    /// The file blazesym names this module from (its debug file, if found, else itself) and
+    /// the size of that file's DWARF (`.debug_info` + `.debug_line`, uncompressed).
+    #[must_use]
+    pub fn naming_file(&self) -> (&Path, u64) {
+        match &self.debug_file {
+            Some(debug) => (&debug.path, debug.dwarf_bytes),
+            None => (&self.read_path, self.own_dwarf_bytes),
+        }
     }
 }
 
@@ -257,7 +271,7 @@ impl ModuleRegistry {
         let debug_file = build_id
             .as_deref()
             .and_then(|b| debug::find(&self.debug_dirs, b));
-        let segments = debug::load_segments(&candidate.read_path);
+        let layout = debug::layout(&candidate.read_path);
         let module = Arc::new(Module {
             id,
             name: file_name(&candidate.path),
@@ -265,7 +279,8 @@ impl ModuleRegistry {
             build_id: build_id.clone(),
             read_path: candidate.read_path,
             debug_file,
-            segments,
+            segments: layout.segments,
+            own_dwarf_bytes: layout.dwarf_bytes,
             size: candidate.size,
             digest: candidate.digest,
             _file: candidate.file,

@@ -71,7 +71,11 @@ impl Collector {
         Self {
             processes: ProcessTable::default(),
             modules: ModuleRegistry::new(limits.open_modules, debug_dirs.clone()),
-            symbolizer: SymbolizerStage::new(limits.symbol_cache_entries, debug_dirs),
+            symbolizer: SymbolizerStage::new(
+                limits.symbol_cache_entries,
+                debug_dirs,
+                limits.debug_info_bytes,
+            ),
             live_names: HashMap::new(),
             profile: Profile::new(limits.max_stacks),
             received: 0,
@@ -298,6 +302,7 @@ impl Collector {
             (Count::SymbolizeMiss, s.cache_misses),
             (Count::SymbolizeError, s.symbolize_errors),
             (Count::ProcessNamed, s.process_named),
+            (Count::DwarfOverBudget, s.dwarf_over_budget),
             (Count::TablesLoaded, t.loaded),
             (Count::TablesEvicted, t.evicted),
             (Count::TablesFailed, t.failed),
@@ -477,6 +482,7 @@ mod tests {
             max_stacks: 16,
             symbol_cache_entries: 16,
             open_modules: 4,
+            debug_info_bytes: crate::config::args::DEFAULT_DEBUG_INFO_MEMORY,
             debug_dirs: Vec::new(),
             profile_self: false,
             unwind: crate::config::UnwindMode::Fp,

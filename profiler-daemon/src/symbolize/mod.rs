@@ -8,21 +8,26 @@
 //! Names are demangled (Rust, C++); with DWARF, inlined functions become frames of their own and
 //! carry file and line. Split debug info is found by build id or debug link under the debug
 //! directories.
+//!
+//! Parsed DWARF is the daemon's largest memory (a 140 MB binary's took 63 MiB), so it has a
+//! budget (`--debug-info-memory`): the files named with DWARF at once have at most that many
+//! bytes of `.debug_info` + `.debug_line` between them. A file that does not fit is named from
+//! its symbol table (function names; no file, line or inlined frames) until it goes idle.
 
+mod cache;
 mod frame;
 mod release;
 
+use cache::NameCache;
 pub use frame::{Frame, Resolved, unnamed};
 use release::release_file_pages;
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use blazesym::symbolize::source::{Elf, Kernel, Process, Source};
 use blazesym::symbolize::{Input, Sym, Symbolized, Symbolizer};
-use lru::LruCache;
 
 use crate::objfile::{ModuleId, ModuleRegistry};
 
@@ -35,17 +40,34 @@ pub struct SymbolizeStats {
     pub symbolize_errors: u64,
     /// Addresses named through a live process (perf map, vDSO).
     pub process_named: u64,
+    /// Addresses named from a symbol table only because their file's DWARF did not fit the
+    /// budget.
+    pub dwarf_over_budget: u64,
+}
+
+/// A file blazesym has parsed.
+#[derive(Debug, Clone, Copy)]
+struct Parsed {
+    /// Asked for names since the last `forget_idle`.
+    used: bool,
+    /// Bytes of the budget it holds: its DWARF's size, or 0 when it is named without DWARF.
+    dwarf_bytes: u64,
+    /// Named from its symbol table only (over the budget).
+    symtab_only: bool,
 }
 
 /// The long-lived symbolizer with its caches. `!Send` (blazesym's `Symbolizer` is): it lives on
 /// the pipeline's own thread.
 pub struct SymbolizerStage {
     symbolizer: Symbolizer,
-    user_cache: LruCache<(ModuleId, u64), Resolved>,
-    kernel_cache: LruCache<u64, Resolved>,
-    /// Files blazesym has parsed, and whether they were asked for names since the last
-    /// `forget_idle`.
-    parsed: HashMap<PathBuf, bool>,
+    user_cache: NameCache<(ModuleId, u64), Resolved>,
+    kernel_cache: NameCache<u64, Resolved>,
+    /// Files blazesym has parsed.
+    parsed: HashMap<PathBuf, Parsed>,
+    /// `--debug-info-memory`, and how much of it the parsed files hold.
+    dwarf_budget: u64,
+    dwarf_in_use: u64,
+    told_over_budget: bool,
     /// The daemon's executable, whose mapped pages stay (see `release_file_pages`).
     own_exe: Option<PathBuf>,
     stats: SymbolizeStats,
@@ -53,10 +75,10 @@ pub struct SymbolizerStage {
 
 impl SymbolizerStage {
     /// `cache_entries` bounds each of the user and kernel name caches; `debug_dirs` are searched
-    /// for split debug info (see `objfile::debug_dirs`).
+    /// for split debug info (see `objfile::debug_dirs`); `dwarf_budget` bounds the DWARF parsed
+    /// at once (see the module's header).
     #[must_use]
-    pub fn new(cache_entries: usize, debug_dirs: Vec<PathBuf>) -> Self {
-        let cap = NonZeroUsize::new(cache_entries).unwrap_or(NonZeroUsize::MIN);
+    pub fn new(cache_entries: usize, debug_dirs: Vec<PathBuf>, dwarf_budget: u64) -> Self {
         Self {
             symbolizer: Symbolizer::builder()
                 .enable_code_info(true)
@@ -64,9 +86,12 @@ impl SymbolizerStage {
                 .enable_demangling(true)
                 .set_debug_dirs(Some(debug_dirs))
                 .build(),
-            user_cache: LruCache::new(cap),
-            kernel_cache: LruCache::new(cap),
+            user_cache: NameCache::new(cache_entries),
+            kernel_cache: NameCache::new(cache_entries),
             parsed: HashMap::new(),
+            dwarf_budget,
+            dwarf_in_use: 0,
+            told_over_budget: false,
             own_exe: std::env::current_exe().ok(),
             stats: SymbolizeStats::default(),
         }
@@ -106,19 +131,21 @@ impl SymbolizerStage {
         let idle: Vec<PathBuf> = self
             .parsed
             .iter()
-            .filter(|&(_, &used)| !used)
+            .filter(|(_, parsed)| !parsed.used)
             .map(|(path, _)| path.clone())
             .collect();
         for path in idle {
             self.evict(path);
         }
-        for used in self.parsed.values_mut() {
-            *used = false;
+        for parsed in self.parsed.values_mut() {
+            parsed.used = false;
         }
     }
 
     fn evict(&mut self, path: PathBuf) {
-        self.parsed.remove(&path);
+        if let Some(parsed) = self.parsed.remove(&path) {
+            self.dwarf_in_use -= parsed.dwarf_bytes;
+        }
         let evict = blazesym::symbolize::evict::Evict::Elf(blazesym::symbolize::evict::Elf {
             path,
             _non_exhaustive: (),
@@ -160,18 +187,21 @@ impl SymbolizerStage {
             let Some(module) = modules.get(id) else {
                 continue;
             };
+            let (path, dwarf_bytes) = module.naming_file();
+            let mut elf = Elf::new(path.to_path_buf());
+            elf.debug_syms = self.admit(path, dwarf_bytes);
+            if !elf.debug_syms {
+                self.stats.dwarf_over_budget += offsets.len() as u64;
+            }
+            let src = Source::Elf(elf);
             // A debug file found by build id is indexed by virtual address, not file offset.
-            let results = if let Some(debug) = &module.debug_file {
+            let results = if module.debug_file.is_some() {
                 let addrs: Vec<u64> = offsets
                     .iter()
                     .map(|&o| module.virtual_address(o).unwrap_or(0))
                     .collect();
-                self.parsed.insert(debug.path.clone(), true);
-                let src = Source::Elf(Elf::new(debug.path.clone()));
                 self.symbolizer.symbolize(&src, Input::VirtOffset(&addrs))
             } else {
-                self.parsed.insert(module.read_path.clone(), true);
-                let src = Source::Elf(Elf::new(module.read_path.clone()));
                 self.symbolizer.symbolize(&src, Input::FileOffset(&offsets))
             };
             let results = match results {
@@ -205,6 +235,44 @@ impl SymbolizerStage {
                     .unwrap_or_else(unnamed)
             })
             .collect()
+    }
+
+    /// Marks `path` used and says whether it is named with its DWARF: yes if it already is, or
+    /// if its `dwarf_bytes` fit what is left of the budget (then they are taken from it). A file
+    /// named from its symbol table stays so until it is evicted, so one file's names do not
+    /// change kind within its parse.
+    fn admit(&mut self, path: &std::path::Path, dwarf_bytes: u64) -> bool {
+        if let Some(parsed) = self.parsed.get_mut(path) {
+            parsed.used = true;
+            return !parsed.symtab_only;
+        }
+        let fits = self.dwarf_in_use + dwarf_bytes <= self.dwarf_budget;
+        if fits {
+            self.dwarf_in_use += dwarf_bytes;
+        } else if !self.told_over_budget {
+            // Once at info: files come and go every window on a busy host; the count is in
+            // the metrics (`profiler_symbolize_total{result="dwarf_over_budget"}`).
+            self.told_over_budget = true;
+            tracing::info!(
+                file = %path.display(),
+                dwarf_mib = dwarf_bytes >> 20,
+                in_use_mib = self.dwarf_in_use >> 20,
+                "a file named from its symbol table (no lines, no inlined frames): its DWARF does \
+                 not fit --debug-info-memory (further ones are logged at debug level)"
+            );
+        } else {
+            tracing::debug!(file = %path.display(), dwarf_mib = dwarf_bytes >> 20,
+                "named from its symbol table: its DWARF does not fit --debug-info-memory");
+        }
+        self.parsed.insert(
+            path.to_path_buf(),
+            Parsed {
+                used: true,
+                dwarf_bytes: if fits { dwarf_bytes } else { 0 },
+                symtab_only: !fits,
+            },
+        );
+        fits
     }
 
     /// Names addresses of live process `pid` that are outside file mappings: JIT code from its
@@ -318,7 +386,7 @@ mod tests {
             .find(|l| l.start <= addr && addr < l.end)
             .unwrap();
         let mut modules = ModuleRegistry::new(8, Vec::new());
-        let mut stage = SymbolizerStage::new(16, Vec::new());
+        let mut stage = SymbolizerStage::new(16, Vec::new(), u64::MAX);
         let module = modules.open(pid, &line);
         let offset = addr - line.start + line.offset;
         let names = stage.resolve_user(&[(module.id, offset)], &modules);
@@ -336,5 +404,46 @@ mod tests {
         let unnamed = stage.resolve_process(pid, &[8]);
         assert_eq!(unnamed.len(), 1);
         assert!(unnamed[0].is_empty());
+    }
+
+    #[test]
+    fn a_file_whose_dwarf_does_not_fit_the_budget_is_named_from_its_symbol_table() {
+        let addr = marker_function_for_symbolization as *const () as u64;
+        let pid = std::process::id();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let line = parse_maps(&maps)
+            .into_iter()
+            .find(|l| l.start <= addr && addr < l.end)
+            .unwrap();
+        let mut modules = ModuleRegistry::new(8, Vec::new());
+        let module = modules.open(pid, &line);
+        let (_, dwarf_bytes) = module.naming_file();
+        assert!(dwarf_bytes > 0, "the test binary has DWARF");
+        let key = (module.id, addr - line.start + line.offset);
+
+        // It fits exactly: file and line from DWARF.
+        let mut stage = SymbolizerStage::new(16, Vec::new(), dwarf_bytes);
+        let named = stage.resolve_user(&[key], &modules);
+        let frame = named[0].first().expect("named");
+        assert!(frame.file.is_some() && frame.line.is_some(), "{frame:?}");
+        assert_eq!(stage.stats().dwarf_over_budget, 0);
+        assert_eq!(stage.dwarf_in_use, dwarf_bytes);
+        // Idle for a whole window, the parse is forgotten and the budget given back.
+        stage.forget_idle();
+        assert_eq!(stage.dwarf_in_use, dwarf_bytes, "used in this window");
+        stage.forget_idle();
+        assert_eq!(stage.dwarf_in_use, 0);
+
+        // One byte short: the same name from the symbol table, without file or line, counted.
+        let mut stage = SymbolizerStage::new(16, Vec::new(), dwarf_bytes - 1);
+        let named = stage.resolve_user(&[key], &modules);
+        let frame = named[0].first().expect("named");
+        assert!(
+            frame.name.contains("marker_function_for_symbolization"),
+            "{frame:?}"
+        );
+        assert_eq!((frame.file.as_deref(), frame.line), (None, None));
+        assert_eq!(stage.stats().dwarf_over_budget, 1);
+        assert_eq!(stage.dwarf_in_use, 0);
     }
 }
