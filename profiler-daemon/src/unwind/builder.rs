@@ -274,7 +274,10 @@ impl Collector {
         let mut next = kept.iter().peekable();
         let mut index = 0;
         rows.retain(|_| {
-            while next.peek().is_some_and(|&&(first, len)| first + len <= index) {
+            while next
+                .peek()
+                .is_some_and(|&&(first, len)| first + len <= index)
+            {
                 next.next();
             }
             let keep = next
