@@ -97,7 +97,7 @@ impl Collector {
 
     /// Writes image `image`'s file mappings with tables for the walker.
     fn update_tables(&mut self, image: ImageId) {
-        let Some(tables) = &self.tables else {
+        let Some(tables) = &mut self.tables else {
             return;
         };
         let Some(pid) = self.processes.image(image).map(|i| i.pid) else {
@@ -184,7 +184,7 @@ impl Collector {
                     self.learn(&mut new_user);
                     self.processes
                         .exec(sample.tgid, sample.time_ns, &thread, &mut self.modules);
-                    if let Some(tables) = &self.tables {
+                    if let Some(tables) = &mut self.tables {
                         tables.remove(sample.tgid);
                     }
                     continue;
@@ -192,7 +192,7 @@ impl Collector {
                 Some(ProcessEvent::Exit) => {
                     self.learn(&mut new_user);
                     self.processes.exit(sample.tgid, sample.time_ns);
-                    if let Some(tables) = &self.tables {
+                    if let Some(tables) = &mut self.tables {
                         tables.remove(sample.tgid);
                     }
                     continue;
@@ -210,7 +210,7 @@ impl Collector {
                             &thread,
                             &mut self.modules,
                         );
-                        if let Some(tables) = &self.tables {
+                        if let Some(tables) = &mut self.tables {
                             tables.remove(sample.tgid);
                         }
                     }
@@ -240,6 +240,9 @@ impl Collector {
             }
         }
         self.learn(&mut new_user);
+        if let Some(tables) = &mut self.tables {
+            tables.flush();
+        }
     }
 
     /// Normalizes the pending user addresses while their processes live, and names the ones
@@ -436,10 +439,13 @@ impl Collector {
         for (_, pid) in pruned {
             if !self.processes.knows(pid) {
                 self.symbolizer.forget_process(pid);
-                if let Some(tables) = &self.tables {
+                if let Some(tables) = &mut self.tables {
                     tables.remove(pid);
                 }
             }
+        }
+        if let Some(tables) = &mut self.tables {
+            tables.flush();
         }
     }
 }

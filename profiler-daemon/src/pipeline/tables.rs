@@ -62,18 +62,25 @@ pub struct TableStats {
 /// walked by frame pointers for long (5 s once cost a test's whole 3-s phase on a loaded host).
 const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Updates waiting for the worker at most; beyond, an update is dropped (the collector sends it
-/// again at the process's next samples).
-const QUEUE: usize = 1024;
+/// Batches waiting for the worker at most (one per drain of the ring buffer).
+const QUEUE: usize = 64;
+/// Jobs held for the next batch at most; beyond, updates are dropped (the collector sends one
+/// again at the process's next samples). Removals are always kept: a lost one would leave stale
+/// mappings.
+const PENDING: usize = 1024;
 
 enum Job {
     Update(u32, Vec<FileMapping>),
     Remove(u32),
 }
 
-/// `Tables` on a thread of its own, fed in order through a bounded queue.
+/// `Tables` on a thread of its own, fed in order. Jobs are sent in one batch per drain
+/// (`flush`), not one by one: a host starting a hundred processes a second would otherwise wake
+/// the thread hundreds of times a second, and the context switches were the largest part of
+/// the daemon's CPU there.
 pub struct TableWorker {
-    jobs: Option<SyncSender<Job>>,
+    jobs: Option<SyncSender<Vec<Job>>>,
+    pending: Vec<Job>,
     stats: Arc<Mutex<TableStats>>,
 }
 
@@ -94,24 +101,48 @@ impl TableWorker {
                 None
             }
         };
-        Self { jobs, stats }
-    }
-
-    /// See `Tables::update`.
-    pub fn update(&self, pid: u32, mappings: Vec<FileMapping>) {
-        if let Some(jobs) = &self.jobs
-            && let Err(TrySendError::Full(_)) = jobs.try_send(Job::Update(pid, mappings))
-        {
-            tracing::trace!(pid, "unwind table queue full: update dropped");
+        Self {
+            jobs,
+            pending: Vec::new(),
+            stats,
         }
     }
 
-    /// See `Tables::remove`. Waits for room: a lost removal would leave stale mappings.
-    pub fn remove(&self, pid: u32) {
-        if let Some(jobs) = &self.jobs
-            && jobs.send(Job::Remove(pid)).is_err()
-        {
-            tracing::trace!(pid, "unwind table thread gone");
+    /// See `Tables::update`; sent with the next `flush`.
+    pub fn update(&mut self, pid: u32, mappings: Vec<FileMapping>) {
+        if self.jobs.is_none() {
+            return;
+        }
+        if self.pending.len() >= PENDING {
+            tracing::trace!(pid, "unwind table queue full: update dropped");
+            return;
+        }
+        self.pending.push(Job::Update(pid, mappings));
+    }
+
+    /// See `Tables::remove`; sent with the next `flush`.
+    pub fn remove(&mut self, pid: u32) {
+        if self.jobs.is_some() {
+            self.pending.push(Job::Remove(pid));
+        }
+    }
+
+    /// Hands the jobs since the last call to the thread, in order. When its queue is full they
+    /// wait for the next call.
+    pub fn flush(&mut self) {
+        let Some(jobs) = &self.jobs else {
+            return;
+        };
+        if self.pending.is_empty() {
+            return;
+        }
+        match jobs.try_send(std::mem::take(&mut self.pending)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(batch)) => self.pending = batch,
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::trace!("unwind table thread gone");
+                self.jobs = None;
+            }
         }
     }
 
@@ -121,13 +152,15 @@ impl TableWorker {
     }
 }
 
-fn work(mut tables: Tables, queue: &Receiver<Job>, stats: &Mutex<TableStats>) {
-    for job in queue {
-        match job {
-            Job::Update(pid, mappings) => tables.update(pid, mappings),
-            Job::Remove(pid) => tables.remove(pid),
+fn work(mut tables: Tables, queue: &Receiver<Vec<Job>>, stats: &Mutex<TableStats>) {
+    for batch in queue {
+        for job in batch {
+            match job {
+                Job::Update(pid, mappings) => tables.update(pid, mappings),
+                Job::Remove(pid) => tables.remove(pid),
+            }
+            *stats.lock().unwrap_or_else(PoisonError::into_inner) = tables.stats();
         }
-        *stats.lock().unwrap_or_else(PoisonError::into_inner) = tables.stats();
     }
 }
 

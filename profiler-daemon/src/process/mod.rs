@@ -104,14 +104,21 @@ impl ProcessTable {
         self.images.get(&id)
     }
 
+    /// `exec`: the image starts with an exec (whose event named it), else it is a first sight.
     fn new_image(
         &mut self,
         pid: u32,
         since_ns: u64,
         thread_comm: &str,
+        exec: bool,
         modules: &mut ModuleRegistry,
     ) -> ImageId {
-        let info = Arc::new(ProcessInfo::read(Path::new("/proc"), pid, thread_comm));
+        let proc_root = Path::new("/proc");
+        let info = Arc::new(if exec {
+            ProcessInfo::read_after_exec(proc_root, pid, thread_comm)
+        } else {
+            ProcessInfo::read(proc_root, pid, thread_comm)
+        });
         let mut image = self.image_with(pid, since_ns, info, Snapshot::default());
         if pid != 0 {
             self.refresh(&mut image, modules);
@@ -243,7 +250,7 @@ impl ProcessTable {
     pub fn exec(&mut self, pid: u32, time_ns: u64, comm: &str, modules: &mut ModuleRegistry) {
         self.stats.execs += 1;
         self.end_current(pid, time_ns);
-        self.new_image(pid, time_ns, comm, modules);
+        self.new_image(pid, time_ns, comm, true, modules);
     }
 
     /// Whether the current image of `pid` has a file mapped in `[start, end)`.
@@ -281,7 +288,7 @@ impl ProcessTable {
             return;
         }
         self.end_current(pid, time_ns);
-        self.new_image(pid, time_ns, comm, modules);
+        self.new_image(pid, time_ns, comm, false, modules);
     }
 
     /// The process exited at `time_ns`; its pid may be reused afterwards.
@@ -322,7 +329,7 @@ impl ProcessTable {
                 return first.id;
             }
         }
-        self.new_image(pid, time_ns, thread_comm, modules)
+        self.new_image(pid, time_ns, thread_comm, false, modules)
     }
 
     /// Works out where the not yet seen `addrs` of `image` point; call it as soon as samples
