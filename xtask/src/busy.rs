@@ -159,6 +159,11 @@ fn measure(shipped: &Path, sink_bin: &Path, hz: u64, seconds: u64) -> Result<Val
     let cpu_pct = 100.0 * (cpu_seconds(pid) - cpu_start) / started.elapsed().as_secs_f64();
     let (anon, file) = (status_kib(pid, "RssAnon:"), status_kib(pid, "RssFile:"));
     let maps = map_memory_kib(pid);
+    // A wrapper (heaptrack's shell script) waits for the daemon without passing signals on:
+    // the daemon, its child, is interrupted itself.
+    if std::env::var_os("BUSY_WRAPPER").is_some() {
+        interrupt_children_named(pid, "profiler");
+    }
     let (_, max_rss_kib) = interrupt_and_measure(daemon)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while sink.count() == 0 && Instant::now() < deadline {
@@ -184,4 +189,36 @@ fn measure(shipped: &Path, sink_bin: &Path, hz: u64, seconds: u64) -> Result<Val
         "bpf_maps_mib": maps / 1024.0, "exported_samples": samples, "export_bytes": bytes,
         "rss_mib_each_second": rss_each_s,
     }))
+}
+
+/// Sends SIGINT to the children of `parent` whose name is `comm`.
+fn interrupt_children_named(parent: u32, comm: &str) {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: the comm may hold spaces, so split after its `)`.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n);
+        let parent_of = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if name == comm && parent_of == Some(parent) {
+            // SAFETY: signalling a process of this bench's own making.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
+    }
 }
