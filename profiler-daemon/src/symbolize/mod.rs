@@ -375,8 +375,8 @@ mod tests {
         std::hint::black_box(42)
     }
 
-    #[test]
-    fn names_an_address_of_this_test_binary_through_its_open_module() {
+    /// This test binary opened as a module, and the (module, offset) of the marker function.
+    fn marker_module() -> (ModuleRegistry, Arc<crate::objfile::Module>, u64) {
         let addr = marker_function_for_symbolization as *const () as u64;
         assert_eq!(marker_function_for_symbolization(), 42);
         let pid = std::process::id();
@@ -386,9 +386,15 @@ mod tests {
             .find(|l| l.start <= addr && addr < l.end)
             .unwrap();
         let mut modules = ModuleRegistry::new(8, Vec::new());
-        let mut stage = SymbolizerStage::new(16, Vec::new(), u64::MAX);
         let module = modules.open(pid, &line);
-        let offset = addr - line.start + line.offset;
+        (modules, module, addr - line.start + line.offset)
+    }
+
+    #[test]
+    fn names_an_address_of_this_test_binary_through_its_open_module() {
+        let (modules, module, offset) = marker_module();
+        let pid = std::process::id();
+        let mut stage = SymbolizerStage::new(16, Vec::new(), u64::MAX);
         let names = stage.resolve_user(&[(module.id, offset)], &modules);
         assert!(
             names[0][0]
@@ -408,18 +414,10 @@ mod tests {
 
     #[test]
     fn a_file_whose_dwarf_does_not_fit_the_budget_is_named_from_its_symbol_table() {
-        let addr = marker_function_for_symbolization as *const () as u64;
-        let pid = std::process::id();
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        let line = parse_maps(&maps)
-            .into_iter()
-            .find(|l| l.start <= addr && addr < l.end)
-            .unwrap();
-        let mut modules = ModuleRegistry::new(8, Vec::new());
-        let module = modules.open(pid, &line);
+        let (modules, module, offset) = marker_module();
         let (_, dwarf_bytes) = module.naming_file();
         assert!(dwarf_bytes > 0, "the test binary has DWARF");
-        let key = (module.id, addr - line.start + line.offset);
+        let key = (module.id, offset);
 
         // It fits exactly: file and line from DWARF.
         let mut stage = SymbolizerStage::new(16, Vec::new(), dwarf_bytes);
