@@ -193,30 +193,14 @@ fn measure(shipped: &Path, sink_bin: &Path, hz: u64, seconds: u64) -> Result<Val
 
 /// Sends SIGINT to the children of `parent` whose name is `comm`.
 fn interrupt_children_named(parent: u32, comm: &str) {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`: the comm may hold spaces, so split after its `)`.
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let name = head.split_once('(').map_or("", |(_, n)| n);
-        let parent_of = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok());
-        if name == comm && parent_of == Some(parent) {
+    let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        .unwrap_or_default();
+    for pid in children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if name.trim_end() == comm {
             // SAFETY: signalling a process of this bench's own making.
             unsafe { libc::kill(pid, libc::SIGINT) };
         }
