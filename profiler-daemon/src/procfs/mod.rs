@@ -256,6 +256,26 @@ mod tests {
     }
 
     #[test]
+    fn after_an_exec_the_name_is_the_events_and_the_rest_comes_from_proc() {
+        let me = std::process::id();
+        let full = ProcessInfo::read(Path::new("/proc"), me, "thread");
+        let exec = ProcessInfo::read_after_exec(Path::new("/proc"), me, "from-event");
+        assert_eq!(&*exec.name, "from-event");
+        assert!(!exec.kernel_thread);
+        assert_eq!(
+            (&exec.exe_path, &exec.exe_name, &exec.cgroup, &exec.service),
+            (&full.exe_path, &full.exe_name, &full.cgroup, &full.service)
+        );
+        // Without a name from the event (or for the idle task) it is the full read.
+        let unnamed = ProcessInfo::read_after_exec(Path::new("/proc"), me, "");
+        assert_eq!(unnamed.name, full.name);
+        assert_eq!(
+            &*ProcessInfo::read_after_exec(Path::new("/proc"), 0, "swapper/0").name,
+            "swapper"
+        );
+    }
+
+    #[test]
     fn names_are_stable_across_runs() {
         assert_eq!(
             kernel_thread_base("kworker/1:1-events_power_efficient"),

@@ -50,10 +50,9 @@ pub struct SymbolizeStats {
 struct Parsed {
     /// Asked for names since the last `forget_idle`.
     used: bool,
-    /// Bytes of the budget it holds: its DWARF's size, or 0 when it is named without DWARF.
-    dwarf_bytes: u64,
-    /// Named from its symbol table only (over the budget).
-    symtab_only: bool,
+    /// Named with its DWARF, holding this much of the budget; `None`: named from its symbol
+    /// table only (its DWARF did not fit).
+    dwarf: Option<u64>,
 }
 
 /// The long-lived symbolizer with its caches. `!Send` (blazesym's `Symbolizer` is): it lives on
@@ -144,7 +143,7 @@ impl SymbolizerStage {
 
     fn evict(&mut self, path: PathBuf) {
         if let Some(parsed) = self.parsed.remove(&path) {
-            self.dwarf_in_use -= parsed.dwarf_bytes;
+            self.dwarf_in_use -= parsed.dwarf.unwrap_or(0);
         }
         let evict = blazesym::symbolize::evict::Evict::Elf(blazesym::symbolize::evict::Elf {
             path,
@@ -244,7 +243,7 @@ impl SymbolizerStage {
     fn admit(&mut self, path: &std::path::Path, dwarf_bytes: u64) -> bool {
         if let Some(parsed) = self.parsed.get_mut(path) {
             parsed.used = true;
-            return !parsed.symtab_only;
+            return parsed.dwarf.is_some();
         }
         let fits = self.dwarf_in_use + dwarf_bytes <= self.dwarf_budget;
         if fits {
@@ -268,8 +267,7 @@ impl SymbolizerStage {
             path.to_path_buf(),
             Parsed {
                 used: true,
-                dwarf_bytes: if fits { dwarf_bytes } else { 0 },
-                symtab_only: !fits,
+                dwarf: fits.then_some(dwarf_bytes),
             },
         );
         fits
