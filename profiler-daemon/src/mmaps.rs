@@ -258,6 +258,7 @@ pub(crate) fn parse_mmap2(body: &[u8]) -> Option<MmapRecord> {
     let addr = read_u64(body, 8)?;
     let len = read_u64(body, 16)?;
     let offset = read_u64(body, 24)?;
+    let (major, minor) = (read_u32(body, 32)?, read_u32(body, 36)?);
     let inode = read_u64(body, 40)?;
     let name = body.get(64..body.len().checked_sub(16)?)?;
     let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
@@ -269,6 +270,7 @@ pub(crate) fn parse_mmap2(body: &[u8]) -> Option<MmapRecord> {
             start: addr,
             end: addr.checked_add(len)?,
             offset,
+            dev: u64::from(major) << 32 | u64::from(minor),
             inode,
             path: String::from_utf8_lossy(name).into_owned(),
         },
@@ -298,7 +300,9 @@ mod tests {
         for v in [0x7f00_0000_1000u64, 0x2000, 0x1000] {
             body.extend_from_slice(&v.to_ne_bytes());
         }
-        body.extend_from_slice(&[0; 8]); // maj, min
+        for v in [0xfeu32, 1] {
+            body.extend_from_slice(&v.to_ne_bytes()); // maj, min
+        }
         body.extend_from_slice(&42u64.to_ne_bytes()); // ino
         body.extend_from_slice(&[0; 16]); // ino_generation, prot, flags
         body.extend_from_slice(b"/lib/x.so\0\0\0\0\0\0\0");
@@ -313,6 +317,7 @@ mod tests {
         assert_eq!(r.line.end, 0x7f00_0000_3000);
         assert_eq!(r.line.offset, 0x1000);
         assert_eq!(r.line.inode, 42);
+        assert_eq!(r.line.dev, 0xfe << 32 | 1);
         assert_eq!(r.line.path, "/lib/x.so");
         assert!(parse_mmap2(&body[..60]).is_none());
     }

@@ -6,7 +6,8 @@
 //! read per frame, deeper ones by `bpf_get_stack` (see `shallow_fp_stack`).
 //!
 //! `on_exec` / `on_exit` (BTF tracepoints) put process events in the same ring buffer, so user
-//! space snapshots a new image's mappings right away and tells images and reused pids apart;
+//! space tells images and reused pids apart, and a new image's first sample wakes user space to
+//! snapshot its mappings while it runs (`NEW_PROCESSES`);
 //! `on_new_area` (the `vm_unmapped_area` tracepoint) tells it when a new mapping takes an address
 //! range, so that a library loaded where another was unloaded is learnt afresh.
 
@@ -34,7 +35,7 @@ use aya_ebpf::{
         },
     },
     macros::{btf_tracepoint, map, perf_event},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, PerfEventContext},
 };
 use profiler_common::{
@@ -68,6 +69,34 @@ pub(crate) static SAMPLES: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 /// per sample (the default) costs more than the rest of the program. Set by the loader.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 256 * 1024;
+
+/// Slots of `NEW_PROCESSES` (a power of two).
+const NEW_SLOTS: u32 = 4096;
+
+/// Processes that exec'd and have not been sampled since: slot `tgid % NEW_SLOTS` holds `tgid`.
+/// Their first sample wakes the daemon, which reads their `/proc` then, while they run, and only
+/// for processes that have samples: most of the hundred processes a second a busy host starts are
+/// never sampled and cost it nothing. A slot taken over by a later exec only loses the early
+/// wakeup (the daemon's next timed drain reads the process).
+#[map]
+static NEW_PROCESSES: Array<u32> = Array::with_max_entries(NEW_SLOTS, 0);
+
+/// Whether this is the first sample of a process since its exec (and forgets it).
+#[inline(always)]
+fn first_sample(tgid: u32) -> bool {
+    let Some(slot) = NEW_PROCESSES.get_ptr_mut(tgid & (NEW_SLOTS - 1)) else {
+        return false;
+    };
+    // SAFETY: a slot of an array map (a plain u32); a race with another CPU costs at most one
+    // extra or one missed early wakeup.
+    unsafe {
+        if *slot != tgid {
+            return false;
+        }
+        *slot = 0;
+    }
+    true
+}
 
 /// Per-CPU scratch record: the stacks are walked into it, then only the used part is copied out.
 #[map]
@@ -344,7 +373,9 @@ pub(crate) fn try_sample_ringbuf(ctx: &PerfEventContext, stages: Stages) {
     // SAFETY: `size` never exceeds size_of::<SampleRecord>() (the lengths are masked to their
     // maxima above).
     let bytes = unsafe { core::slice::from_raw_parts(record.cast::<u8>(), size) };
-    let wakeup = if SAMPLES.query(u64::from(BPF_RB_AVAIL_DATA)) >= config64(&WAKEUP_BYTES) {
+    let wakeup = if first_sample(tgid)
+        || SAMPLES.query(u64::from(BPF_RB_AVAIL_DATA)) >= config64(&WAKEUP_BYTES)
+    {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -425,10 +456,9 @@ fn probe_walk(
     None
 }
 
-/// Sends a process event (header only), waking user space at once: it must read the new image's
-/// mappings while the process still runs.
+/// Sends a process event (header only) with the ring buffer's `wakeup` flag.
 #[inline(always)]
-fn send_event(flags: u32) {
+fn send_event(flags: u32, wakeup: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
@@ -453,7 +483,7 @@ fn send_event(flags: u32) {
             comm: comm(),
         });
     }
-    entry.submit(u64::from(BPF_RB_FORCE_WAKEUP));
+    entry.submit(wakeup);
     bump(Counter::Events);
 }
 
@@ -518,7 +548,14 @@ pub(crate) fn on_new_area(ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "sched_process_exec")]
 pub(crate) fn on_exec(_ctx: BtfTracePointContext) -> i32 {
-    send_event(FLAG_EVENT_EXEC);
+    // The daemon reads the new image's `/proc` at its first sample, which wakes it
+    // (`NEW_PROCESSES`): nothing is urgent before.
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(slot) = NEW_PROCESSES.get_ptr_mut(tgid & (NEW_SLOTS - 1)) {
+        // SAFETY: a slot of an array map (a plain u32).
+        unsafe { *slot = tgid };
+    }
+    send_event(FLAG_EVENT_EXEC, u64::from(BPF_RB_NO_WAKEUP));
     0
 }
 
@@ -526,8 +563,19 @@ pub(crate) fn on_exec(_ctx: BtfTracePointContext) -> i32 {
 pub(crate) fn on_exit(_ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // Only the thread group leader's exit ends the process (its pid may then be reused).
-    if (pid_tgid >> 32) as u32 == pid_tgid as u32 {
-        send_event(FLAG_EVENT_EXIT);
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == pid_tgid as u32 {
+        if let Some(slot) = NEW_PROCESSES.get_ptr_mut(tgid & (NEW_SLOTS - 1)) {
+            // SAFETY: a slot of an array map (a plain u32); freed for the next exec there.
+            unsafe {
+                if *slot == tgid {
+                    *slot = 0;
+                }
+            }
+        }
+        // Nothing is left to read of an exited process: the next timed drain takes it (a
+        // wakeup per exit was half the daemon's wakeups on a host starting ~100 processes/s).
+        send_event(FLAG_EVENT_EXIT, u64::from(BPF_RB_NO_WAKEUP));
     }
     0
 }

@@ -50,8 +50,10 @@ pub struct Module {
     size: u64,
     /// Content digest, computed when another file claims the same build id.
     digest: OnceLock<Option<u64>>,
+    /// The file's identity when it was opened.
+    key: Option<FileKey>,
     /// Keeps the file readable after the process is gone; closed with the last reference.
-    _file: Option<File>,
+    file: Option<File>,
 }
 
 impl Module {
@@ -70,8 +72,21 @@ impl Module {
             debug_file: None,
             size: 0,
             digest: OnceLock::new(),
-            _file: None,
+            key: None,
+            file: None,
         }
+    }
+
+    /// Whether the open file still has the size and modification time it was opened with (a
+    /// file rewritten in place keeps its inode, not its content).
+    fn unchanged(&self) -> bool {
+        self.key.is_some()
+            && self
+                .file
+                .as_ref()
+                .and_then(|f| f.metadata().ok())
+                .map(|meta| FileKey::of(&meta))
+                == self.key
     }
 
     /// The ELF virtual address of a file offset: what the file's symbol table and debug info are
@@ -139,6 +154,10 @@ struct Candidate {
 pub struct ModuleRegistry {
     modules: HashMap<ModuleId, Arc<Module>>,
     by_file: HashMap<FileKey, ModuleId>,
+    /// (device, inode) as the kernel lists a mapping → the module opened from that very file.
+    /// While the module is open the inode cannot be reused, so a process mapping it again (every
+    /// `sh` a host starts maps the same libc) is matched with no open of its own.
+    by_mapped: HashMap<(u64, u64), ModuleId>,
     by_build_id: HashMap<Arc<str>, Vec<ModuleId>>,
     next: u64,
     capacity: usize,
@@ -156,6 +175,7 @@ impl ModuleRegistry {
         Self {
             modules: HashMap::new(),
             by_file: HashMap::new(),
+            by_mapped: HashMap::new(),
             by_build_id: HashMap::new(),
             next: 1,
             capacity: capacity.max(1),
@@ -188,10 +208,20 @@ impl ModuleRegistry {
     /// The module behind a file mapping of live process `pid`: through `/proc/PID/map_files`
     /// (the exact file, in any namespace), else `/proc/PID/root/PATH`, else the path itself.
     pub fn open(&mut self, pid: u32, line: &MapsLine) -> Arc<Module> {
+        if let Some(module) = self.mapped_before(line) {
+            return module;
+        }
         let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", line.start, line.end);
         let rooted = format!("/proc/{pid}/root{}", line.path);
         let file = File::open(&map_file).or_else(|_| File::open(&rooted)).ok();
-        self.register(file, PathBuf::from(&line.path))
+        self.register(file, PathBuf::from(&line.path), Some(line))
+    }
+
+    /// The open module of the file `line` maps, if it is one and its content did not change.
+    fn mapped_before(&self, line: &MapsLine) -> Option<Arc<Module>> {
+        let id = self.by_mapped.get(&(line.dev, line.inode))?;
+        let module = self.modules.get(id)?;
+        module.unchanged().then(|| Arc::clone(module))
     }
 
     /// The module behind a mapping the kernel recorded at `mmap` time (`mmaps`): it may be
@@ -199,22 +229,50 @@ impl ModuleRegistry {
     /// in the process's root, and taken only if it is still the inode that was mapped.
     pub fn open_recorded(&mut self, pid: u32, line: &MapsLine) -> Arc<Module> {
         use std::os::unix::fs::MetadataExt;
+        if let Some(module) = self.mapped_before(line) {
+            return module;
+        }
         let rooted = format!("/proc/{pid}/root{}", line.path);
         let file = File::open(&rooted)
             .or_else(|_| File::open(&line.path))
             .ok()
             .filter(|f| f.metadata().is_ok_and(|m| m.ino() == line.inode));
-        self.register(file, PathBuf::from(&line.path))
+        self.register(file, PathBuf::from(&line.path), Some(line))
     }
 
     /// A module for a file named by path on this host (tools and benchmarks).
     pub fn open_path(&mut self, path: &Path) -> Arc<Module> {
-        self.register(File::open(path).ok(), path.to_path_buf())
+        self.register(File::open(path).ok(), path.to_path_buf(), None)
     }
 
-    fn register(&mut self, file: Option<File>, path: PathBuf) -> Arc<Module> {
+    /// The module of `file` (opened from `path`, for the mapping `mapped` if any).
+    fn register(
+        &mut self,
+        file: Option<File>,
+        path: PathBuf,
+        mapped: Option<&MapsLine>,
+    ) -> Arc<Module> {
         let meta = file.as_ref().and_then(|f| f.metadata().ok());
         let key = meta.as_ref().map(FileKey::of);
+        let module = self.find_or_insert(file, key, meta.as_ref(), path);
+        // Only a module held open through this very file pins the mapped inode.
+        if let Some(line) = mapped
+            && line.inode != 0
+            && key.is_some()
+            && module.key == key
+        {
+            self.by_mapped.insert((line.dev, line.inode), module.id);
+        }
+        module
+    }
+
+    fn find_or_insert(
+        &mut self,
+        file: Option<File>,
+        key: Option<FileKey>,
+        meta: Option<&std::fs::Metadata>,
+        path: PathBuf,
+    ) -> Arc<Module> {
         if let Some(id) = key.and_then(|k| self.by_file.get(&k))
             && let Some(module) = self.modules.get(id)
         {
@@ -225,7 +283,7 @@ impl ModuleRegistry {
             |f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
         );
         let candidate = Candidate {
-            size: meta.as_ref().map_or(0, std::fs::Metadata::len),
+            size: meta.map_or(0, std::fs::Metadata::len),
             file,
             key,
             path,
@@ -283,7 +341,8 @@ impl ModuleRegistry {
             own_dwarf_bytes: layout.dwarf_bytes,
             size: candidate.size,
             digest: candidate.digest,
-            _file: candidate.file,
+            key: candidate.key,
+            file: candidate.file,
         });
         self.modules.insert(id, Arc::clone(&module));
         if let Some(key) = candidate.key {
@@ -310,6 +369,7 @@ impl ModuleRegistry {
         for id in idle.into_iter().take(excess) {
             if let Some(m) = self.modules.remove(&id) {
                 self.by_file.retain(|_, v| *v != id);
+                self.by_mapped.retain(|_, v| *v != id);
                 self.by_build_id.retain(|_, ids| {
                     ids.retain(|v| *v != id);
                     !ids.is_empty()
@@ -356,6 +416,38 @@ mod tests {
         assert_eq!(registry.len(), 2);
         // Opening the same file again finds it by file identity.
         assert_eq!(registry.open_path(&forged).id, mf.id);
+    }
+
+    #[test]
+    fn a_file_mapped_again_is_matched_by_device_and_inode_until_it_changes() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("lib.so");
+        std::fs::copy(std::env::current_exe().unwrap(), &lib).unwrap();
+        let meta = std::fs::metadata(&lib).unwrap();
+        let line = MapsLine {
+            start: 0x1000,
+            end: 0x2000,
+            offset: 0,
+            dev: u64::from(libc::major(meta.dev())) << 32 | u64::from(libc::minor(meta.dev())),
+            inode: meta.ino(),
+            path: lib.to_string_lossy().into_owned(),
+        };
+        let mut registry = ModuleRegistry::new(16, Vec::new());
+        let first = registry.open(std::process::id(), &line);
+        assert!(first.key.is_some(), "opened through the process's root");
+        // A process that cannot be read (above pid_max): only the match can name its file.
+        let again = registry.open(u32::MAX, &line);
+        assert_eq!(again.id, first.id);
+        // Rewritten in place: same inode, other content, so the file is opened afresh.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&lib)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"more"))
+            .unwrap();
+        let changed = registry.open_recorded(u32::MAX, &line);
+        assert_ne!(changed.id, first.id);
+        assert_eq!(registry.open_recorded(u32::MAX, &line).id, changed.id);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::config::Limits;
 use crate::counters::{Count, Totals};
 use crate::mmaps::MmapRecord;
 use crate::objfile::{self, ModuleId, ModuleRegistry};
-use crate::process::{ImageId, ProcessTable, UserLoc};
+use crate::process::{ImageId, ProcessTable, Seen, UserLoc};
 use crate::procfs::ProcessInfo;
 use crate::profile::{Location, Profile, Stack, StackKey, SymbolizedProfile, call_sites};
 use crate::symbolize::{Frame, Resolved, SymbolizerStage, unnamed};
@@ -177,13 +177,18 @@ impl Collector {
             };
             self.apply_mappings(sample.time_ns, &mut new_user);
             let thread = sample.thread_name();
+            let seen = Seen {
+                pid: sample.tgid,
+                time_ns: sample.time_ns,
+                comm: &thread,
+                cgroup_id: sample.cgroup_id,
+            };
             match sample.event() {
                 Some(ProcessEvent::Exec) => {
                     // Addresses of the old image seen so far in this batch: learn them before
                     // the mappings change under them.
                     self.learn(&mut new_user);
-                    self.processes
-                        .exec(sample.tgid, sample.time_ns, &thread, &mut self.modules);
+                    self.processes.exec(seen);
                     if let Some(tables) = &mut self.tables {
                         tables.remove(sample.tgid);
                     }
@@ -204,12 +209,7 @@ impl Collector {
                     // before keep the old library's names and the ones after learn the new one.
                     if self.processes.maps_file_in(sample.tgid, start, end) {
                         self.learn(&mut new_user);
-                        self.processes.mapping_replaced(
-                            sample.tgid,
-                            sample.time_ns,
-                            &thread,
-                            &mut self.modules,
-                        );
+                        self.processes.mapping_replaced(seen, &mut self.modules);
                         if let Some(tables) = &mut self.tables {
                             tables.remove(sample.tgid);
                         }
@@ -219,9 +219,7 @@ impl Collector {
                 None => {}
             }
             self.received += 1;
-            let image =
-                self.processes
-                    .image_for(sample.tgid, sample.time_ns, &thread, &mut self.modules);
+            let image = self.processes.image_for(seen, &mut self.modules);
             let user = call_sites(&sample.user);
             new_user
                 .entry(image)

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use snapshot::{Backing, Mapping, Snapshot};
 
 use crate::objfile::{Module, ModuleId, ModuleRegistry};
-use crate::procfs::{self, MapsLine, ProcessInfo, parse_maps};
+use crate::procfs::{self, CgroupCache, MapsLine, ProcessInfo, parse_maps};
 
 /// Most user addresses remembered per process image (see `ProcessTable::learn`).
 pub const MAX_LOCS_PER_IMAGE: usize = 1 << 16;
@@ -48,6 +48,9 @@ pub struct Image {
     /// Set at its exit or the next exec.
     pub ended_ns: Option<u64>,
     pub info: Arc<ProcessInfo>,
+    /// Begun by an exec whose `/proc` is read at the image's first sample (most short-lived
+    /// processes are never sampled and never read); `info` has only the event's name till then.
+    unread: bool,
     snapshot: Snapshot,
     /// User address → where it points.
     locs: HashMap<u64, UserLoc>,
@@ -74,6 +77,19 @@ pub struct ProcessTable {
     by_pid: HashMap<u32, Vec<ImageId>>,
     next: u64,
     stats: ProcessStats,
+    /// Cgroup facts shared by the processes of a cgroup.
+    cgroups: CgroupCache,
+}
+
+/// What an event or sample says of the process it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub pid: u32,
+    pub time_ns: u64,
+    /// The thread's name.
+    pub comm: &'a str,
+    /// Its cgroup (v2) id; 0 when not known.
+    pub cgroup_id: u64,
 }
 
 impl ProcessTable {
@@ -104,26 +120,38 @@ impl ProcessTable {
         self.images.get(&id)
     }
 
-    /// `exec`: the image starts with an exec (whose event named it), else it is a first sight.
-    fn new_image(
-        &mut self,
-        pid: u32,
-        since_ns: u64,
-        thread_comm: &str,
-        exec: bool,
-        modules: &mut ModuleRegistry,
-    ) -> ImageId {
-        let proc_root = Path::new("/proc");
-        let info = Arc::new(if exec {
-            ProcessInfo::read_after_exec(proc_root, pid, thread_comm)
-        } else {
-            ProcessInfo::read(proc_root, pid, thread_comm)
-        });
-        let mut image = self.image_with(pid, since_ns, info, Snapshot::default());
-        if pid != 0 {
+    /// A first sight of a process (or a new image after a mapping was replaced), read now.
+    fn new_image(&mut self, seen: Seen<'_>, modules: &mut ModuleRegistry) -> ImageId {
+        let info = Arc::new(ProcessInfo::read(
+            Path::new("/proc"),
+            seen.pid,
+            seen.comm,
+            &mut self.cgroups,
+            seen.cgroup_id,
+        ));
+        let mut image = self.image_with(seen.pid, seen.time_ns, info, Snapshot::default());
+        if seen.pid != 0 {
             self.refresh(&mut image, modules);
         }
         self.insert(image)
+    }
+
+    /// Reads what `/proc` says of an image begun by an exec, at its first sample (`cgroup_id`:
+    /// the sample's).
+    fn read_unread(&mut self, id: ImageId, cgroup_id: u64, modules: &mut ModuleRegistry) {
+        let Some(mut image) = self.images.remove(&id) else {
+            return;
+        };
+        image.info = Arc::new(ProcessInfo::read_after_exec(
+            Path::new("/proc"),
+            image.pid,
+            &Arc::clone(&image.info.name),
+            &mut self.cgroups,
+            cgroup_id,
+        ));
+        image.unread = false;
+        self.refresh(&mut image, modules);
+        self.images.insert(id, image);
     }
 
     /// Puts `image` in the table as its process's latest.
@@ -150,6 +178,7 @@ impl ProcessTable {
             since_ns,
             ended_ns: None,
             info,
+            unread: false,
             snapshot,
             locs: HashMap::new(),
         }
@@ -246,11 +275,16 @@ impl ProcessTable {
         image.snapshot.merge(fresh);
     }
 
-    /// The process replaced its image at `time_ns`: snapshot the new one now, while it runs.
-    pub fn exec(&mut self, pid: u32, time_ns: u64, comm: &str, modules: &mut ModuleRegistry) {
+    /// The process replaced its image at `seen.time_ns`. The new image is read from `/proc` at
+    /// its first sample, which the kernel side has wake the daemon at once (while the process
+    /// runs); an image never sampled is never read.
+    pub fn exec(&mut self, seen: Seen<'_>) {
         self.stats.execs += 1;
-        self.end_current(pid, time_ns);
-        self.new_image(pid, time_ns, comm, true, modules);
+        self.end_current(seen.pid, seen.time_ns);
+        let info = Arc::new(ProcessInfo::from_event(seen.pid, seen.comm));
+        let mut image = self.image_with(seen.pid, seen.time_ns, info, Snapshot::default());
+        image.unread = true;
+        self.insert(image);
     }
 
     /// Whether the current image of `pid` has a file mapped in `[start, end)`.
@@ -263,17 +297,12 @@ impl ProcessTable {
             .is_some_and(|image| image.ended_ns.is_none() && image.snapshot.has_file_in(start, end))
     }
 
-    /// A file mapping of `pid` was replaced at `time_ns` (unloaded, and a new mapping given its
-    /// range): samples after it belong to a new image of the same process, whose mappings are
-    /// read afresh, so that the library loaded there is named as itself and earlier samples
-    /// keep the old names.
-    pub fn mapping_replaced(
-        &mut self,
-        pid: u32,
-        time_ns: u64,
-        comm: &str,
-        modules: &mut ModuleRegistry,
-    ) {
+    /// A file mapping of `seen.pid` was replaced at `seen.time_ns` (unloaded, and a new mapping
+    /// given its range): samples after it belong to a new image of the same process, whose
+    /// mappings are read afresh, so that the library loaded there is named as itself and
+    /// earlier samples keep the old names.
+    pub fn mapping_replaced(&mut self, seen: Seen<'_>, modules: &mut ModuleRegistry) {
+        let pid = seen.pid;
         self.stats.replaced += 1;
         let images = self.by_pid.get(&pid).map_or(0, Vec::len);
         if images >= MAX_IMAGES_PER_PID {
@@ -287,8 +316,8 @@ impl ProcessTable {
             }
             return;
         }
-        self.end_current(pid, time_ns);
-        self.new_image(pid, time_ns, comm, false, modules);
+        self.end_current(pid, seen.time_ns);
+        self.new_image(seen, modules);
     }
 
     /// The process exited at `time_ns`; its pid may be reused afterwards.
@@ -306,21 +335,22 @@ impl ProcessTable {
         }
     }
 
-    /// The image a sample of `pid` taken at `time_ns` belongs to; registers one on first sight
-    /// (or after the previous one ended: a reused pid).
-    pub fn image_for(
-        &mut self,
-        pid: u32,
-        time_ns: u64,
-        thread_comm: &str,
-        modules: &mut ModuleRegistry,
-    ) -> ImageId {
+    /// The image a sample `seen` belongs to; registers one on first sight (or after the
+    /// previous one ended: a reused pid).
+    pub fn image_for(&mut self, seen: Seen<'_>, modules: &mut ModuleRegistry) -> ImageId {
+        let (pid, time_ns) = (seen.pid, seen.time_ns);
         if let Some(ids) = self.by_pid.get(&pid) {
             let images = ids.iter().filter_map(|id| self.images.get(id));
-            for image in images.clone().rev() {
-                if image.since_ns <= time_ns && image.ended_ns.is_none_or(|end| time_ns <= end) {
-                    return image.id;
+            let during = images.clone().rev().find(|image| {
+                image.since_ns <= time_ns && image.ended_ns.is_none_or(|end| time_ns <= end)
+            });
+            if let Some(image) = during {
+                let id = image.id;
+                // Its first sample: read it while it runs (an ended one may be another now).
+                if image.unread && image.ended_ns.is_none() {
+                    self.read_unread(id, seen.cgroup_id, modules);
                 }
+                return id;
             }
             // Older than every image we know: the oldest is the best guess.
             if let Some(first) = images.clone().next()
@@ -329,7 +359,7 @@ impl ProcessTable {
                 return first.id;
             }
         }
-        self.new_image(pid, time_ns, thread_comm, false, modules)
+        self.new_image(seen, modules)
     }
 
     /// Works out where the not yet seen `addrs` of `image` point; call it as soon as samples
@@ -450,18 +480,33 @@ mod tests {
         let mut modules = ModuleRegistry::new(16, Vec::new());
         let mut table = ProcessTable::default();
         let me = std::process::id();
-        let first = table.image_for(me, 100, "t", &mut modules);
-        assert_eq!(table.image_for(me, 150, "t", &mut modules), first);
-        table.exec(me, 200, "t", &mut modules);
-        let second = table.image_for(me, 250, "t", &mut modules);
+        let at = |time_ns| Seen {
+            pid: me,
+            time_ns,
+            comm: "t",
+            cgroup_id: 0,
+        };
+        let first = table.image_for(at(100), &mut modules);
+        assert_eq!(table.image_for(at(150), &mut modules), first);
+        table.exec(at(200));
+        let unread = |table: &ProcessTable, id| table.image(id).is_some_and(|i| i.unread);
+        let second = table.by_pid[&me][1];
+        assert!(
+            unread(&table, second),
+            "an exec is read at its first sample"
+        );
+        assert_eq!(&*table.image(second).unwrap().info.name, "t");
+        assert_eq!(table.image_for(at(250), &mut modules), second);
+        assert!(!unread(&table, second));
+        assert!(table.image(second).unwrap().info.exe_path.is_some());
         assert_ne!(second, first);
         assert_eq!(
-            table.image_for(me, 199, "t", &mut modules),
+            table.image_for(at(199), &mut modules),
             first,
             "before the exec"
         );
         table.exit(me, 300);
-        let reused = table.image_for(me, 400, "t", &mut modules);
+        let reused = table.image_for(at(400), &mut modules);
         assert!(
             reused != first && reused != second,
             "a reused pid is a new image"

@@ -51,7 +51,7 @@ const MAX_LEVEL: u32 = 32;
 
 /// The mount point of the cgroup v2 hierarchy, from a `/proc/self/mountinfo` text.
 #[must_use]
-fn v2_mount(mountinfo: &str) -> Option<PathBuf> {
+pub(super) fn v2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         // `ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER`
         let (left, right) = line.split_once(" - ")?;

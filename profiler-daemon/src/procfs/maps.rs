@@ -6,6 +6,8 @@ pub struct MapsLine {
     pub start: u64,
     pub end: u64,
     pub offset: u64,
+    /// The file's device, `major << 32 | minor` (with `inode`, the file the kernel mapped).
+    pub dev: u64,
     pub inode: u64,
     /// Path as the process sees it, or `[vdso]`, `[anon:...]`, empty for anonymous memory.
     pub path: String,
@@ -20,7 +22,7 @@ pub fn parse_maps(text: &str) -> Vec<MapsLine> {
             let range = fields.next()?;
             let perms = fields.next()?;
             let offset = fields.next()?;
-            let _dev = fields.next()?;
+            let dev = fields.next()?;
             let inode = fields.next()?;
             let path = fields.next().unwrap_or("").trim_start();
             if perms.as_bytes().get(2) != Some(&b'x') {
@@ -31,11 +33,21 @@ pub fn parse_maps(text: &str) -> Vec<MapsLine> {
                 start: u64::from_str_radix(start, 16).ok()?,
                 end: u64::from_str_radix(end, 16).ok()?,
                 offset: u64::from_str_radix(offset, 16).ok()?,
+                dev: parse_dev(dev)?,
                 inode: inode.parse().ok()?,
                 path: path.trim_end_matches(" (deleted)").to_owned(),
             })
         })
         .collect()
+}
+
+/// `MAJOR:MINOR` in hexadecimal (`fe:01`) as `major << 32 | minor`.
+fn parse_dev(text: &str) -> Option<u64> {
+    let (major, minor) = text.split_once(':')?;
+    Some(
+        u64::from(u32::from_str_radix(major, 16).ok()?) << 32
+            | u64::from(u32::from_str_radix(minor, 16).ok()?),
+    )
 }
 
 #[cfg(test)]
@@ -58,6 +70,8 @@ garbage line
         assert_eq!(lines[0].path, "/usr/bin/app");
         assert_eq!(lines[0].offset, 0x1000);
         assert_eq!(lines[0].inode, 1234);
+        assert_eq!(lines[0].dev, 0xfe << 32 | 1);
+        assert_eq!(lines[3].dev, 0);
         assert_eq!(lines[1].path, "");
         assert_eq!(lines[2].path, "/usr/lib/libc.so.6");
         assert_eq!(lines[3].path, "[vdso]");

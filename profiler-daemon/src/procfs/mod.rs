@@ -3,6 +3,7 @@
 //! it reads files and parses text, and knows nothing of the pipeline.
 
 mod cgroup;
+mod cgroup_cache;
 mod container;
 pub mod maps;
 mod service;
@@ -12,6 +13,7 @@ pub use service::{systemd_path, unit_of_path};
 pub use cgroup::{
     CgroupError, CgroupFilter, CgroupTargets, pod_levels, resolve_all as resolve_cgroups,
 };
+pub use cgroup_cache::{CgroupCache, CgroupFacts, MAX_CGROUPS};
 pub use container::{container_id_from_cgroup, pod_uid_from_cgroup};
 pub use maps::{MapsLine, parse_maps};
 
@@ -46,9 +48,16 @@ pub struct ProcessInfo {
 
 impl ProcessInfo {
     /// Reads what `/proc` says about `pid`; falls back to `thread_comm` for a process that is
-    /// already gone.
+    /// already gone. `cgroup_id` is the cgroup its event or sample came from (0: not known),
+    /// whose facts `cgroups` may know already.
     #[must_use]
-    pub fn read(proc_root: &Path, pid: u32, thread_comm: &str) -> Self {
+    pub fn read(
+        proc_root: &Path,
+        pid: u32,
+        thread_comm: &str,
+        cgroups: &mut CgroupCache,
+        cgroup_id: u64,
+    ) -> Self {
         if pid == 0 {
             // Like perf: the idle task is "swapper".
             return Self {
@@ -61,22 +70,36 @@ impl ProcessInfo {
             .unwrap_or_else(|| thread_comm.to_owned())
             .into();
         let kernel_thread = is_kernel_thread(&dir);
-        Self::read_rest(&dir, pid, name, kernel_thread)
+        let facts = cgroups.facts(&dir, cgroup_id).unwrap_or_default();
+        Self::read_rest(&dir, pid, name, kernel_thread, facts)
     }
 
     /// What `/proc/PID` says of a process that has just exec'd, named `comm` (its name as the
     /// exec left it: the exec event's): two reads fewer than `read` for each of the hundred
     /// processes a second a busy host may start (a process that execs is no kernel thread).
     #[must_use]
-    pub fn read_after_exec(proc_root: &Path, pid: u32, comm: &str) -> Self {
+    pub fn read_after_exec(
+        proc_root: &Path,
+        pid: u32,
+        comm: &str,
+        cgroups: &mut CgroupCache,
+        cgroup_id: u64,
+    ) -> Self {
         if pid == 0 || comm.is_empty() {
-            return Self::read(proc_root, pid, comm);
+            return Self::read(proc_root, pid, comm, cgroups, cgroup_id);
         }
         let dir = proc_root.join(pid.to_string());
-        Self::read_rest(&dir, pid, comm.into(), false)
+        let facts = cgroups.facts(&dir, cgroup_id).unwrap_or_default();
+        Self::read_rest(&dir, pid, comm.into(), false, facts)
     }
 
-    fn read_rest(dir: &Path, pid: u32, name: Arc<str>, kernel_thread: bool) -> Self {
+    fn read_rest(
+        dir: &Path,
+        pid: u32,
+        name: Arc<str>,
+        kernel_thread: bool,
+        facts: CgroupFacts,
+    ) -> Self {
         let exe_path: Option<Arc<str>> = std::fs::read_link(dir.join("exe"))
             .ok()
             .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").into());
@@ -85,37 +108,29 @@ impl ProcessInfo {
             None if kernel_thread => kernel_thread_base(&name).into(),
             None => Arc::clone(&name),
         };
-        let cgroup = std::fs::read_to_string(dir.join("cgroup")).ok();
-        let container_id = cgroup
-            .as_deref()
-            .and_then(container_id_from_cgroup)
-            .map(Arc::from);
         let (service, unit) = if kernel_thread {
             (None, None)
         } else {
-            (
-                service::own_service(dir).map(Arc::from),
-                cgroup
-                    .as_deref()
-                    .and_then(service::unit_service)
-                    .map(Arc::from),
-            )
+            (service::own_service(dir).map(Arc::from), facts.unit)
         };
         Self {
             pid,
             name,
             exe_path,
             exe_name,
-            container_id,
-            cgroup: cgroup.as_deref().and_then(systemd_path).map(Arc::from),
-            pod_uid: cgroup
-                .as_deref()
-                .and_then(pod_uid_from_cgroup)
-                .map(Arc::from),
+            container_id: facts.container_id,
+            cgroup: facts.systemd_path,
+            pod_uid: facts.pod_uid,
             service,
             unit,
             kernel_thread,
         }
+    }
+
+    /// What an exec event alone tells of a process: its name (the rest is read later).
+    #[must_use]
+    pub fn from_event(pid: u32, comm: &str) -> Self {
+        Self::named(pid, comm)
     }
 
     /// A process the pipeline has samples of but no record for: `[unknown process PID]`, so its
@@ -230,7 +245,13 @@ mod tests {
     fn info_comes_from_proc_or_falls_back() {
         let me = std::process::id();
         let own = read_comm(&Path::new("/proc").join(me.to_string())).unwrap();
-        let info = ProcessInfo::read(Path::new("/proc"), me, "thread");
+        let info = ProcessInfo::read(
+            Path::new("/proc"),
+            me,
+            "thread",
+            &mut CgroupCache::default(),
+            0,
+        );
         assert_eq!(&*info.name, own);
         let exe = std::env::current_exe().unwrap();
         assert_eq!(info.exe_path.as_deref(), exe.to_str());
@@ -239,18 +260,31 @@ mod tests {
             exe.file_name().unwrap().to_string_lossy().as_ref()
         );
         // A pid that cannot exist (above pid_max) falls back to the thread's comm.
-        let gone = ProcessInfo::read(Path::new("/proc"), u32::MAX, "gone");
+        let gone = ProcessInfo::read(
+            Path::new("/proc"),
+            u32::MAX,
+            "gone",
+            &mut CgroupCache::default(),
+            0,
+        );
         assert_eq!((&*gone.name, &*gone.exe_name), ("gone", "gone"));
         assert_eq!(gone.exe_path, None);
         assert_eq!(
-            &*ProcessInfo::read(Path::new("/proc"), 0, "swapper/1").name,
+            &*ProcessInfo::read(
+                Path::new("/proc"),
+                0,
+                "swapper/1",
+                &mut CgroupCache::default(),
+                0
+            )
+            .name,
             "swapper"
         );
         let unknown = ProcessInfo::unknown(42);
         assert_eq!((unknown.pid, &*unknown.name), (42, "[unknown process 42]"));
         assert!(!info.kernel_thread);
         // kthreadd (pid 2) is a kernel thread on every Linux.
-        let kthreadd = ProcessInfo::read(Path::new("/proc"), 2, "");
+        let kthreadd = ProcessInfo::read(Path::new("/proc"), 2, "", &mut CgroupCache::default(), 0);
         assert!(kthreadd.kernel_thread, "{kthreadd:?}");
         assert_eq!(&*kthreadd.exe_name, "kthreadd");
     }
@@ -258,8 +292,20 @@ mod tests {
     #[test]
     fn after_an_exec_the_name_is_the_events_and_the_rest_comes_from_proc() {
         let me = std::process::id();
-        let full = ProcessInfo::read(Path::new("/proc"), me, "thread");
-        let exec = ProcessInfo::read_after_exec(Path::new("/proc"), me, "from-event");
+        let full = ProcessInfo::read(
+            Path::new("/proc"),
+            me,
+            "thread",
+            &mut CgroupCache::default(),
+            0,
+        );
+        let exec = ProcessInfo::read_after_exec(
+            Path::new("/proc"),
+            me,
+            "from-event",
+            &mut CgroupCache::default(),
+            0,
+        );
         assert_eq!(&*exec.name, "from-event");
         assert!(!exec.kernel_thread);
         assert_eq!(
@@ -267,10 +313,23 @@ mod tests {
             (&full.exe_path, &full.exe_name, &full.cgroup, &full.service)
         );
         // Without a name from the event (or for the idle task) it is the full read.
-        let unnamed = ProcessInfo::read_after_exec(Path::new("/proc"), me, "");
+        let unnamed = ProcessInfo::read_after_exec(
+            Path::new("/proc"),
+            me,
+            "",
+            &mut CgroupCache::default(),
+            0,
+        );
         assert_eq!(unnamed.name, full.name);
         assert_eq!(
-            &*ProcessInfo::read_after_exec(Path::new("/proc"), 0, "swapper/0").name,
+            &*ProcessInfo::read_after_exec(
+                Path::new("/proc"),
+                0,
+                "swapper/0",
+                &mut CgroupCache::default(),
+                0
+            )
+            .name,
             "swapper"
         );
     }
