@@ -81,9 +81,13 @@ const NEW_SLOTS: u32 = 4096;
 #[map]
 static NEW_PROCESSES: Array<u32> = Array::with_max_entries(NEW_SLOTS, 0);
 
-/// Whether this is the first sample of a process since its exec (and forgets it).
+/// Whether this is the first sample of a process since its exec (and forgets it). Never for the
+/// idle task (pid 0, whose slot reads 0 when empty).
 #[inline(always)]
 fn first_sample(tgid: u32) -> bool {
+    if tgid == 0 {
+        return false;
+    }
     let Some(slot) = NEW_PROCESSES.get_ptr_mut(tgid & (NEW_SLOTS - 1)) else {
         return false;
     };

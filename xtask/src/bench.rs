@@ -16,6 +16,8 @@
 //! 7. A soak (`soak`): `profiler run` for 10 minutes at 999 Hz with its collector unreachable
 //!    while short processes churn; RSS per minute (`SOAK_MINUTES` shortens it).
 //! 8. The live page (`live`).
+//! 9. The steady state at the default 19 Hz (`steady`, see `steady.rs`): daemon and BPF CPU over
+//!    10 minutes of a busy workload.
 //!
 //! `cargo xtask bench SECTION` runs one section; the figures go to `target/bench/bench.json`.
 //!
@@ -30,7 +32,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{busy, cargo, overhead, scale, workspace};
+use crate::{busy, cargo, overhead, scale, steady, workspace};
 
 const HZ: &str = "999";
 
@@ -73,6 +75,10 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             println!("figures also in {}", json.display());
             return Ok(());
         }
+        Some("steady") => {
+            save("steady", steady::run(&shipped, &sink, &split)?)?;
+            return Ok(());
+        }
         _ => {}
     }
     cargo(&[
@@ -102,8 +108,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             return Ok(());
         }
         Some(other) => bail!(
-            "unknown bench `{other}`: cost, overhead, scale, busy, unwind, live, soak, or nothing \
-             for all"
+            "unknown bench `{other}`: cost, overhead, scale, busy, steady, unwind, live, soak, or \
+             nothing for all"
         ),
         None => {}
     }
@@ -113,6 +119,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     save("overhead", overhead::run(&shipped, &sink, &split, &dir)?)?;
     save("scale", scale::run(&measuring)?)?;
     save("busy", busy::run(&shipped, &measuring, &sink, &dir)?)?;
+    save("steady", steady::run(&shipped, &sink, &split)?)?;
     soak(&shipped, &split)?;
     live(&measuring)?;
     println!("figures also in {}", json.display());

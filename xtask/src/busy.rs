@@ -132,7 +132,7 @@ fn measure(shipped: &Path, sink_bin: &Path, hz: u64, seconds: u64) -> Result<Val
     let sink = Sink::start(sink_bin)?;
     // `BUSY_WRAPPER=heaptrack` (or another wrapper that execs its arguments) to see what holds
     // the memory; the RSS figures are then the wrapper's.
-    let mut daemon = match std::env::var("BUSY_WRAPPER") {
+    let program = match std::env::var("BUSY_WRAPPER") {
         Ok(wrapper) => {
             let mut c = Command::new(wrapper);
             c.arg(shipped);
@@ -140,12 +140,8 @@ fn measure(shipped: &Path, sink_bin: &Path, hz: u64, seconds: u64) -> Result<Val
         }
         Err(_) => Command::new(shipped),
     };
-    let daemon = daemon
-        .args(["run", "-F", &hz.to_string(), "--otlp-endpoint"])
-        .arg(format!("http://{}", sink.addr))
-        .args(["--http-address", "off"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let daemon = sink
+        .run_command(program, &["-F", &hz.to_string()])
         .spawn()
         .context("starting profiler run")?;
     let pid = daemon.id();

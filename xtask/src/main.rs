@@ -22,6 +22,7 @@ mod dist;
 mod overhead;
 mod scale;
 mod setup;
+mod steady;
 mod vm;
 
 use std::io::{BufRead as _, BufReader, Write as _};

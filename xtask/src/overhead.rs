@@ -124,6 +124,19 @@ impl Sink {
         Ok(Self { child, addr, lines })
     }
 
+    /// `profiler` (a command that runs it) with `run ARGS`, exporting here, without its HTTP
+    /// server or output.
+    pub(crate) fn run_command(&self, mut c: Command, args: &[&str]) -> Command {
+        c.arg("run")
+            .args(args)
+            .arg("--otlp-endpoint")
+            .arg(format!("http://{}", self.addr))
+            .args(["--http-address", "off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    }
+
     pub(crate) fn count(&self) -> usize {
         self.lines
             .lock()
@@ -148,13 +161,10 @@ fn command(kind: Kind, hz: u32, profiler: &Path, sink: &Sink, dir: &Path) -> Opt
     let hz_text = hz.to_string();
     match kind {
         Kind::Baseline => None,
-        Kind::Ours(unwind) => {
-            let mut c = Command::new(profiler);
-            c.args(["run", "-F", &hz_text, "--unwind", unwind, "--otlp-endpoint"])
-                .arg(format!("http://{}", sink.addr))
-                .args(["--http-address", "off", "--interval", "10s"]);
-            Some(c)
-        }
+        Kind::Ours(unwind) => Some(sink.run_command(
+            Command::new(profiler),
+            &["-F", &hz_text, "--unwind", unwind, "--interval", "10s"],
+        )),
         Kind::Perf { dwarf } => {
             let mut c = Command::new("perf");
             c.args(["record", "-a", "-F", &hz_text, "-q", "-o"])
