@@ -50,10 +50,18 @@ pub struct SymbolizeStats {
 struct Parsed {
     /// Asked for names since the last `forget_idle`.
     used: bool,
+    /// Windows in a row without names asked of it (see `IDLE_WINDOWS`).
+    idle: u8,
     /// Named with its DWARF, holding this much of the budget; `None`: named from its symbol
     /// table only (its DWARF did not fit).
     dwarf: Option<u64>,
 }
+
+/// Windows a parsed file is kept without names asked of it. At 19 Hz a library is often missed
+/// by one window's samples and hit again by the next, and parsing it again (inflating its
+/// compressed debug sections) costs more CPU than the whole rest of the window; a file whose DWARF
+/// share another one needs is dropped at once instead (`make_room`).
+const IDLE_WINDOWS: u8 = 3;
 
 /// The long-lived symbolizer with its caches. `!Send` (blazesym's `Symbolizer` is): it lives on
 /// the pipeline's own thread.
@@ -115,10 +123,10 @@ impl SymbolizerStage {
         }
     }
 
-    /// Forgets what blazesym parsed of the files not asked for names since the last call (once
-    /// a window): parsed symbols and DWARF (and the file's mapped pages) are the daemon's largest
-    /// memory, and the names looked up stay in the caches. A file is parsed again only for an
-    /// address not seen before.
+    /// Forgets what blazesym parsed of the files not asked for names in the last `IDLE_WINDOWS`
+    /// calls (one a window): parsed symbols and DWARF (and the file's mapped pages) are the
+    /// daemon's largest memory, and the names looked up stay in the caches. A file is parsed
+    /// again only for an address not seen before.
     pub fn forget_idle(&mut self) {
         // The files' pages blazesym touched (a large binary's DWARF: tens of MiB) are given back
         // once a window, after all its naming: per lookup, they would be faulted in again for
@@ -127,17 +135,40 @@ impl SymbolizerStage {
             let bytes = release_file_pages(exe);
             tracing::trace!(bytes, "mapped pages of symbolized files given back");
         }
+        for parsed in self.parsed.values_mut() {
+            parsed.idle = if parsed.used {
+                0
+            } else {
+                parsed.idle.saturating_add(1)
+            };
+            parsed.used = false;
+        }
         let idle: Vec<PathBuf> = self
             .parsed
             .iter()
-            .filter(|(_, parsed)| !parsed.used)
+            .filter(|(_, parsed)| parsed.idle >= IDLE_WINDOWS)
             .map(|(path, _)| path.clone())
             .collect();
         for path in idle {
             self.evict(path);
         }
-        for parsed in self.parsed.values_mut() {
-            parsed.used = false;
+    }
+
+    /// Drops the parses not used in this window that hold DWARF, longest idle first, until
+    /// `dwarf_bytes` more fit the budget (or none is left).
+    fn make_room(&mut self, dwarf_bytes: u64) {
+        let mut idle: Vec<(u8, PathBuf)> = self
+            .parsed
+            .iter()
+            .filter(|(_, parsed)| !parsed.used && parsed.dwarf.is_some())
+            .map(|(path, parsed)| (parsed.idle, path.clone()))
+            .collect();
+        idle.sort_unstable_by_key(|(windows, _)| std::cmp::Reverse(*windows));
+        for (_, path) in idle {
+            if self.dwarf_in_use + dwarf_bytes <= self.dwarf_budget {
+                break;
+            }
+            self.evict(path);
         }
     }
 
@@ -245,6 +276,9 @@ impl SymbolizerStage {
             parsed.used = true;
             return parsed.dwarf.is_some();
         }
+        if self.dwarf_in_use + dwarf_bytes > self.dwarf_budget {
+            self.make_room(dwarf_bytes);
+        }
         let fits = self.dwarf_in_use + dwarf_bytes <= self.dwarf_budget;
         if fits {
             self.dwarf_in_use += dwarf_bytes;
@@ -267,6 +301,7 @@ impl SymbolizerStage {
             path.to_path_buf(),
             Parsed {
                 used: true,
+                idle: 0,
                 dwarf: fits.then_some(dwarf_bytes),
             },
         );
@@ -424,11 +459,25 @@ mod tests {
         assert!(frame.file.is_some() && frame.line.is_some(), "{frame:?}");
         assert_eq!(stage.stats().dwarf_over_budget, 0);
         assert_eq!(stage.dwarf_in_use, dwarf_bytes);
-        // Idle for a whole window, the parse is forgotten and the budget given back.
+        // Idle for `IDLE_WINDOWS` windows, the parse is forgotten and the budget given back.
         stage.forget_idle();
         assert_eq!(stage.dwarf_in_use, dwarf_bytes, "used in this window");
+        for _ in 1..IDLE_WINDOWS {
+            stage.forget_idle();
+            assert_eq!(stage.dwarf_in_use, dwarf_bytes, "kept while idle a little");
+        }
         stage.forget_idle();
         assert_eq!(stage.dwarf_in_use, 0);
+
+        // Sooner when another file needs its share: idle in this window, it makes room.
+        stage.resolve_user(&[(module.id, offset + 1)], &modules);
+        assert_eq!(stage.dwarf_in_use, dwarf_bytes);
+        stage.forget_idle();
+        assert!(stage.admit(std::path::Path::new("/another/file"), dwarf_bytes));
+        assert_eq!(stage.dwarf_in_use, dwarf_bytes);
+        assert_eq!(stage.parsed.len(), 1, "the idle parse was dropped");
+        // A file used in this window is not dropped for another.
+        assert!(!stage.admit(std::path::Path::new("/a/third"), 1));
 
         // One byte short: the same name from the symbol table, without file or line, counted.
         let mut stage = SymbolizerStage::new(16, Vec::new(), dwarf_bytes - 1);
