@@ -494,28 +494,37 @@ fn bpftrace_cost(pids: &[String]) -> Result<f64> {
         .collect::<Vec<_>>()
         .join(" || ");
     let script = format!("profile:hz:{HZ} /{filter}/ {{ @[kstack, ustack] = count(); }}");
-    let stats = Path::new("/proc/sys/kernel/bpf_stats_enabled");
-    let before = std::fs::read_to_string(stats)?;
-    std::fs::write(stats, "1")?;
-    let child = Command::new("bpftrace")
-        .args(["-q", "-e", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting bpftrace")?;
-    let pid = child.id();
-    // Attaching (bpftrace compiles its script first), then the measured window.
-    std::thread::sleep(Duration::from_secs(2));
-    let start = prog_stats(pid);
-    std::thread::sleep(Duration::from_secs(4));
-    let end = prog_stats(pid);
-    stop(vec![child]);
-    std::fs::write(stats, before.trim())?;
-    let ((t0, n0), (t1, n1)) = (start?, end?);
+    let ((t0, n0), (t1, n1)) = with_bpf_stats(|| {
+        let child = Command::new("bpftrace")
+            .args(["-q", "-e", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting bpftrace")?;
+        let pid = child.id();
+        // Attaching (bpftrace compiles its script first), then the measured window.
+        std::thread::sleep(Duration::from_secs(2));
+        let start = prog_stats(pid);
+        std::thread::sleep(Duration::from_secs(4));
+        let end = prog_stats(pid);
+        stop(vec![child]);
+        Ok((start?, end?))
+    })?;
     if n1 <= n0 {
         bail!("bpftrace's program did not run");
     }
     Ok((t1 - t0) as f64 / (n1 - n0) as f64)
+}
+
+/// Runs `work` with the kernel's BPF run-time accounting (`kernel.bpf_stats_enabled`) on, put
+/// back as it was afterwards, failed or not.
+pub(crate) fn with_bpf_stats<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let stats = Path::new("/proc/sys/kernel/bpf_stats_enabled");
+    let before = std::fs::read_to_string(stats).context("reading kernel.bpf_stats_enabled")?;
+    std::fs::write(stats, "1").context("turning kernel.bpf_stats_enabled on")?;
+    let result = work();
+    std::fs::write(stats, before.trim()).context("restoring kernel.bpf_stats_enabled")?;
+    result
 }
 
 /// (`run_time_ns`, `run_cnt`) summed over the BPF programs process `pid` holds open.

@@ -190,17 +190,15 @@ fn command(kind: Kind, hz: u32, profiler: &Path, sink: &Sink, dir: &Path) -> Opt
 
 /// Runs the comparison; returns its figures as JSON.
 pub(crate) fn run(profiler: &Path, sink_bin: &Path, split: &Path, dir: &Path) -> Result<Value> {
-    let stats = Path::new("/proc/sys/kernel/bpf_stats_enabled");
-    let before = std::fs::read_to_string(stats)?;
-    std::fs::write(stats, "1")?;
-    let sink = Sink::start(sink_bin)?;
-    let result = FREQUENCIES
-        .iter()
-        .map(|&hz| frequency(hz, profiler, &sink, split, dir))
-        .collect::<Result<Vec<_>>>();
-    crate::bench::stop(vec![sink.child]);
-    std::fs::write(stats, before.trim())?;
-    Ok(Value::Array(result?))
+    crate::bench::with_bpf_stats(|| {
+        let sink = Sink::start(sink_bin)?;
+        let result = FREQUENCIES
+            .iter()
+            .map(|&hz| frequency(hz, profiler, &sink, split, dir))
+            .collect::<Result<Vec<_>>>();
+        crate::bench::stop(vec![sink.child]);
+        Ok(Value::Array(result?))
+    })
 }
 
 fn frequency(hz: u32, profiler: &Path, sink: &Sink, split: &Path, dir: &Path) -> Result<Value> {

@@ -254,7 +254,7 @@ impl ModuleRegistry {
     ) -> Arc<Module> {
         let meta = file.as_ref().and_then(|f| f.metadata().ok());
         let key = meta.as_ref().map(FileKey::of);
-        let module = self.find_or_insert(file, key, meta.as_ref(), path);
+        let module = self.find_or_insert(file, meta.as_ref(), path);
         // Only a module held open through this very file pins the mapped inode.
         if let Some(line) = mapped
             && line.inode != 0
@@ -269,10 +269,10 @@ impl ModuleRegistry {
     fn find_or_insert(
         &mut self,
         file: Option<File>,
-        key: Option<FileKey>,
         meta: Option<&std::fs::Metadata>,
         path: PathBuf,
     ) -> Arc<Module> {
+        let key = meta.map(FileKey::of);
         if let Some(id) = key.and_then(|k| self.by_file.get(&k))
             && let Some(module) = self.modules.get(id)
         {

@@ -234,6 +234,7 @@ impl Tables {
                 return;
             }
             self.reloaded.insert(pid, now);
+            tracing::debug!(pid, "loading evicted unwind tables again");
         }
         // Largest code first (tables grow with it): first fit then finds big gaps before small
         // tables split them.

@@ -204,7 +204,8 @@ impl ProcessTable {
             return;
         };
         // An ended image's successor, or an image that began after the record, was read from
-        // `/proc` later than the mapping was made.
+        // `/proc` later than the mapping was made. An image not read yet takes records too: a
+        // process gone before its first sample's drain is named from them alone.
         if image.ended_ns.is_some()
             || time_ns < image.since_ns
             || image

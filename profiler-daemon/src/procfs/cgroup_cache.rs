@@ -45,7 +45,6 @@ pub struct CgroupCache {
     /// Where the cgroup v2 hierarchy is mounted (`None`: nothing is cached).
     mount: Option<PathBuf>,
     by_id: HashMap<u64, CgroupFacts>,
-    hits: u64,
 }
 
 impl Default for CgroupCache {
@@ -63,14 +62,7 @@ impl CgroupCache {
         Self {
             mount,
             by_id: HashMap::new(),
-            hits: 0,
         }
-    }
-
-    /// Facts served without a read.
-    #[must_use]
-    pub fn hits(&self) -> u64 {
-        self.hits
     }
 
     /// The cgroup facts of the process at `pid_dir`, whose event said it is in cgroup `id`
@@ -79,7 +71,6 @@ impl CgroupCache {
         if id != 0
             && let Some(facts) = self.by_id.get(&id)
         {
-            self.hits += 1;
             return Some(facts.clone());
         }
         let text = std::fs::read_to_string(pid_dir.join("cgroup")).ok()?;
@@ -152,7 +143,6 @@ mod tests {
         // The right one is, and serves a process whose `/proc` was not read.
         assert_eq!(cache.facts(process.path(), id), facts);
         assert_eq!(cache.facts(&gone, id), facts);
-        assert_eq!(cache.hits(), 1);
         assert_eq!(facts.and_then(|f| f.unit).as_deref(), Some("app"));
         // Unknown ids (0) are never cached, nor hybrid hosts' memberships (v1 lines too).
         assert_eq!(cache.facts(&gone, 0), None);

@@ -241,17 +241,33 @@ fn decode_escapes(text: &str, marker: u8, digits: usize, radix: u32) -> String {
 mod tests {
     use super::*;
 
+    /// `ProcessInfo::read` of this host's `/proc`, with no cgroup id from an event.
+    fn read(pid: u32, comm: &str) -> ProcessInfo {
+        ProcessInfo::read(
+            Path::new("/proc"),
+            pid,
+            comm,
+            &mut CgroupCache::default(),
+            0,
+        )
+    }
+
+    /// `ProcessInfo::read_after_exec`, the same way.
+    fn read_after_exec(pid: u32, comm: &str) -> ProcessInfo {
+        ProcessInfo::read_after_exec(
+            Path::new("/proc"),
+            pid,
+            comm,
+            &mut CgroupCache::default(),
+            0,
+        )
+    }
+
     #[test]
     fn info_comes_from_proc_or_falls_back() {
         let me = std::process::id();
         let own = read_comm(&Path::new("/proc").join(me.to_string())).unwrap();
-        let info = ProcessInfo::read(
-            Path::new("/proc"),
-            me,
-            "thread",
-            &mut CgroupCache::default(),
-            0,
-        );
+        let info = read(me, "thread");
         assert_eq!(&*info.name, own);
         let exe = std::env::current_exe().unwrap();
         assert_eq!(info.exe_path.as_deref(), exe.to_str());
@@ -260,31 +276,15 @@ mod tests {
             exe.file_name().unwrap().to_string_lossy().as_ref()
         );
         // A pid that cannot exist (above pid_max) falls back to the thread's comm.
-        let gone = ProcessInfo::read(
-            Path::new("/proc"),
-            u32::MAX,
-            "gone",
-            &mut CgroupCache::default(),
-            0,
-        );
+        let gone = read(u32::MAX, "gone");
         assert_eq!((&*gone.name, &*gone.exe_name), ("gone", "gone"));
         assert_eq!(gone.exe_path, None);
-        assert_eq!(
-            &*ProcessInfo::read(
-                Path::new("/proc"),
-                0,
-                "swapper/1",
-                &mut CgroupCache::default(),
-                0
-            )
-            .name,
-            "swapper"
-        );
+        assert_eq!(&*read(0, "swapper/1").name, "swapper");
         let unknown = ProcessInfo::unknown(42);
         assert_eq!((unknown.pid, &*unknown.name), (42, "[unknown process 42]"));
         assert!(!info.kernel_thread);
         // kthreadd (pid 2) is a kernel thread on every Linux.
-        let kthreadd = ProcessInfo::read(Path::new("/proc"), 2, "", &mut CgroupCache::default(), 0);
+        let kthreadd = read(2, "");
         assert!(kthreadd.kernel_thread, "{kthreadd:?}");
         assert_eq!(&*kthreadd.exe_name, "kthreadd");
     }
@@ -292,20 +292,8 @@ mod tests {
     #[test]
     fn after_an_exec_the_name_is_the_events_and_the_rest_comes_from_proc() {
         let me = std::process::id();
-        let full = ProcessInfo::read(
-            Path::new("/proc"),
-            me,
-            "thread",
-            &mut CgroupCache::default(),
-            0,
-        );
-        let exec = ProcessInfo::read_after_exec(
-            Path::new("/proc"),
-            me,
-            "from-event",
-            &mut CgroupCache::default(),
-            0,
-        );
+        let full = read(me, "thread");
+        let exec = read_after_exec(me, "from-event");
         assert_eq!(&*exec.name, "from-event");
         assert!(!exec.kernel_thread);
         assert_eq!(
@@ -313,25 +301,9 @@ mod tests {
             (&full.exe_path, &full.exe_name, &full.cgroup, &full.service)
         );
         // Without a name from the event (or for the idle task) it is the full read.
-        let unnamed = ProcessInfo::read_after_exec(
-            Path::new("/proc"),
-            me,
-            "",
-            &mut CgroupCache::default(),
-            0,
-        );
+        let unnamed = read_after_exec(me, "");
         assert_eq!(unnamed.name, full.name);
-        assert_eq!(
-            &*ProcessInfo::read_after_exec(
-                Path::new("/proc"),
-                0,
-                "swapper/0",
-                &mut CgroupCache::default(),
-                0
-            )
-            .name,
-            "swapper"
-        );
+        assert_eq!(&*read_after_exec(0, "swapper/0").name, "swapper");
     }
 
     #[test]
