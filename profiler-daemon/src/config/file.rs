@@ -125,7 +125,7 @@ mod tests {
         assert_eq!(c.unit, Some(Vec::new()));
         assert_eq!(c.unwind, Some(super::super::UnwindMode::Auto));
         assert_eq!(c.unwind_table_memory, Some(64 << 20));
-        assert_eq!(c.debug_info_memory, Some(16 << 20));
+        assert_eq!(c.debug_info_memory, Some(8 << 20));
     }
 
     #[test]
