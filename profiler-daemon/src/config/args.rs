@@ -183,7 +183,7 @@ pub const DEFAULT_SYMBOL_CACHE_ENTRIES: usize = 200_000;
 /// Default `--debug-info-memory`: 8 MiB of DWARF, about 10 MiB parsed. Enough for a C program or
 /// a small service built with `-g`; a large C++, Rust or Go binary with DWARF, and glibc's
 /// Debian debug file (9.6 MiB, inflated whole from its compressed sections), are named from
-/// their symbol tables instead (function names, no file:line). Chosen so that the daemon stays
+/// their symbol tables instead (function names, no file and line). Chosen so that the daemon stays
 /// within 32 MB at 999 Hz on a quiet host: with 16 MiB, naming glibc's lines alone took its peak
 /// from 29 to 37 MB (measured, README "Overhead").
 pub const DEFAULT_DEBUG_INFO_MEMORY: u64 = 8 << 20;
