@@ -320,7 +320,9 @@ impl Tables {
     }
 
     /// First fit for `rows` rows, evicting the least recently used modules (not in `keep`) until
-    /// a gap is large enough.
+    /// a gap is large enough. Of those last used together (one process's modules), the largest
+    /// goes first: a process's dozen small libraries are not evicted one by one before the
+    /// large table that makes the room.
     fn allocate(&mut self, rows: u32, keep: &[FileMapping]) -> Option<u32> {
         let capacity = self.maps.capacity();
         if rows > capacity {
@@ -334,7 +336,7 @@ impl Tables {
                 .placed
                 .iter()
                 .filter(|(id, _)| !keep.iter().any(|m| m.module.id == **id))
-                .min_by_key(|(_, p)| p.used)
+                .min_by_key(|(_, p)| (p.used, std::cmp::Reverse(p.rows)))
                 .map(|(&id, _)| id)?;
             self.evict(victim);
         }
