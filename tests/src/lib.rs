@@ -283,6 +283,17 @@ pub fn record_folded_with_summary(
     name: &str,
     args: &[&str],
 ) -> (Vec<(Vec<String>, u64)>, String) {
+    let (stacks, summary, _) = record_folded_with_log(dir, name, args);
+    (stacks, summary)
+}
+
+/// `record_folded_with_summary`, with what `record` logged (stderr) as well.
+#[must_use]
+pub fn record_folded_with_log(
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+) -> (Vec<(Vec<String>, u64)>, String, String) {
     let out = dir.join(format!("{name}.folded"));
     let mut full: Vec<&str> = vec!["record"];
     full.extend_from_slice(args);
@@ -294,6 +305,7 @@ pub fn record_folded_with_summary(
     (
         parse_folded(&std::fs::read_to_string(&out).unwrap()),
         stdout,
+        stderr,
     )
 }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use profiler_tests::{
-    Workload, parse_folded, perf_folded_for_pid, privileged, record_folded,
+    Workload, perf_folded_for_pid, privileged, record_folded, record_folded_with_log,
     record_folded_with_summary, run_profiler, workspace,
 };
 
@@ -321,19 +321,7 @@ fn a_threads_stacks_end_at_clone3_complete() {
     // libc debug file is over `--debug-info-memory`), blazesym picks the alias `__clone3`.
     let stacks: Vec<(Vec<String>, u64)> = stacks
         .into_iter()
-        .map(|(frames, count)| {
-            let frames = frames
-                .into_iter()
-                .map(|f| {
-                    if f == "__clone3" {
-                        "clone3".to_owned()
-                    } else {
-                        f
-                    }
-                })
-                .collect();
-            (frames, count)
-        })
+        .map(|(frames, count)| (frames.iter().map(|f| comparable(f)).collect(), count))
         .collect();
     let (total, whole) = marked_with_chain(
         &stacks,
@@ -665,9 +653,7 @@ fn eviction_round(
         ],
     );
     let (python_pid, perl_pid) = (python.pid().to_string(), perl.pid().to_string());
-    let out = dir.join("evict.folded");
-    let (code, summary, log) = run_profiler(&[
-        "record",
+    let args = [
         "--log-level",
         "warn,profiler_daemon::pipeline::tables=debug",
         "-F",
@@ -682,12 +668,8 @@ fn eviction_round(
         "tables",
         "--unwind-table-memory",
         "2097152",
-        "-o",
-        out.to_str().expect("a UTF-8 temp path"),
-    ]);
-    assert_eq!(code, 0, "profiler record failed: {log}");
-    println!("evict: {summary}");
-    let stacks = parse_folded(&std::fs::read_to_string(&out).expect("the folded file is written"));
+    ];
+    let (stacks, summary, log) = record_folded_with_log(dir, "evict", &args);
     let evicted: u64 = summary
         .split("; ")
         .find_map(|part| {

@@ -523,8 +523,12 @@ pub(crate) fn with_bpf_stats<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
     let before = std::fs::read_to_string(stats).context("reading kernel.bpf_stats_enabled")?;
     std::fs::write(stats, "1").context("turning kernel.bpf_stats_enabled on")?;
     let result = work();
-    std::fs::write(stats, before.trim()).context("restoring kernel.bpf_stats_enabled")?;
-    result
+    let restored =
+        std::fs::write(stats, before.trim()).context("restoring kernel.bpf_stats_enabled");
+    // The work's own failure is the one worth reporting; the restore's only when it alone failed.
+    let value = result?;
+    restored?;
+    Ok(value)
 }
 
 /// (`run_time_ns`, `run_cnt`) summed over the BPF programs process `pid` holds open.
