@@ -2,11 +2,12 @@
 //! host reaches by sampling, for `cargo xtask bench scale`. It starts `--processes` real
 //! processes (coreutils `sleep`, Debian's python3 and perl), then feeds the collector
 //! `--stacks` distinct stacks over them in drain-sized batches: user frames at addresses inside
-//! their real executable mappings (drawn from a pool per file, so names repeat as in real
-//! profiles), kernel frames inside real kernel functions. It times the ingest (what the drain
+//! their real executable mappings (drawn from a pool of offsets per file, shared by the
+//! processes that map it, so names repeat as in real profiles; `--private-code` gives every
+//! process its own, the worst case), kernel frames inside real kernel functions. It times the ingest (what the drain
 //! does with each sample: process table, normalization), the window's naming (`finish_window`)
 //! and the OTLP encoding, and prints the peak RSS. One line:
-//! `scale processes=.. stacks=.. samples=.. ingest_ms=.. symbolize_ms=.. encode_ms=..
+//! `scale code=shared|private processes=.. stacks=.. samples=.. ingest_ms=.. symbolize_ms=.. encode_ms=..
 //! requests=.. request_bytes=.. peak_rss_mib=..`.
 
 use std::collections::HashMap;
@@ -30,6 +31,12 @@ pub struct BenchScaleArgs {
     /// Distinct stacks in the window.
     #[arg(long, default_value_t = 100_000)]
     pub stacks: usize,
+    /// Every process runs code of its own: each (file, load address) draws its own addresses,
+    /// so that nearly every frame of the window is a distinct location (the worst case). By
+    /// default processes of one program run the same code, as they do on a real host: a file's
+    /// pool of offsets is shared by every process that maps it.
+    #[arg(long)]
+    pub private_code: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +48,7 @@ pub enum BenchScaleError {
 }
 
 /// Addresses drawn per executable file: a pool, so that names repeat across stacks.
-const POOL_PER_FILE: usize = 4000;
+const POOL_PER_FILE: u64 = 4000;
 /// Samples handed over at once, as a drain does.
 const BATCH: usize = 8192;
 
@@ -87,26 +94,42 @@ fn spawn(n: usize) -> std::io::Result<Vec<Child>> {
         .collect()
 }
 
-/// Per process: its pid and the address pools of its executable files.
-struct Target {
-    pid: u32,
-    pools: Vec<usize>,
+/// An executable mapping's pool of addresses, drawn on demand (not stored: the bench's own
+/// memory would otherwise count in the peak it reports).
+#[derive(Clone, Copy)]
+struct Pool {
+    seed: u64,
+    len: u64,
 }
 
-/// Address pools of the processes' executable files (by file and load address) and, per
-/// process, which pools it maps.
-fn pools(children: &[Child], rng: &mut Rng) -> (Vec<Vec<u64>>, Vec<Target>) {
-    let mut pools: Vec<Vec<u64>> = Vec::new();
-    let mut pool_of: HashMap<String, usize> = HashMap::new();
+impl Pool {
+    /// The `k`th address of the pool, as an offset from the mapping's start.
+    fn offset(self, k: u64) -> u64 {
+        let mut rng = Rng((self.seed ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+        rng.next();
+        rng.next() % self.len.max(1)
+    }
+}
+
+/// Per process: its pid and its executable mappings (start, pool).
+struct Target {
+    pid: u32,
+    mappings: Vec<(u64, Pool)>,
+}
+
+/// The processes' executable mappings. A pool is per file (its offsets shared by every process
+/// that maps the file), or per (file, load address) with `private_code`.
+fn targets(children: &[Child], private_code: bool) -> Vec<Target> {
+    let mut seeds: HashMap<String, u64> = HashMap::new();
     let mut targets = Vec::new();
     for child in children {
         let pid = child.id();
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        let mut mine = Vec::new();
+        let mut mappings = Vec::new();
         for line in maps.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(range), Some(perms), Some(path)) =
-                (fields.first(), fields.get(1), fields.get(5))
+            let (Some(range), Some(perms), Some(offset), Some(path)) =
+                (fields.first(), fields.get(1), fields.get(2), fields.get(5))
             else {
                 continue;
             };
@@ -121,29 +144,31 @@ fn pools(children: &[Child], rng: &mut Rng) -> (Vec<Vec<u64>>, Vec<Target>) {
             else {
                 continue;
             };
-            // Pools by file and load address: the same file mapped elsewhere is another pool.
-            let index = *pool_of
-                .entry(format!("{path}@{start:x}"))
-                .or_insert_with(|| {
-                    pools.push(
-                        (0..POOL_PER_FILE)
-                            .map(|_| start + rng.next() % (end - start).max(1))
-                            .collect(),
-                    );
-                    pools.len() - 1
-                });
-            mine.push(index);
+            let key = if private_code {
+                format!("{path}@{start:x}")
+            } else {
+                format!("{path}+{offset}")
+            };
+            let next = seeds.len() as u64 + 1;
+            let seed = *seeds.entry(key).or_insert(next);
+            mappings.push((
+                start,
+                Pool {
+                    seed,
+                    len: end - start,
+                },
+            ));
         }
-        if !mine.is_empty() {
-            targets.push(Target { pid, pools: mine });
+        if !mappings.is_empty() {
+            targets.push(Target { pid, mappings });
         }
     }
-    (pools, targets)
+    targets
 }
 
 fn measure(args: &BenchScaleArgs, children: &[Child]) -> Result<String, BenchScaleError> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let (pools, targets) = pools(children, &mut rng);
+    let targets = targets(children, args.private_code);
     if targets.is_empty() {
         return Err(BenchScaleError::NoMappings);
     }
@@ -169,8 +194,8 @@ fn measure(args: &BenchScaleArgs, children: &[Child]) -> Result<String, BenchSca
         let target = &targets[rng.below(targets.len())];
         let user: Vec<u64> = (0..6 + rng.below(25))
             .map(|_| {
-                let pool = &pools[target.pools[rng.below(target.pools.len())]];
-                pool[rng.below(pool.len())]
+                let (start, pool) = target.mappings[rng.below(target.mappings.len())];
+                start + pool.offset(rng.next() % POOL_PER_FILE)
             })
             .collect();
         let kernel_frames: Vec<u64> = if kernel.is_empty() || rng.below(2) == 0 {
@@ -212,8 +237,13 @@ fn measure(args: &BenchScaleArgs, children: &[Child]) -> Result<String, BenchSca
     let encode_time = started.elapsed();
     let bytes: usize = requests.iter().map(Message::encoded_len).sum();
     Ok(format!(
-        "scale processes={} stacks={} samples={samples} ingest_ms={} symbolize_ms={} \
+        "scale code={} processes={} stacks={} samples={samples} ingest_ms={} symbolize_ms={} \
          encode_ms={} requests={} request_bytes={bytes} peak_rss_mib={:.1}",
+        if args.private_code {
+            "private"
+        } else {
+            "shared"
+        },
         children.len(),
         args.stacks,
         ingest.as_millis(),

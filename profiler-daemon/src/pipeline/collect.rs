@@ -248,7 +248,8 @@ impl Collector {
     /// files stay open as long as their images are kept.
     fn learn(&mut self, pending: &mut HashMap<ImageId, Vec<u64>>) {
         for (image, addrs) in pending.drain() {
-            let live = self.processes.learn(image, &addrs, &mut self.modules);
+            let mut live = self.processes.learn(image, addrs, &mut self.modules);
+            live.retain(|&a| !self.live_names.contains_key(&(image, a)));
             self.update_tables(image);
             if live.is_empty() {
                 continue;

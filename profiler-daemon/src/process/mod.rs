@@ -5,7 +5,7 @@
 
 mod snapshot;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,8 +14,9 @@ use snapshot::{Backing, Mapping, Snapshot};
 use crate::objfile::{Module, ModuleId, ModuleRegistry};
 use crate::procfs::{self, CgroupCache, MapsLine, ProcessInfo, parse_maps};
 
-/// Most user addresses remembered per process image (see `ProcessTable::learn`).
-pub const MAX_LOCS_PER_IMAGE: usize = 1 << 16;
+/// Most addresses remembered per process image as found in no mapping even after a re-read of
+/// its mappings (see `ProcessTable::learn`); past it the set starts over.
+pub const MAX_MISSES_PER_IMAGE: usize = 4096;
 /// Most images kept per pid between prunes. A process that loads and unloads libraries in a
 /// loop starts an image per library loaded where another was; past this many, its current
 /// image is re-learnt in place instead (names then follow the latest mapping, as they did
@@ -52,8 +53,11 @@ pub struct Image {
     /// processes are never sampled and never read); `info` has only the event's name till then.
     unread: bool,
     snapshot: Snapshot,
-    /// User address → where it points.
-    locs: HashMap<u64, UserLoc>,
+    /// Addresses in no mapping even after the mappings were re-read: not re-read for again.
+    /// Where an address points is not cached otherwise: the snapshot answers it (a binary search
+    /// over a few dozen mappings), and a cache per address cost more memory than the window's
+    /// stacks at scale (80 MiB for 1,000 processes and 100,000 stacks).
+    misses: HashSet<u64>,
 }
 
 /// Counts of the process table, for summaries and metrics.
@@ -180,7 +184,7 @@ impl ProcessTable {
             info,
             unread: false,
             snapshot,
-            locs: HashMap::new(),
+            misses: HashSet::new(),
         }
     }
 
@@ -242,8 +246,8 @@ impl ProcessTable {
                 self.stats.replaced += 1;
             }
             image
-                .locs
-                .retain(|addr, _| !(line.start..line.end).contains(addr));
+                .misses
+                .retain(|addr| !(line.start..line.end).contains(addr));
             image.snapshot.replace(mapping);
         }
     }
@@ -311,7 +315,7 @@ impl ProcessTable {
                 && let Some(mut image) = self.images.remove(&last)
             {
                 image.snapshot = Snapshot::default();
-                image.locs.clear();
+                image.misses.clear();
                 self.refresh(&mut image, modules);
                 self.images.insert(last, image);
             }
@@ -363,52 +367,44 @@ impl ProcessTable {
         self.new_image(seen, modules)
     }
 
-    /// Works out where the not yet seen `addrs` of `image` point; call it as soon as samples
+    /// Checks the user `addrs` of image `id` against its mappings; call it as soon as samples
     /// arrive. A miss while the image is current re-reads the mappings (libraries loaded after
-    /// exec). Returns the new addresses outside file mappings: the caller names them through the
-    /// live process right away.
-    pub fn learn(&mut self, id: ImageId, addrs: &[u64], modules: &mut ModuleRegistry) -> Vec<u64> {
+    /// exec); an address still in no mapping is counted and not re-read for again. Returns the
+    /// addresses outside file mappings (JIT code, the vDSO), sorted and deduplicated: the caller
+    /// names them through the live process right away.
+    pub fn learn(
+        &mut self,
+        id: ImageId,
+        mut addrs: Vec<u64>,
+        modules: &mut ModuleRegistry,
+    ) -> Vec<u64> {
         let Some(mut image) = self.images.remove(&id) else {
             return Vec::new();
         };
-        let mut fresh: Vec<u64> = addrs
-            .iter()
-            .copied()
-            .filter(|a| !image.locs.contains_key(a))
-            .collect();
-        fresh.sort_unstable();
-        fresh.dedup();
-        // A long-lived process that keeps generating code (a JIT, an emulator) would grow this
-        // map without end: past the bound it starts over (addresses are re-learnt on demand).
-        if image.locs.len() + fresh.len() > MAX_LOCS_PER_IMAGE {
-            image.locs.clear();
-        }
-        let current = image.ended_ns.is_none();
-        if current && fresh.iter().any(|&a| image.snapshot.find(a).is_none()) {
+        addrs.sort_unstable();
+        addrs.dedup();
+        let missing =
+            |image: &Image, a: u64| image.snapshot.find(a).is_none() && !image.misses.contains(&a);
+        if image.ended_ns.is_none() && addrs.iter().any(|&a| missing(&image, a)) {
             self.refresh(&mut image, modules);
         }
         let mut live = Vec::new();
-        for addr in fresh {
-            let loc = match image.snapshot.find(addr) {
+        for addr in addrs {
+            match image.snapshot.find(addr) {
                 Some(Mapping {
-                    start,
-                    offset,
-                    backing: Backing::File(module),
+                    backing: Backing::File(_),
                     ..
-                }) => UserLoc::File {
-                    module: module.id,
-                    offset: addr - start + offset,
-                },
-                Some(_) => {
-                    live.push(addr);
-                    UserLoc::Process { addr }
-                }
+                }) => {}
+                Some(_) => live.push(addr),
                 None => {
-                    self.stats.unmapped += 1;
-                    UserLoc::Unmapped { addr }
+                    if image.misses.len() >= MAX_MISSES_PER_IMAGE {
+                        image.misses.clear();
+                    }
+                    if image.misses.insert(addr) {
+                        self.stats.unmapped += 1;
+                    }
                 }
-            };
-            image.locs.insert(addr, loc);
+            }
         }
         self.images.insert(id, image);
         live
@@ -432,13 +428,26 @@ impl ProcessTable {
             .collect()
     }
 
-    /// Where `addr` of image `id` points (learnt before with `learn`).
+    /// Where `addr` of image `id` points, by the image's mappings (kept after it ended).
     #[must_use]
     pub fn normalize(&self, id: ImageId, addr: u64) -> UserLoc {
-        self.images
+        match self
+            .images
             .get(&id)
-            .and_then(|image| image.locs.get(&addr).copied())
-            .unwrap_or(UserLoc::Unmapped { addr })
+            .and_then(|image| image.snapshot.find(addr))
+        {
+            Some(Mapping {
+                start,
+                offset,
+                backing: Backing::File(module),
+                ..
+            }) => UserLoc::File {
+                module: module.id,
+                offset: addr - start + offset,
+            },
+            Some(_) => UserLoc::Process { addr },
+            None => UserLoc::Unmapped { addr },
+        }
     }
 
     /// Drops images that ended and processes that are gone (after their window was exported);
@@ -517,7 +526,12 @@ mod tests {
 
         // This process's own code is found in its snapshot, in a module with a build id.
         let addr = images_separate_exec_and_pid_reuse as *const () as u64;
-        assert!(table.learn(reused, &[addr, 8], &mut modules).is_empty());
+        assert!(
+            table
+                .learn(reused, vec![addr, 8, 8], &mut modules)
+                .is_empty()
+        );
+        assert!(table.learn(reused, vec![8], &mut modules).is_empty());
         let UserLoc::File { module, .. } = table.normalize(reused, addr) else {
             panic!("own code is in a file mapping");
         };
