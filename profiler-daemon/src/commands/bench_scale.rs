@@ -15,7 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Args;
-use prost::Message;
 
 use crate::bpf::RawSample;
 use crate::config::{Limits, UnwindMode};
@@ -235,7 +234,7 @@ fn measure(args: &BenchScaleArgs, children: &[Child]) -> Result<String, BenchSca
     let started = Instant::now();
     let requests = encode(&profile, &EncodeOptions::default());
     let encode_time = started.elapsed();
-    let bytes: usize = requests.iter().map(Message::encoded_len).sum();
+    let bytes: usize = requests.iter().map(|r| r.body.len()).sum();
     Ok(format!(
         "scale code={} processes={} stacks={} samples={samples} ingest_ms={} symbolize_ms={} \
          encode_ms={} requests={} request_bytes={bytes} peak_rss_mib={:.1}",

@@ -134,12 +134,12 @@ impl ConvertedSize {
             if self.locations.contains(&l) || !seen.locations.insert(l) {
                 continue;
             }
-            let lines: usize = loc
-                .lines
+            let lines: usize = dict
+                .lines_of(loc)
                 .iter()
                 .map(|line| {
                     self.function(dict, line.function_index, seen);
-                    delimited(1 + ids.function + field(line.line.max(0) as u64))
+                    delimited(1 + ids.function + field(u64::from(line.line)))
                 })
                 .sum();
             bytes += delimited(1 + ids.location + 1 + ids.mapping + field(loc.address) + lines);

@@ -9,7 +9,9 @@
 //!   its own;
 //! - frames we could not name carry their address (as the file's symbol table has it) and
 //!   mapping with the build id, and no function, so a backend can still name them;
-//! - a deduplicated dictionary (`dictionary`) per request, one value (the count) per sample.
+//! - a deduplicated dictionary (`dictionary`) per request, one value (the count) per sample;
+//! - each request encoded as soon as it is built (`EncodedRequest`): only one message is held
+//!   at a time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use prost::Message as _;
 
 use super::budget::ConvertedSize;
 use super::dictionary::Dictionary;
+use super::queue::EncodedRequest;
 use crate::config::rules::ServiceRules;
 use crate::kubernetes::{Placement, PodIndex};
 use crate::procfs::ProcessInfo;
@@ -183,10 +186,7 @@ struct Chunk<'p> {
 
 /// Encodes `profile` into as many requests as the limits need (none for an empty window).
 #[must_use]
-pub fn encode(
-    profile: &SymbolizedProfile,
-    options: &EncodeOptions,
-) -> Vec<ExportProfilesServiceRequest> {
+pub fn encode(profile: &SymbolizedProfile, options: &EncodeOptions) -> Vec<EncodedRequest> {
     // The window's dictionary: to merge alike samples and to size each profile.
     let mut window = Dictionary::new();
     let mut resources: Vec<ResourceKey> = Vec::new();
@@ -300,11 +300,11 @@ fn build_within_size(
     resources: &[ResourceKey],
     group: &[&Chunk<'_>],
     options: &EncodeOptions,
-) -> Vec<ExportProfilesServiceRequest> {
+) -> Vec<EncodedRequest> {
     let request = build(profile, resources, group, options);
     let size = request.encoded_len();
     if size <= options.max_profile_bytes || group.len() <= 1 {
-        return vec![request];
+        return vec![EncodedRequest::of(&request)];
     }
     // Dropped before the parts are built: a window many times the limit would otherwise hold
     // every level of the split at once. Split in proportion to the excess (not in halves), so

@@ -12,6 +12,6 @@ mod tls;
 pub mod transport;
 
 pub use encode::{EncodeOptions, Labels, encode, service_name};
-pub use queue::RequestQueue;
+pub use queue::{EncodedRequest, RequestQueue};
 pub use sender::{ExportStats, Observers, send_loop};
 pub use transport::{Transport, TransportError};

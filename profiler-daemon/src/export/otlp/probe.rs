@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
 
+use super::queue::EncodedRequest;
 use super::transport::{SendError, Transport};
 use crate::config::otlp::{OtlpConfig, Protocol};
 
@@ -43,7 +44,7 @@ pub fn probe(config: &OtlpConfig) -> Verdict {
             rt.block_on(async {
                 let mut transport =
                     Transport::new(config).map_err(|e| SendError::Permanent(e.to_string()))?;
-                let request = ExportProfilesServiceRequest::default();
+                let request = EncodedRequest::of(&ExportProfilesServiceRequest::default());
                 match tokio::time::timeout(config.timeout, transport.send(&request)).await {
                     Ok(result) => result.map(drop),
                     Err(_) => Err(SendError::Retryable(format!(

@@ -1,16 +1,46 @@
 //! Bounded queue of encoded requests between the pipeline thread and the sender task. When full,
 //! the oldest request is dropped (the caller counts it): after an outage the newest windows get
-//! through, and memory stays flat.
+//! through, and memory stays flat. Requests wait as their protobuf bytes (at most
+//! `--max-profile-bytes` each), not as messages: a message is several times its encoding in
+//! memory (an allocation per location, line and sample), and gRPC would copy it per attempt.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
+use prost::Message as _;
 use tokio::sync::Notify;
 
+/// One export request, encoded.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedRequest {
+    /// The `ExportProfilesServiceRequest` message's bytes.
+    pub body: bytes::Bytes,
+    /// Samples it carries (the sum of their counts), for the export counters.
+    pub samples: u64,
+}
+
+impl EncodedRequest {
+    #[must_use]
+    pub fn of(request: &ExportProfilesServiceRequest) -> Self {
+        let samples = request
+            .resource_profiles
+            .iter()
+            .flat_map(|rp| &rp.scope_profiles)
+            .flat_map(|sp| &sp.profiles)
+            .flat_map(|p| &p.samples)
+            .map(|s| s.values.first().copied().unwrap_or(0).max(0) as u64)
+            .sum();
+        Self {
+            body: request.encode_to_vec().into(),
+            samples,
+        }
+    }
+}
+
 pub struct RequestQueue {
-    items: Mutex<VecDeque<ExportProfilesServiceRequest>>,
+    items: Mutex<VecDeque<EncodedRequest>>,
     capacity: usize,
     notify: Notify,
     closed: AtomicBool,
@@ -27,7 +57,7 @@ impl RequestQueue {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<ExportProfilesServiceRequest>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<EncodedRequest>> {
         // A panic while holding the lock cannot leave the deque inconsistent: keep using it.
         self.items
             .lock()
@@ -35,7 +65,7 @@ impl RequestQueue {
     }
 
     /// Adds a request, dropping the oldest one when full; returns whether one was dropped.
-    pub fn push(&self, request: ExportProfilesServiceRequest) -> bool {
+    pub fn push(&self, request: EncodedRequest) -> bool {
         let mut items = self.lock();
         let full = items.len() >= self.capacity;
         if full {
@@ -52,7 +82,7 @@ impl RequestQueue {
     }
 
     /// Next request; `None` once the queue is closed and empty.
-    pub async fn pop(&self) -> Option<ExportProfilesServiceRequest> {
+    pub async fn pop(&self) -> Option<EncodedRequest> {
         loop {
             let notified = self.notify.notified();
             if let Some(item) = self.lock().pop_front() {
@@ -98,14 +128,42 @@ impl RequestQueue {
 mod tests {
     use super::*;
 
-    fn req(n: usize) -> ExportProfilesServiceRequest {
-        ExportProfilesServiceRequest {
-            resource_profiles: vec![
-                opentelemetry_proto::tonic::profiles::v1development::ResourceProfiles::default();
-                n
-            ],
-            dictionary: None,
+    fn req(n: u64) -> EncodedRequest {
+        EncodedRequest {
+            body: bytes::Bytes::new(),
+            samples: n,
         }
+    }
+
+    #[test]
+    fn an_encoded_request_counts_its_samples_and_decodes_back() {
+        use opentelemetry_proto::tonic::profiles::v1development as pb;
+        let profile = |values: &[i64]| pb::Profile {
+            samples: values
+                .iter()
+                .map(|&v| pb::Sample {
+                    values: vec![v],
+                    ..pb::Sample::default()
+                })
+                .collect(),
+            ..pb::Profile::default()
+        };
+        let message = ExportProfilesServiceRequest {
+            resource_profiles: vec![pb::ResourceProfiles {
+                scope_profiles: vec![pb::ScopeProfiles {
+                    profiles: vec![profile(&[3, 4]), profile(&[5, -1])],
+                    ..pb::ScopeProfiles::default()
+                }],
+                ..pb::ResourceProfiles::default()
+            }],
+            dictionary: None,
+        };
+        let encoded = EncodedRequest::of(&message);
+        assert_eq!(encoded.samples, 12, "negative values count as none");
+        assert_eq!(
+            ExportProfilesServiceRequest::decode(encoded.body).expect("decodes"),
+            message
+        );
     }
 
     #[tokio::test]
@@ -116,8 +174,8 @@ mod tests {
         assert!(q.push(req(3)), "the oldest was dropped");
         assert!(q.is_full());
         q.close();
-        assert_eq!(q.pop().await.unwrap().resource_profiles.len(), 2);
-        assert_eq!(q.pop().await.unwrap().resource_profiles.len(), 3);
+        assert_eq!(q.pop().await.unwrap().samples, 2);
+        assert_eq!(q.pop().await.unwrap().samples, 3);
         assert!(q.pop().await.is_none());
     }
 
@@ -125,7 +183,7 @@ mod tests {
     async fn pop_waits_for_a_push() {
         let q = std::sync::Arc::new(RequestQueue::new(4));
         let q2 = std::sync::Arc::clone(&q);
-        let waiter = tokio::spawn(async move { q2.pop().await.map(|r| r.resource_profiles.len()) });
+        let waiter = tokio::spawn(async move { q2.pop().await.map(|r| r.samples) });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(!q.push(req(5)));
         assert_eq!(waiter.await.unwrap(), Some(5));

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
-
-use super::queue::RequestQueue;
+use super::queue::{EncodedRequest, RequestQueue};
 use super::transport::{SendError, Transport};
 use crate::counters::{Count, Totals};
 use crate::telemetry::health::Health;
@@ -57,17 +55,6 @@ impl ExportStats {
     }
 }
 
-fn samples_in(request: &ExportProfilesServiceRequest) -> u64 {
-    request
-        .resource_profiles
-        .iter()
-        .flat_map(|rp| &rp.scope_profiles)
-        .flat_map(|sp| &sp.profiles)
-        .flat_map(|p| &p.samples)
-        .map(|s| s.values.first().copied().unwrap_or(0).max(0) as u64)
-        .sum()
-}
-
 /// Where the sender reports: counters for the summary, metrics and health for the HTTP server.
 pub struct Observers {
     pub stats: Arc<ExportStats>,
@@ -112,7 +99,7 @@ async fn send_one(
     transport: &mut Transport,
     queue: &RequestQueue,
     obs: &Observers,
-    request: &ExportProfilesServiceRequest,
+    request: &EncodedRequest,
     max_backoff: Duration,
 ) {
     let stats = &obs.stats;
@@ -129,7 +116,7 @@ async fn send_one(
                     .export_latency
                     .observe(start.elapsed().as_secs_f64());
                 ExportStats::add(&stats.sent, 1);
-                ExportStats::add(&stats.sent_samples, samples_in(request));
+                ExportStats::add(&stats.sent_samples, request.samples);
                 if let Some(p) = partial
                     && (p.rejected_profiles > 0 || !p.error_message.is_empty())
                 {

@@ -4,15 +4,17 @@
 
 use std::str::FromStr as _;
 
-use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_client::ProfilesServiceClient;
+use bytes::{BufMut as _, Bytes};
 use opentelemetry_proto::tonic::collector::profiles::v1development::{
-    ExportProfilesPartialSuccess, ExportProfilesServiceRequest, ExportProfilesServiceResponse,
+    ExportProfilesPartialSuccess, ExportProfilesServiceResponse,
 };
 use prost::Message as _;
-use tonic::codec::CompressionEncoding;
+use tonic::client::Grpc;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use super::queue::EncodedRequest;
 use super::tls::{self, Roots};
 use crate::config::otlp::{Compression, OtlpConfig, Protocol};
 
@@ -55,7 +57,7 @@ pub enum Transport {
         endpoint: Endpoint,
         /// The endpoint as logs show it (credentials masked).
         shown: String,
-        client: ProfilesServiceClient<Channel>,
+        client: Grpc<Channel>,
         metadata: MetadataMap,
         gzip: bool,
     },
@@ -156,7 +158,7 @@ impl Transport {
     /// One attempt. Returns the receiver's partial success, if it reported one.
     pub async fn send(
         &mut self,
-        request: &ExportProfilesServiceRequest,
+        request: &EncodedRequest,
     ) -> Result<Option<ExportProfilesPartialSuccess>, SendError> {
         match self {
             Transport::Grpc {
@@ -166,9 +168,9 @@ impl Transport {
                 metadata,
                 gzip,
             } => {
-                let mut req = tonic::Request::new(request.clone());
+                let mut req = tonic::Request::new(request.body.clone());
                 *req.metadata_mut() = metadata.clone();
-                match client.export(req).await {
+                match export(client, req).await {
                     Ok(response) => Ok(response.into_inner().partial_success),
                     Err(status) => {
                         let err = classify_grpc(&status, metadata, shown);
@@ -188,14 +190,15 @@ impl Transport {
                 headers,
                 gzip,
             } => {
-                let mut body = request.encode_to_vec();
+                let mut body = request.body.clone();
                 let mut builder = client
                     .post(url.as_str())
                     .headers(headers.clone())
                     .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf");
                 if *gzip {
                     body = gzip_bytes(&body)
-                        .map_err(|e| SendError::Permanent(format!("gzip failed: {e}")))?;
+                        .map_err(|e| SendError::Permanent(format!("gzip failed: {e}")))?
+                        .into();
                     builder = builder.header(reqwest::header::CONTENT_ENCODING, "gzip");
                 }
                 let mut response = builder.body(body).send().await.map_err(|e| {
@@ -268,8 +271,71 @@ fn sanitize(text: &str, secrets: &[String]) -> String {
     }
 }
 
-fn grpc_client(endpoint: &Endpoint, gzip: bool) -> ProfilesServiceClient<Channel> {
-    let client = ProfilesServiceClient::new(endpoint.connect_lazy())
+/// The gRPC method the OTLP profiles service exports on.
+const EXPORT_PATH: &str =
+    "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export";
+
+/// One `Export` call with a request already encoded (what the generated client's `export` does
+/// with a message).
+async fn export(
+    client: &mut Grpc<Channel>,
+    request: tonic::Request<Bytes>,
+) -> Result<tonic::Response<ExportProfilesServiceResponse>, tonic::Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(format!("service was not ready: {e}")))?;
+    client
+        .unary(
+            request,
+            http::uri::PathAndQuery::from_static(EXPORT_PATH),
+            EncodedCodec,
+        )
+        .await
+}
+
+/// A gRPC codec that writes a request's bytes as they are and decodes the collector's answer.
+#[derive(Debug, Clone, Copy)]
+struct EncodedCodec;
+
+impl Codec for EncodedCodec {
+    type Encode = Bytes;
+    type Decode = ExportProfilesServiceResponse;
+    type Encoder = EncodedCodec;
+    type Decoder = EncodedCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        EncodedCodec
+    }
+}
+
+impl Encoder for EncodedCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for EncodedCodec {
+    type Item = ExportProfilesServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        ExportProfilesServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("undecodable answer: {e}")))
+    }
+}
+
+fn grpc_client(endpoint: &Endpoint, gzip: bool) -> Grpc<Channel> {
+    let client = Grpc::new(endpoint.connect_lazy())
         .max_encoding_message_size(64 * 1024 * 1024)
         .max_decoding_message_size(MAX_RESPONSE_BYTES);
     if gzip {

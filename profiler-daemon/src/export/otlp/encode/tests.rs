@@ -10,6 +10,19 @@ use prost::Message as _;
 use super::*;
 use crate::profile::test_support::{profile, stack};
 
+/// The encoder's requests decoded back, each checked to count the samples it carries.
+fn encode(p: &SymbolizedProfile, options: &EncodeOptions) -> Vec<ExportProfilesServiceRequest> {
+    super::encode(p, options)
+        .into_iter()
+        .map(|encoded| {
+            let request =
+                ExportProfilesServiceRequest::decode(encoded.body.clone()).expect("decodes");
+            assert_eq!(EncodedRequest::of(&request).samples, encoded.samples);
+            request
+        })
+        .collect()
+}
+
 fn options() -> EncodeOptions {
     EncodeOptions {
         host_name: "node-1".to_owned(),
