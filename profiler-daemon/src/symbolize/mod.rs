@@ -16,10 +16,12 @@
 
 mod cache;
 mod frame;
+mod names;
 mod release;
 
 use cache::NameCache;
 pub use frame::{Frame, Resolved, unnamed};
+use names::Names;
 use release::release_file_pages;
 
 use std::collections::HashMap;
@@ -69,6 +71,8 @@ pub struct SymbolizerStage {
     symbolizer: Symbolizer,
     user_cache: NameCache<(ModuleId, u64), Resolved>,
     kernel_cache: NameCache<u64, Resolved>,
+    /// One copy of each name and frame list within the window.
+    names: Names,
     /// Files blazesym has parsed.
     parsed: HashMap<PathBuf, Parsed>,
     /// `--debug-info-memory`, and how much of it the parsed files hold.
@@ -95,6 +99,7 @@ impl SymbolizerStage {
                 .build(),
             user_cache: NameCache::new(cache_entries),
             kernel_cache: NameCache::new(cache_entries),
+            names: Names::default(),
             parsed: HashMap::new(),
             dwarf_budget,
             dwarf_in_use: 0,
@@ -128,6 +133,7 @@ impl SymbolizerStage {
     /// daemon's largest memory, and the names looked up stay in the caches. A file is parsed
     /// again only for an address not seen before.
     pub fn forget_idle(&mut self) {
+        self.names.clear();
         // The files' pages blazesym touched (a large binary's DWARF: tens of MiB) are given back
         // once a window, after all its naming: per lookup, they would be faulted in again for
         // every stack.
@@ -249,7 +255,7 @@ impl SymbolizerStage {
             };
             for (i, &offset) in offsets.iter().enumerate() {
                 let resolved = match results.get(i) {
-                    Some(Symbolized::Sym(sym)) => frames_of(sym),
+                    Some(Symbolized::Sym(sym)) => frames_of(&mut self.names, sym),
                     _ => unnamed(),
                 };
                 self.user_cache.put((id, offset), Arc::clone(&resolved));
@@ -325,7 +331,7 @@ impl SymbolizerStage {
             .map(|i| match results.get(i) {
                 Some(Symbolized::Sym(sym)) => {
                     self.stats.process_named += 1;
-                    frames_of(sym)
+                    frames_of(&mut self.names, sym)
                 }
                 _ => unnamed(),
             })
@@ -356,7 +362,7 @@ impl SymbolizerStage {
             };
             for (i, &addr) in missing.iter().enumerate() {
                 let resolved = match results.get(i) {
-                    Some(Symbolized::Sym(sym)) => frames_of(sym),
+                    Some(Symbolized::Sym(sym)) => frames_of(&mut self.names, sym),
                     _ => unnamed(),
                 };
                 self.kernel_cache.put(addr, Arc::clone(&resolved));
@@ -378,24 +384,24 @@ impl SymbolizerStage {
 
 /// The frames of one symbolized address, outermost (the real function) first, then the
 /// functions inlined into it, innermost last.
-fn frames_of(sym: &Sym<'_>) -> Resolved {
+fn frames_of(names: &mut Names, sym: &Sym<'_>) -> Resolved {
     let mut frames = Vec::with_capacity(1 + sym.inlined.len());
     // The outer function's line is the call site of the first inlined function, if any.
     let outer_info = sym.code_info.as_deref();
-    frames.push(Frame::named(
+    frames.push(names.frame(
         &sym.name,
-        outer_info.map(|ci| ci.file.to_string_lossy()),
+        outer_info.map(|ci| ci.file.to_string_lossy()).as_deref(),
         outer_info.and_then(|ci| ci.line),
     ));
     for inlined in &sym.inlined {
         let info = inlined.code_info.as_ref();
-        frames.push(Frame::named(
+        frames.push(names.frame(
             &inlined.name,
-            info.map(|ci| ci.file.to_string_lossy()),
+            info.map(|ci| ci.file.to_string_lossy()).as_deref(),
             info.and_then(|ci| ci.line),
         ));
     }
-    Arc::from(frames)
+    names.frames(frames)
 }
 
 #[cfg(test)]
