@@ -13,13 +13,13 @@ pub fn fold(profile: &SymbolizedProfile, options: FileOptions) -> Vec<(String, u
     let mut lines: HashMap<String, u64> = HashMap::new();
     for stack in profile.shown(options.include_idle) {
         let mut line = sanitize(&stack.process.name);
-        for loc in &stack.user {
+        for loc in profile.user(stack) {
             for frame in loc.shown_frames(options.keep_addresses).iter() {
                 line.push(';');
                 line.push_str(&sanitize(&frame.name));
             }
         }
-        for loc in &stack.kernel {
+        for loc in profile.kernel(stack) {
             for frame in loc.shown_frames(options.keep_addresses).iter() {
                 line.push(';');
                 line.push_str(&sanitize(&frame.name));

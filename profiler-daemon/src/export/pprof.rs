@@ -290,11 +290,8 @@ pub fn build(profile: &SymbolizedProfile, options: FileOptions) -> PprofProfile 
     b.profile.time_nanos = profile.start_unix_nano as i64;
     b.profile.duration_nanos = profile.duration_nano as i64;
     for stack in profile.shown(options.include_idle) {
-        let location_id = stack
-            .kernel
-            .iter()
-            .rev()
-            .chain(stack.user.iter().rev())
+        let location_id = profile
+            .leaf_first(stack)
             .map(|loc| b.location(loc))
             .collect();
         let count = i64::try_from(stack.count).unwrap_or(i64::MAX);

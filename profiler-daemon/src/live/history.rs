@@ -47,12 +47,12 @@ impl Window {
         for stack in profile.shown(false) {
             frames.clear();
             frames.push(names.id(&stack.process.name));
-            for loc in &stack.user {
+            for loc in profile.user(stack) {
                 for frame in loc.shown_frames(false).iter() {
                     frames.push(names.id(&frame.name));
                 }
             }
-            for loc in &stack.kernel {
+            for loc in profile.kernel(stack) {
                 for frame in loc.shown_frames(false).iter() {
                     frames.push(names.id(&format!("{}_[k]", frame.name)));
                 }

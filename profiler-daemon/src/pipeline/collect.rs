@@ -21,7 +21,9 @@ use crate::mmaps::MmapRecord;
 use crate::objfile::{self, ModuleId, ModuleRegistry};
 use crate::process::{ImageId, ProcessTable, Seen, UserLoc};
 use crate::procfs::ProcessInfo;
-use crate::profile::{Location, Profile, Stack, StackKey, SymbolizedProfile, call_sites};
+use crate::profile::{
+    Location, LocationTable, Profile, Stack, StackKey, SymbolizedProfile, call_sites,
+};
 use crate::symbolize::{Frame, Resolved, SymbolizerStage, unnamed};
 
 /// The root frame of a user stack whose outermost frames are missing.
@@ -32,6 +34,27 @@ const MAX_PENDING_MAPPINGS: usize = 1 << 16;
 
 /// Most names of addresses outside files (JIT code, the vDSO) kept at once.
 const MAX_LIVE_NAMES: usize = 1 << 17;
+
+/// What makes two frames of a window one location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum LocationKey {
+    /// A file offset: one location whichever process ran it.
+    File(ModuleId, u64),
+    /// An address outside files, named through its own process image.
+    Image(ImageId, u64),
+    Kernel(u64),
+    /// The `[truncated]` root of a cut user stack.
+    Truncated,
+}
+
+impl LocationKey {
+    fn of(image: ImageId, loc: UserLoc) -> Self {
+        match loc {
+            UserLoc::File { module, offset } => Self::File(module, offset),
+            UserLoc::Process { addr } | UserLoc::Unmapped { addr } => Self::Image(image, addr),
+        }
+    }
+}
 
 /// Sizes of what the collector holds, for gauges.
 #[derive(Debug, Clone, Copy, Default)]
@@ -331,6 +354,8 @@ impl Collector {
         let bound = self.profile.max_stacks();
         let profile = std::mem::replace(&mut self.profile, Profile::new(bound));
         let mut stacks = Vec::with_capacity(profile.stacks());
+        let mut table = LocationTable::default();
+        let mut threads: HashMap<u32, Arc<str>> = HashMap::new();
         for (key, count) in profile.iter() {
             let process = if let Some(image) = self.processes.image(key.image) {
                 Arc::clone(&image.info)
@@ -339,29 +364,22 @@ impl Collector {
                 self.unknown_process += count;
                 Arc::new(ProcessInfo::unknown(key.pid))
             };
-            let kernel_root_first: Vec<u64> = key.kernel.iter().rev().copied().collect();
-            let names = self.symbolizer.resolve_kernel(&kernel_root_first);
+            let thread = threads
+                .entry(key.tid)
+                .or_insert_with(|| Arc::from(profile.thread_name(key.tid)));
             stacks.push(Stack {
                 process,
                 tid: key.tid,
-                thread: Arc::from(profile.thread_name(key.tid)),
-                user: self.user_locations(key.image, &key.user, key.truncated),
-                kernel: kernel_root_first
-                    .iter()
-                    .zip(names)
-                    .map(|(&address, frames)| Location {
-                        module: None,
-                        address,
-                        kernel: true,
-                        frames,
-                    })
-                    .collect(),
+                thread: Arc::clone(thread),
+                user: self.user_locations(&mut table, key.image, &key.user, key.truncated),
+                kernel: self.kernel_locations(&mut table, &key.kernel),
                 count,
             });
         }
         self.symbolizer.forget_idle();
         SymbolizedProfile {
             stacks,
+            locations: table.into_locations(),
             frequency: self.frequency,
             start_unix_nano: start
                 .duration_since(UNIX_EPOCH)
@@ -370,58 +388,100 @@ impl Collector {
         }
     }
 
-    /// The named user locations of a leaf-first stack of `image`, root first; a `truncated`
-    /// stack starts with a `[truncated]` frame, so that a cut stack is never read as whole.
+    /// The kernel locations of a leaf-first stack, root first, as indices into `table` (the
+    /// addresses not in it yet are named in one batch).
+    fn kernel_locations(
+        &mut self,
+        table: &mut LocationTable<LocationKey>,
+        leaf_first: &[u64],
+    ) -> Box<[u32]> {
+        let missing: Vec<u64> = leaf_first
+            .iter()
+            .rev()
+            .copied()
+            .filter(|&a| !table.contains(&LocationKey::Kernel(a)))
+            .collect();
+        let names: HashMap<u64, Resolved> = missing
+            .iter()
+            .copied()
+            .zip(self.symbolizer.resolve_kernel(&missing))
+            .collect();
+        leaf_first
+            .iter()
+            .rev()
+            .map(|&address| {
+                table.index(LocationKey::Kernel(address), || Location {
+                    module: None,
+                    address,
+                    kernel: true,
+                    frames: names.get(&address).cloned().unwrap_or_else(unnamed),
+                })
+            })
+            .collect()
+    }
+
+    /// The named user locations of a leaf-first stack of `image`, root first, as indices into
+    /// `table` (the file locations not in it yet are named in one batch); a `truncated` stack
+    /// starts with a `[truncated]` frame, so that a cut stack is never read as whole.
     fn user_locations(
         &mut self,
+        table: &mut LocationTable<LocationKey>,
         image: ImageId,
         leaf_first: &[u64],
         truncated: bool,
-    ) -> Vec<Location> {
-        let locs: Vec<UserLoc> = leaf_first
+    ) -> Box<[u32]> {
+        let locs: Vec<(LocationKey, UserLoc)> = leaf_first
             .iter()
             .rev()
-            .map(|&a| self.processes.normalize(image, a))
+            .map(|&a| {
+                let loc = self.processes.normalize(image, a);
+                (LocationKey::of(image, loc), loc)
+            })
             .collect();
-        let files: Vec<(ModuleId, u64)> = locs
+        let missing: Vec<(ModuleId, u64)> = locs
             .iter()
-            .filter_map(|l| match *l {
+            .filter(|(key, _)| !table.contains(key))
+            .filter_map(|(_, l)| match *l {
                 UserLoc::File { module, offset } => Some((module, offset)),
                 _ => None,
             })
             .collect();
-        let mut names = self
-            .symbolizer
-            .resolve_user(&files, &self.modules)
-            .into_iter();
-        let marker = truncated.then(|| Location {
-            module: None,
-            address: 0,
-            kernel: false,
-            frames: Arc::from([Frame::named(TRUNCATED_FRAME, None, None)]),
+        let names: HashMap<(ModuleId, u64), Resolved> = missing
+            .iter()
+            .copied()
+            .zip(self.symbolizer.resolve_user(&missing, &self.modules))
+            .collect();
+        let marker = truncated.then(|| {
+            table.index(LocationKey::Truncated, || Location {
+                module: None,
+                address: 0,
+                kernel: false,
+                frames: Arc::from([Frame::named(TRUNCATED_FRAME, None, None)]),
+            })
         });
-        marker
-            .into_iter()
-            .chain(locs.into_iter().map(|loc| {
-                match loc {
-                    UserLoc::File { module, offset } => Location {
-                        module: self.modules.get(module).map(Arc::clone),
-                        address: offset,
-                        kernel: false,
-                        frames: names.next().unwrap_or_else(unnamed),
-                    },
-                    UserLoc::Process { addr } | UserLoc::Unmapped { addr } => Location {
-                        module: None,
-                        address: addr,
-                        kernel: false,
-                        frames: self
-                            .live_names
-                            .get(&(image, addr))
-                            .map_or_else(unnamed, Arc::clone),
-                    },
-                }
-            }))
-            .collect()
+        let rest = locs.into_iter().map(|(key, loc)| {
+            table.index(key, || match loc {
+                UserLoc::File { module, offset } => Location {
+                    module: self.modules.get(module).map(Arc::clone),
+                    address: offset,
+                    kernel: false,
+                    frames: names
+                        .get(&(module, offset))
+                        .cloned()
+                        .unwrap_or_else(unnamed),
+                },
+                UserLoc::Process { addr } | UserLoc::Unmapped { addr } => Location {
+                    module: None,
+                    address: addr,
+                    kernel: false,
+                    frames: self
+                        .live_names
+                        .get(&(image, addr))
+                        .map_or_else(unnamed, Arc::clone),
+                },
+            })
+        });
+        marker.into_iter().chain(rest).collect()
     }
 
     /// Forgets process images that ended or whose process is gone (their stacks were exported).
@@ -508,11 +568,9 @@ mod tests {
         let stack = &profile.stacks[0];
         assert_eq!(stack.process.pid, pid);
         assert_eq!(&*stack.process.name, format!("[unknown process {pid}]"));
-        assert!(stack.user[0].frames.is_empty());
-        assert_eq!(
-            &*stack.user[0].shown_frames(true)[0].name,
-            "[unknown] 0x1000"
-        );
+        let leaf = profile.user(stack).next().expect("a user frame");
+        assert!(leaf.frames.is_empty());
+        assert_eq!(&*leaf.shown_frames(true)[0].name, "[unknown] 0x1000");
         let mut totals = Totals::default();
         collector.totals(&mut totals);
         assert_eq!(totals.get(Count::UnknownProcess), 1);

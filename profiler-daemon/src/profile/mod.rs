@@ -2,8 +2,10 @@
 //! of distinct stacks. Stacks hold addresses; `symbolized` turns them into named frames.
 
 mod symbolized;
+mod table;
 
 pub use symbolized::{Location, Stack, SymbolizedProfile};
+pub use table::LocationTable;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -112,10 +114,25 @@ pub mod test_support {
     use crate::procfs::ProcessInfo;
     use crate::symbolize::Frame;
 
+    /// A stack with its locations, before `profile` puts them in its table.
+    pub struct TestStack {
+        pub stack: Stack,
+        /// Root first.
+        pub user: Vec<Location>,
+        /// Root first.
+        pub kernel: Vec<Location>,
+    }
+
     /// A stack of process `pid` ("app", or "swapper" for 0) whose user and kernel entries are
     /// given root first, each as its function then inlined functions.
     #[must_use]
-    pub fn stack(pid: u32, tid: u32, user: &[&[&str]], kernel: &[&[&str]], count: u64) -> Stack {
+    pub fn stack(
+        pid: u32,
+        tid: u32,
+        user: &[&[&str]],
+        kernel: &[&[&str]],
+        count: u64,
+    ) -> TestStack {
         let module = Arc::new(Module::at_path(
             ModuleId(1),
             PathBuf::from("/usr/bin/app"),
@@ -132,7 +149,7 @@ pub mod test_support {
                 .into(),
         };
         let name: Arc<str> = Arc::from(if pid == 0 { "swapper" } else { "app" });
-        Stack {
+        let stack = Stack {
             process: Arc::new(ProcessInfo {
                 pid,
                 name: Arc::clone(&name),
@@ -147,6 +164,12 @@ pub mod test_support {
             }),
             tid,
             thread: Arc::from(format!("t{tid}")),
+            user: Box::new([]),
+            kernel: Box::new([]),
+            count,
+        };
+        TestStack {
+            stack,
             user: user
                 .iter()
                 .enumerate()
@@ -157,14 +180,32 @@ pub mod test_support {
                 .enumerate()
                 .map(|(i, n)| loc(n, i, true))
                 .collect(),
-            count,
         }
     }
 
+    /// The profile of `stacks`, each location a table entry of its own.
     #[must_use]
-    pub fn profile(stacks: Vec<Stack>) -> SymbolizedProfile {
+    pub fn profile(stacks: Vec<TestStack>) -> SymbolizedProfile {
+        let mut locations = Vec::new();
+        let mut add = |locs: Vec<Location>| -> Box<[u32]> {
+            locs.into_iter()
+                .map(|l| {
+                    locations.push(l);
+                    u32::try_from(locations.len() - 1).expect("few locations")
+                })
+                .collect()
+        };
+        let stacks = stacks
+            .into_iter()
+            .map(|t| Stack {
+                user: add(t.user),
+                kernel: add(t.kernel),
+                ..t.stack
+            })
+            .collect();
         SymbolizedProfile {
             stacks,
+            locations,
             frequency: 99,
             start_unix_nano: 1_700_000_000_000_000_000,
             duration_nano: 10_000_000_000,

@@ -1,4 +1,7 @@
-//! A profile whose stacks are named frames: what every exporter consumes.
+//! A profile whose stacks are named frames: what every exporter consumes. Each distinct location
+//! of the window is held once, in the profile's table; a stack holds indices into it (4 bytes
+//! per frame where a location is 40: a window of 100,000 stacks over processes that run the
+//! same code held 69 MiB of locations, one per frame).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -49,10 +52,10 @@ pub struct Stack {
     pub process: Arc<ProcessInfo>,
     pub tid: u32,
     pub thread: Arc<str>,
-    /// User locations, root first.
-    pub user: Vec<Location>,
-    /// Kernel locations, root first.
-    pub kernel: Vec<Location>,
+    /// User locations (indices into the profile's `locations`), root first.
+    pub user: Box<[u32]>,
+    /// Kernel locations (indices into the profile's `locations`), root first.
+    pub kernel: Box<[u32]>,
     pub count: u64,
 }
 
@@ -60,6 +63,8 @@ pub struct Stack {
 #[derive(Debug, Clone, Default)]
 pub struct SymbolizedProfile {
     pub stacks: Vec<Stack>,
+    /// The window's distinct locations, which stacks index.
+    pub locations: Vec<Location>,
     /// Sampling frequency (Hz), for the period.
     pub frequency: u32,
     /// Window start, real time (nanoseconds since the Unix epoch).
@@ -72,6 +77,40 @@ impl SymbolizedProfile {
     #[must_use]
     pub fn samples(&self) -> u64 {
         self.stacks.iter().map(|s| s.count).sum()
+    }
+
+    /// The user locations of `stack`, root first.
+    #[must_use]
+    pub fn user<'a>(
+        &'a self,
+        stack: &'a Stack,
+    ) -> impl DoubleEndedIterator<Item = &'a Location> + 'a {
+        self.locations_of(&stack.user)
+    }
+
+    /// The kernel locations of `stack`, root first.
+    #[must_use]
+    pub fn kernel<'a>(
+        &'a self,
+        stack: &'a Stack,
+    ) -> impl DoubleEndedIterator<Item = &'a Location> + 'a {
+        self.locations_of(&stack.kernel)
+    }
+
+    /// Every location of `stack`, leaf first: the kernel's, then the user's (the order of the
+    /// pprof and OTLP formats).
+    pub fn leaf_first<'a>(&'a self, stack: &'a Stack) -> impl Iterator<Item = &'a Location> + 'a {
+        self.kernel(stack).rev().chain(self.user(stack).rev())
+    }
+
+    fn locations_of<'a>(
+        &'a self,
+        indices: &'a [u32],
+    ) -> impl DoubleEndedIterator<Item = &'a Location> + 'a {
+        // Indices come from the profile's own builder; one out of range is skipped, not a panic.
+        indices
+            .iter()
+            .filter_map(|&i| self.locations.get(i as usize))
     }
 
     /// The stacks an output shows: all of them, or all but the idle task's (pid 0).

@@ -6,7 +6,7 @@ use opentelemetry_proto::tonic::profiles::v1development as pb;
 
 use super::encode::{Labels, keys};
 use crate::export::intern::{Interner, Strings};
-use crate::profile::{Location, Stack};
+use crate::profile::{Location, Stack, SymbolizedProfile};
 
 /// A value that can be an attribute in the dictionary.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -96,10 +96,11 @@ impl Dictionary {
         self.attributes.intern((key, value)).0
     }
 
-    /// The stack index of `stack` (leaf first: kernel leaf .. kernel root, user leaf .. root).
-    pub(super) fn stack(&mut self, stack: &Stack) -> i32 {
+    /// The stack index of `stack` of `profile` (leaf first: kernel leaf .. kernel root, user
+    /// leaf .. root).
+    pub(super) fn stack(&mut self, profile: &SymbolizedProfile, stack: &Stack) -> i32 {
         let mut location_indices = Vec::with_capacity(stack.kernel.len() + stack.user.len());
-        for loc in stack.kernel.iter().rev().chain(stack.user.iter().rev()) {
+        for loc in profile.leaf_first(stack) {
             location_indices.push(self.location(loc));
         }
         self.stacks.intern(location_indices.into_boxed_slice()).0
@@ -126,10 +127,16 @@ impl Dictionary {
         out
     }
 
-    /// One sample of `count` with this stack and these attributes.
-    pub(super) fn sample(&mut self, stack: &Stack, labels: Labels, count: u64) -> pb::Sample {
+    /// One sample of `count` with this stack (of `profile`) and these attributes.
+    pub(super) fn sample(
+        &mut self,
+        profile: &SymbolizedProfile,
+        stack: &Stack,
+        labels: Labels,
+        count: u64,
+    ) -> pb::Sample {
         pb::Sample {
-            stack_index: self.stack(stack),
+            stack_index: self.stack(profile, stack),
             attribute_indices: self.sample_attributes(stack, labels),
             values: vec![i64::try_from(count).unwrap_or(i64::MAX)],
             ..pb::Sample::default()

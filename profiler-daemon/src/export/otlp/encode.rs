@@ -211,7 +211,7 @@ pub fn encode(profile: &SymbolizedProfile, options: &EncodeOptions) -> Vec<Encod
             resource_of_process.insert(process, r);
             r
         };
-        let stack_index = window.stack(stack);
+        let stack_index = window.stack(profile, stack);
         let attributes = window.sample_attributes(stack, options.labels);
         let samples = &mut merged[resource];
         let i = *merged_of
@@ -345,7 +345,7 @@ fn build(
             let samples = chunk
                 .samples
                 .iter()
-                .map(|m| dict.sample(m.stack, options.labels, m.count))
+                .map(|m| dict.sample(profile, m.stack, options.labels, m.count))
                 .collect();
             pb::ResourceProfiles {
                 resource: Some(resource(&resources[chunk.resource], options)),

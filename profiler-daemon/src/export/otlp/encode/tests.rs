@@ -316,12 +316,12 @@ fn splits_large_windows_into_requests_within_pyroscope_limits() {
 fn kernel_threads_are_one_service_and_unnamed_frames_stay_addresses() {
     let kthread = |comm: &str, base: &str| {
         let mut s = stack(9, 9, &[], &[&["worker_thread"]], 2);
-        s.process = std::sync::Arc::new(crate::procfs::ProcessInfo {
+        s.stack.process = std::sync::Arc::new(crate::procfs::ProcessInfo {
             name: comm.into(),
             exe_name: base.into(),
             exe_path: None,
             kernel_thread: true,
-            ..(*s.process).clone()
+            ..(*s.stack.process).clone()
         });
         s
     };
