@@ -183,15 +183,16 @@ pub mod test_support {
         }
     }
 
-    /// The profile of `stacks`, each location a table entry of its own.
+    /// The profile of `stacks`, alike locations (side, address, frames) one table entry as the
+    /// collector makes them.
     #[must_use]
     pub fn profile(stacks: Vec<TestStack>) -> SymbolizedProfile {
-        let mut locations = Vec::new();
+        let mut table = super::LocationTable::default();
         let mut add = |locs: Vec<Location>| -> Box<[u32]> {
             locs.into_iter()
                 .map(|l| {
-                    locations.push(l);
-                    u32::try_from(locations.len() - 1).expect("few locations")
+                    let key = (l.kernel, l.address, l.frames.to_vec());
+                    table.index(key, || l)
                 })
                 .collect()
         };
@@ -205,7 +206,7 @@ pub mod test_support {
             .collect();
         SymbolizedProfile {
             stacks,
-            locations,
+            locations: table.into_locations(),
             frequency: 99,
             start_unix_nano: 1_700_000_000_000_000_000,
             duration_nano: 10_000_000_000,

@@ -188,7 +188,7 @@ struct Chunk<'p> {
 #[must_use]
 pub fn encode(profile: &SymbolizedProfile, options: &EncodeOptions) -> Vec<EncodedRequest> {
     // The window's dictionary: to merge alike samples and to size each profile.
-    let mut window = Dictionary::new();
+    let mut window = Dictionary::for_window();
     let mut resources: Vec<ResourceKey> = Vec::new();
     let mut resource_of: HashMap<ResourceKey, usize> = HashMap::new();
     let mut merged: Vec<Vec<Merged<'_>>> = Vec::new();
