@@ -390,13 +390,10 @@ impl ProcessTable {
         }
         let mut live = Vec::new();
         for addr in addrs {
-            match image.snapshot.find(addr) {
-                Some(Mapping {
-                    backing: Backing::File(_),
-                    ..
-                }) => {}
-                Some(_) => live.push(addr),
-                None => {
+            match image.snapshot.locate(addr) {
+                UserLoc::File { .. } => {}
+                UserLoc::Process { .. } => live.push(addr),
+                UserLoc::Unmapped { .. } => {
                     if image.misses.len() >= MAX_MISSES_PER_IMAGE {
                         image.misses.clear();
                     }
@@ -431,23 +428,11 @@ impl ProcessTable {
     /// Where `addr` of image `id` points, by the image's mappings (kept after it ended).
     #[must_use]
     pub fn normalize(&self, id: ImageId, addr: u64) -> UserLoc {
-        match self
-            .images
+        self.images
             .get(&id)
-            .and_then(|image| image.snapshot.find(addr))
-        {
-            Some(Mapping {
-                start,
-                offset,
-                backing: Backing::File(module),
-                ..
-            }) => UserLoc::File {
-                module: module.id,
-                offset: addr - start + offset,
-            },
-            Some(_) => UserLoc::Process { addr },
-            None => UserLoc::Unmapped { addr },
-        }
+            .map_or(UserLoc::Unmapped { addr }, |image| {
+                image.snapshot.locate(addr)
+            })
     }
 
     /// Drops images that ended and processes that are gone (after their window was exported);

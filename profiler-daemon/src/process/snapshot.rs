@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::UserLoc;
 use crate::objfile::Module;
 
 /// What an executable mapping is backed by.
@@ -51,6 +52,25 @@ impl Snapshot {
         let i = self.mappings.partition_point(|m| m.start <= addr);
         let m = self.mappings.get(i.checked_sub(1)?)?;
         (addr < m.end).then_some(m)
+    }
+
+    /// Where `addr` points by these mappings: a file and offset, an executable mapping without a
+    /// file, or none.
+    #[must_use]
+    pub(super) fn locate(&self, addr: u64) -> UserLoc {
+        match self.find(addr) {
+            Some(Mapping {
+                start,
+                offset,
+                backing: Backing::File(module),
+                ..
+            }) => UserLoc::File {
+                module: module.id,
+                offset: addr - start + offset,
+            },
+            Some(_) => UserLoc::Process { addr },
+            None => UserLoc::Unmapped { addr },
+        }
     }
 
     /// Adds mappings not yet known (by start address), e.g. libraries loaded after exec.

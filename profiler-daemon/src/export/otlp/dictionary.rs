@@ -328,25 +328,15 @@ impl Dictionary {
     }
 
     pub(super) fn finish(self) -> pb::ProfilesDictionary {
-        let Dictionary {
-            strings,
-            stacks,
-            attributes,
-            function_table,
-            mapping_table,
-            location_table,
-            lines,
-            ..
-        } = self;
-        let location_table = location_table
+        let location_table = self
+            .location_table
             .iter()
             .enumerate()
             .map(|(i, l)| pb::Location {
                 mapping_index: l.mapping_index,
                 address: l.address,
-                lines: lines
-                    .get(l.lines_start as usize..(l.lines_start + l.lines_len) as usize)
-                    .unwrap_or(&[])
+                lines: self
+                    .lines_of(l)
                     .iter()
                     .map(|line| pb::Line {
                         function_index: line.function_index,
@@ -362,7 +352,14 @@ impl Dictionary {
                 },
             })
             .collect();
-        drop(lines);
+        let Dictionary {
+            strings,
+            stacks,
+            attributes,
+            function_table,
+            mapping_table,
+            ..
+        } = self;
         pb::ProfilesDictionary {
             mapping_table,
             location_table,
