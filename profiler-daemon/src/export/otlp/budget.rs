@@ -8,8 +8,11 @@
 //! Every varint is sized for the largest id it could hold, so the figure never falls short.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use super::dictionary::Dictionary;
+use crate::objfile::Module;
+use crate::profile::{Location, Stack, SymbolizedProfile};
 
 /// Bytes of a protobuf varint.
 fn varint(value: u64) -> usize {
@@ -31,42 +34,126 @@ fn field(value: u64) -> usize {
 /// mapping for kernel frames.
 const PROFILE_OVERHEAD: usize = 256;
 
-/// The running estimate for one profile.
-pub(super) struct ConvertedSize {
-    strings: HashSet<i32>,
-    functions: HashSet<i32>,
-    locations: HashSet<i32>,
-    /// Largest id each kind of pprof entry can have, as varint bytes.
-    id_bytes: IdBytes,
+/// The kernel mapping's file name in the request (see `dictionary`).
+const KERNEL_FILE: &str = "[kernel.kallsyms]";
+
+/// A string the converted profile holds once. The estimate reads the profile itself (no table
+/// of its own per location: a window can hold millions), so strings are told apart by the
+/// shared copy they are (a window's names are interned once, `symbolize::names`): two copies of
+/// one string count twice, which only overstates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Text {
+    /// A function or file name, by the address of its shared copy.
+    Name(usize),
+    /// A module's path, by the module.
+    Path(usize),
+    /// A module's build id (the converter makes it a string of its own), by the module.
+    BuildId(usize),
+    /// The kernel mapping's file name.
+    Kernel,
+    /// The empty string: the file of a function without one, the name of no mapping.
+    Empty,
+    /// An attribute key, by its index in the window's dictionary.
+    AttributeKey(i32),
+}
+
+/// Which mapping a location is in, as the converter writes one per sample and mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum MappingKey {
+    None,
+    Kernel,
+    Module(usize),
+}
+
+impl MappingKey {
+    fn of(loc: &Location) -> Self {
+        match &loc.module {
+            _ if loc.kernel => Self::Kernel,
+            Some(module) => Self::Module(Arc::as_ptr(module).addr()),
+            None => Self::None,
+        }
+    }
+}
+
+/// A function: its name and file.
+type FunctionKey = (usize, usize);
+
+fn function_key(frame: &crate::symbolize::Frame) -> FunctionKey {
+    (
+        Arc::as_ptr(&frame.name).cast::<u8>().addr(),
+        frame
+            .file
+            .as_ref()
+            .map_or(0, |f| Arc::as_ptr(f).cast::<u8>().addr()),
+    )
+}
+
+/// Upper bounds of each kind of id in any profile of a window, as varint bytes.
+pub(super) struct IdBytes {
+    string: usize,
+    function: usize,
+    location: usize,
+    /// A mapping id bound needs the number of samples of a profile too (`ConvertedSize::new`).
+    mappings: usize,
+}
+
+impl IdBytes {
+    /// The bounds for `profile`'s window, whose sample attributes are in `window` (every
+    /// frame a function of its own, every module a mapping).
+    pub(super) fn of(profile: &SymbolizedProfile, window: &Dictionary) -> Self {
+        let functions: usize = profile.locations.iter().map(|l| l.frames.len()).sum();
+        let mappings = profile
+            .locations
+            .iter()
+            .map(MappingKey::of)
+            .collect::<HashSet<_>>()
+            .len();
+        // Names and files of functions; paths and build ids of mappings (the converter adds a
+        // string per build id and per `[kernel]` name); attribute keys and values.
+        let strings = 2 * functions + 3 * mappings + window.strings() + 64;
+        Self {
+            string: varint(strings as u64),
+            function: varint(functions as u64 + 1),
+            location: varint(profile.locations.len() as u64 + 1),
+            mappings,
+        }
+    }
+}
+
+/// The running estimate for one profile of `profile`'s window.
+pub(super) struct ConvertedSize<'p> {
+    profile: &'p SymbolizedProfile,
+    /// The window's dictionary: sample attributes.
+    window: &'p Dictionary,
+    strings: HashSet<Text>,
+    functions: HashSet<FunctionKey>,
+    locations: HashSet<u32>,
+    ids: &'p IdBytes,
+    /// Largest mapping id, as varint bytes.
+    mapping_id: usize,
     period: u64,
     bytes: usize,
     samples: usize,
 }
 
-struct IdBytes {
-    string: usize,
-    function: usize,
-    location: usize,
-    mapping: usize,
-}
-
-impl ConvertedSize {
-    /// An empty profile over the tables of `dict`, with sampling `period` (values become
-    /// count × period) and at most `max_samples` samples.
-    pub(super) fn new(dict: &Dictionary, period: u64, max_samples: usize) -> Self {
-        let (strings, functions, mappings, locations) = dict.sizes();
-        // The converter adds a string per build id and per `[kernel]` name, and labels' values.
-        let string_bound = (strings + mappings * 2 + 64) as u64;
+impl<'p> ConvertedSize<'p> {
+    /// An empty profile of `profile`'s window, with sampling `period` (values become count ×
+    /// period) and at most `max_samples` samples.
+    pub(super) fn new(
+        profile: &'p SymbolizedProfile,
+        window: &'p Dictionary,
+        ids: &'p IdBytes,
+        period: u64,
+        max_samples: usize,
+    ) -> Self {
         Self {
+            profile,
+            window,
             strings: HashSet::new(),
             functions: HashSet::new(),
             locations: HashSet::new(),
-            id_bytes: IdBytes {
-                string: varint(string_bound),
-                function: varint(functions as u64),
-                location: varint(locations as u64),
-                mapping: varint(((max_samples + 1) * (mappings + 1) * 2) as u64),
-            },
+            mapping_id: varint(((max_samples + 1) * (ids.mappings + 1) * 2) as u64),
+            ids,
             period,
             bytes: PROFILE_OVERHEAD,
             samples: 0,
@@ -83,27 +170,15 @@ impl ConvertedSize {
         self.samples
     }
 
-    /// The bytes one more sample (with stack `stack_index`, `attributes`, `count`) would add.
-    pub(super) fn cost(
-        &self,
-        dict: &Dictionary,
-        stack_index: i32,
-        attributes: &[i32],
-        count: u64,
-    ) -> usize {
-        self.account(dict, stack_index, attributes, count, None)
+    /// The bytes one more sample (with `stack`'s locations, `attributes`, `count`) would add.
+    pub(super) fn cost(&self, stack: &Stack, attributes: &[i32], count: u64) -> usize {
+        self.account(stack, attributes, count, &mut Seen::default())
     }
 
     /// Adds the sample and returns its cost.
-    pub(super) fn add(
-        &mut self,
-        dict: &Dictionary,
-        stack_index: i32,
-        attributes: &[i32],
-        count: u64,
-    ) -> usize {
+    pub(super) fn add(&mut self, stack: &Stack, attributes: &[i32], count: u64) -> usize {
         let mut seen = Seen::default();
-        let cost = self.account(dict, stack_index, attributes, count, Some(&mut seen));
+        let cost = self.account(stack, attributes, count, &mut seen);
         self.strings.extend(seen.strings);
         self.functions.extend(seen.functions);
         self.locations.extend(seen.locations);
@@ -112,98 +187,96 @@ impl ConvertedSize {
         cost
     }
 
-    fn account(
-        &self,
-        dict: &Dictionary,
-        stack_index: i32,
-        attributes: &[i32],
-        count: u64,
-        seen: Option<&mut Seen>,
-    ) -> usize {
-        let mut local = Seen::default();
-        let seen = seen.unwrap_or(&mut local);
-        let ids = &self.id_bytes;
-        let locations = dict.stack_locations(stack_index);
+    fn account(&self, stack: &Stack, attributes: &[i32], count: u64, seen: &mut Seen) -> usize {
+        let ids = self.ids;
+        let indices = stack.kernel.iter().chain(stack.user.iter());
         let mut bytes = 0;
-        let mut mappings: HashSet<i32> = HashSet::new();
-        for &l in locations {
-            let Some(loc) = dict.location_at(l) else {
+        let mut mappings: HashSet<MappingKey> = HashSet::new();
+        let mut located = 0;
+        for &l in indices {
+            let Some(loc) = self.profile.locations.get(l as usize) else {
                 continue;
             };
-            mappings.insert(loc.mapping_index);
+            located += 1;
+            if mappings.insert(MappingKey::of(loc)) {
+                bytes += self.mapping(loc, seen);
+            }
             if self.locations.contains(&l) || !seen.locations.insert(l) {
                 continue;
             }
-            let lines: usize = dict
-                .lines_of(loc)
+            // Innermost first, as the request writes them.
+            let lines: usize = loc
+                .frames
                 .iter()
-                .map(|line| {
-                    self.function(dict, line.function_index, seen);
-                    delimited(1 + ids.function + field(u64::from(line.line)))
+                .map(|frame| {
+                    bytes += self.function(frame, seen);
+                    delimited(1 + ids.function + field(u64::from(frame.line.unwrap_or(0))))
                 })
                 .sum();
-            bytes += delimited(1 + ids.location + 1 + ids.mapping + field(loc.address) + lines);
-        }
-        for &m in &mappings {
-            bytes += self.mapping(dict, m, seen);
+            bytes += delimited(
+                1 + ids.location
+                    + 1
+                    + self.mapping_id
+                    + field(super::dictionary::address(loc))
+                    + lines,
+            );
         }
         // Labels: key and value as strings.
         let mut labels = 0;
         for &a in attributes {
-            if let Some((key, value)) = dict.attribute_at(a) {
-                bytes += self.string(dict.string_at(*key).len(), -1 - *key, seen);
+            if let Some((key, value)) = self.window.attribute_at(a) {
+                let text = self.window.string_at(*key).len();
+                bytes += self.string(text, Text::AttributeKey(*key), seen);
                 // Values are new strings at worst.
                 bytes += delimited(value.text_len());
                 labels += delimited(2 + 2 * ids.string);
             }
         }
-        let location_ids = locations.len() * ids.location;
+        let location_ids = located * ids.location;
         let value = varint(count.saturating_mul(self.period));
-        bytes += seen.function_bytes;
-        seen.function_bytes = 0;
         bytes + delimited(delimited(location_ids) + delimited(value) + labels)
     }
 
-    fn function(&self, dict: &Dictionary, index: i32, seen: &mut Seen) {
-        if self.functions.contains(&index) || !seen.functions.insert(index) {
-            return;
+    /// A function's bytes (and its strings') the first time the profile meets it.
+    fn function(&self, frame: &crate::symbolize::Frame, seen: &mut Seen) -> usize {
+        let key = function_key(frame);
+        if self.functions.contains(&key) || !seen.functions.insert(key) {
+            return 0;
         }
-        let Some(f) = dict.function_at(index) else {
-            return;
+        let ids = self.ids;
+        let mut bytes = delimited(1 + ids.function + 3 * (1 + ids.string));
+        bytes += self.string(frame.name.len(), Text::Name(key.0), seen);
+        bytes += match &frame.file {
+            Some(file) => self.string(file.len(), Text::Name(key.1), seen),
+            None => self.string(0, Text::Empty, seen),
         };
-        let ids = &self.id_bytes;
-        let mut bytes =
-            delimited(1 + ids.function + 3 * (1 + ids.string) + field(f.start_line.max(0) as u64));
-        for s in [f.name_strindex, f.filename_strindex] {
-            bytes += self.string(dict.string_at(s).len(), s, seen);
-        }
-        seen.function_bytes += bytes;
+        bytes
     }
 
     /// One pprof mapping (written again for every sample), plus its strings the first time.
-    fn mapping(&self, dict: &Dictionary, index: i32, seen: &mut Seen) -> usize {
-        let ids = &self.id_bytes;
-        let Some(m) = dict.mapping_at(index) else {
-            return 0;
+    fn mapping(&self, loc: &Location, seen: &mut Seen) -> usize {
+        let ids = self.ids;
+        let mut bytes = match (MappingKey::of(loc), &loc.module) {
+            (MappingKey::Module(key), Some(module)) => self.module_strings(key, module, seen),
+            (MappingKey::Kernel, _) => self.string(KERNEL_FILE.len(), Text::Kernel, seen),
+            _ => self.string(0, Text::Empty, seen),
         };
-        let mut bytes = self.string(
-            dict.string_at(m.filename_strindex).len(),
-            m.filename_strindex,
-            seen,
-        );
-        for &a in &m.attribute_indices {
-            if let Some((_, value)) = dict.attribute_at(a) {
-                // The build id becomes a string of its own.
-                bytes += self.string(value.text_len(), -1_000_000 - a, seen);
-            }
-        }
         // id, filename, build id, and the four has_* flags (two bytes each when set).
-        bytes + delimited(1 + ids.mapping + 2 * (1 + ids.string) + 8)
+        bytes += delimited(1 + self.mapping_id + 2 * (1 + ids.string) + 8);
+        bytes
     }
 
-    /// A string's bytes the first time the profile meets it (`key` tells strings apart; negative
-    /// keys stand for strings the converter makes that are not in our string table).
-    fn string(&self, len: usize, key: i32, seen: &mut Seen) -> usize {
+    fn module_strings(&self, key: usize, module: &Module, seen: &mut Seen) -> usize {
+        let path = module.path.to_string_lossy().len();
+        let mut bytes = self.string(path, Text::Path(key), seen);
+        if let Some(build_id) = &module.build_id {
+            bytes += self.string(build_id.len(), Text::BuildId(key), seen);
+        }
+        bytes
+    }
+
+    /// A string's bytes the first time the profile meets it.
+    fn string(&self, len: usize, key: Text, seen: &mut Seen) -> usize {
         if self.strings.contains(&key) || !seen.strings.insert(key) {
             return 0;
         }
@@ -214,10 +287,9 @@ impl ConvertedSize {
 /// What one sample adds that the profile did not have yet.
 #[derive(Default)]
 struct Seen {
-    strings: HashSet<i32>,
-    functions: HashSet<i32>,
-    locations: HashSet<i32>,
-    function_bytes: usize,
+    strings: HashSet<Text>,
+    functions: HashSet<FunctionKey>,
+    locations: HashSet<u32>,
 }
 
 #[cfg(test)]

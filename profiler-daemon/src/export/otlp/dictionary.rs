@@ -1,7 +1,7 @@
 //! The `ProfilesDictionary` of one request: every string, function, mapping, location, stack and
 //! attribute once, each table starting with its zero value (OTLP v1.10 requires it).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use opentelemetry_proto::tonic::profiles::v1development as pb;
@@ -29,20 +29,20 @@ impl AttrValue {
 
 /// One line of a location: a function and its line (0: not known).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Line {
-    pub(super) function_index: i32,
-    pub(super) line: u32,
+struct Line {
+    function_index: i32,
+    line: u32,
 }
 
 /// A location as the dictionary keeps it until `finish`: 24 bytes and its lines in one shared
 /// list, where a `pb::Location` is 64 bytes and two allocations of its own. A window of 100,000
 /// stacks can hold millions of locations.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct LocationEntry {
-    pub(super) mapping_index: i32,
+struct LocationEntry {
+    mapping_index: i32,
     /// Its frame-type attribute.
     attribute: i32,
-    pub(super) address: u64,
+    address: u64,
     /// Its lines in `Dictionary::lines`.
     lines_start: u32,
     lines_len: u32,
@@ -53,14 +53,12 @@ pub(super) struct Dictionary {
     strings: Strings,
     functions: Interner<(i32, i32)>,
     mappings: Interner<(i32, Option<i32>)>,
-    /// This dictionary's index of each location of the profile met so far (0: not yet). The
-    /// profile's locations are distinct already: a dense list, not a second interning table
-    /// (which held 48 bytes per location: 86 MiB at 1.8 million).
-    location_of: Vec<i32>,
-    /// A request's dictionary also merges locations alike in content (mapping, address, kernel,
-    /// name): the same binary of two containers is two modules of the profile, one location on
-    /// the wire. `None` for the window's (it only merges samples and sizes profiles).
-    by_content: Option<HashMap<(i32, u64, bool, i32), i32>>,
+    /// This dictionary's index of each location of the profile it met. A map, not a list as
+    /// long as the profile's: a request holds a share of a window's millions of locations.
+    location_of: FxHashMap<u32, i32>,
+    /// Locations alike in content (mapping, address, kernel, name) are one: the same binary of
+    /// two containers is two modules of the profile, one location on the wire.
+    by_content: FxHashMap<(i32, u64, bool, i32), i32>,
     stacks: Interner<Box<[i32]>>,
     attributes: Interner<(i32, AttrValue)>,
     function_table: Vec<pb::Function>,
@@ -73,22 +71,14 @@ pub(super) struct Dictionary {
 }
 
 impl Dictionary {
-    /// A request's dictionary.
+    /// An empty dictionary.
     pub(super) fn new() -> Self {
         Self {
-            by_content: Some(HashMap::new()),
-            ..Self::for_window()
-        }
-    }
-
-    /// The window's dictionary: to merge alike samples and size profiles.
-    pub(super) fn for_window() -> Self {
-        Self {
-            by_content: None,
+            by_content: FxHashMap::default(),
+            location_of: FxHashMap::default(),
             strings: Strings::default(),
             functions: Interner::new((0, 0)),
             mappings: Interner::new((0, None)),
-            location_of: Vec::new(),
             stacks: Interner::new(Box::new([])),
             attributes: Interner::new((0, AttrValue::Str(String::new()))),
             function_table: vec![pb::Function::default()],
@@ -197,48 +187,32 @@ impl Dictionary {
 
     /// The index of the profile's location `index`.
     fn location(&mut self, profile: &SymbolizedProfile, index: u32) -> i32 {
-        let at = index as usize;
-        if self.location_of.len() < profile.locations.len() {
-            self.location_of.resize(profile.locations.len(), 0);
-        }
-        if let Some(&known) = self.location_of.get(at)
-            && known != 0
-        {
+        if let Some(&known) = self.location_of.get(&index) {
             return known;
         }
-        let Some(loc) = profile.locations.get(at) else {
+        let Some(loc) = profile.locations.get(index as usize) else {
             return 0;
         };
         let i = self.new_location(loc);
-        self.location_of[at] = i;
+        self.location_of.insert(index, i);
         i
-    }
-
-    /// A file's addresses as its symbol table has them (ELF virtual addresses): what a backend's
-    /// symbolizer looks up for the frames we could not name.
-    fn address(loc: &Location) -> u64 {
-        match &loc.module {
-            Some(module) if !loc.kernel => {
-                module.virtual_address(loc.address).unwrap_or(loc.address)
-            }
-            _ => loc.address,
-        }
     }
 
     fn new_location(&mut self, loc: &Location) -> i32 {
         let mapping_index = self.mapping(loc);
-        let address = Self::address(loc);
+        let address = address(loc);
         let next = i32::try_from(self.location_table.len()).unwrap_or(i32::MAX);
-        if let Some(by_content) = &mut self.by_content {
-            // Unmapped user addresses of different processes may coincide: key by name too.
-            let name = self
-                .strings
-                .intern(loc.frames.first().map_or("", |f| &f.name));
-            match by_content.entry((mapping_index, address, loc.kernel, name)) {
-                std::collections::hash_map::Entry::Occupied(e) => return *e.get(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(next);
-                }
+        // Unmapped user addresses of different processes may coincide: key by name too.
+        let name = self
+            .strings
+            .intern(loc.frames.first().map_or("", |f| &f.name));
+        match self
+            .by_content
+            .entry((mapping_index, address, loc.kernel, name))
+        {
+            std::collections::hash_map::Entry::Occupied(e) => return *e.get(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(next);
             }
         }
         // Innermost (inlined) first, the containing function last; none for an unnamed
@@ -283,30 +257,14 @@ impl Dictionary {
         i
     }
 
-    // Read access for the size estimate (`budget`).
-
-    pub(super) fn stack_locations(&self, index: i32) -> &[i32] {
-        self.stacks.value(index).map_or(&[], |s| &s[..])
-    }
-
-    pub(super) fn location_at(&self, index: i32) -> Option<&LocationEntry> {
-        self.location_table.get(usize::try_from(index).ok()?)
-    }
+    // Read access for the size estimate (`budget`): sample attributes.
 
     /// The lines of a location, innermost first.
-    pub(super) fn lines_of(&self, location: &LocationEntry) -> &[Line] {
+    fn lines_of(&self, location: &LocationEntry) -> &[Line] {
         let start = location.lines_start as usize;
         self.lines
             .get(start..start + location.lines_len as usize)
             .unwrap_or(&[])
-    }
-
-    pub(super) fn function_at(&self, index: i32) -> Option<&pb::Function> {
-        self.function_table.get(usize::try_from(index).ok()?)
-    }
-
-    pub(super) fn mapping_at(&self, index: i32) -> Option<&pb::Mapping> {
-        self.mapping_table.get(usize::try_from(index).ok()?)
     }
 
     pub(super) fn string_at(&self, index: i32) -> &str {
@@ -317,14 +275,9 @@ impl Dictionary {
         self.attributes.value(index)
     }
 
-    /// Table sizes: (strings, functions, mappings, locations).
-    pub(super) fn sizes(&self) -> (usize, usize, usize, usize) {
-        (
-            self.strings.len(),
-            self.function_table.len(),
-            self.mapping_table.len(),
-            self.location_table.len(),
-        )
+    /// Strings interned.
+    pub(super) fn strings(&self) -> usize {
+        self.strings.len()
     }
 
     pub(super) fn finish(self) -> pb::ProfilesDictionary {
@@ -390,5 +343,14 @@ impl Dictionary {
                 })
                 .collect(),
         }
+    }
+}
+
+/// A location's address as the file's symbol table has it (ELF virtual addresses): what a
+/// backend's symbolizer looks up for the frames we could not name.
+pub(super) fn address(loc: &Location) -> u64 {
+    match &loc.module {
+        Some(module) if !loc.kernel => module.virtual_address(loc.address).unwrap_or(loc.address),
+        _ => loc.address,
     }
 }

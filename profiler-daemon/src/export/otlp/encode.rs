@@ -22,7 +22,7 @@ use opentelemetry_proto::tonic::profiles::v1development as pb;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
 
-use super::budget::ConvertedSize;
+use super::budget::{ConvertedSize, IdBytes};
 use super::dictionary::Dictionary;
 use super::queue::EncodedRequest;
 use crate::config::rules::ServiceRules;
@@ -172,10 +172,12 @@ fn service(p: &ProcessInfo, kubernetes: Option<&Placement>, options: &EncodeOpti
 struct Merged<'p> {
     /// One of the stacks merged (they share locations and attributes).
     stack: &'p Stack,
-    stack_index: i32,
     attributes: Vec<i32>,
     count: u64,
 }
+
+/// What makes samples one: resource, kernel and user locations, attributes.
+type MergeKey<'p> = (usize, &'p [u32], &'p [u32], Vec<i32>);
 
 /// One profile to send: a resource and samples that fit the limits together.
 struct Chunk<'p> {
@@ -187,12 +189,13 @@ struct Chunk<'p> {
 /// Encodes `profile` into as many requests as the limits need (none for an empty window).
 #[must_use]
 pub fn encode(profile: &SymbolizedProfile, options: &EncodeOptions) -> Vec<EncodedRequest> {
-    // The window's dictionary: to merge alike samples and to size each profile.
-    let mut window = Dictionary::for_window();
+    // The window's sample attributes, to merge alike samples (stacks are alike when their
+    // locations are: the profile's are distinct already) and to size each profile.
+    let mut window = Dictionary::new();
     let mut resources: Vec<ResourceKey> = Vec::new();
     let mut resource_of: HashMap<ResourceKey, usize> = HashMap::new();
     let mut merged: Vec<Vec<Merged<'_>>> = Vec::new();
-    let mut merged_of: HashMap<(usize, i32, Vec<i32>), usize> = HashMap::new();
+    let mut merged_of: HashMap<MergeKey<'_>, usize> = HashMap::new();
     // A process's stacks share one resource: its key (service rules, pod lookup) is worked out
     // once per process, not once per stack. The pointer identifies the process's entry for as
     // long as `profile` is borrowed.
@@ -211,15 +214,13 @@ pub fn encode(profile: &SymbolizedProfile, options: &EncodeOptions) -> Vec<Encod
             resource_of_process.insert(process, r);
             r
         };
-        let stack_index = window.stack(profile, stack);
         let attributes = window.sample_attributes(stack, options.labels);
         let samples = &mut merged[resource];
         let i = *merged_of
-            .entry((resource, stack_index, attributes.clone()))
+            .entry((resource, &stack.kernel, &stack.user, attributes.clone()))
             .or_insert_with(|| {
                 samples.push(Merged {
                     stack,
-                    stack_index,
                     attributes,
                     count: 0,
                 });
@@ -228,7 +229,15 @@ pub fn encode(profile: &SymbolizedProfile, options: &EncodeOptions) -> Vec<Encod
         samples[i].count += stack.count;
     }
     let period = period(profile);
-    let chunks = chunk(&window, &merged, options, period.unsigned_abs());
+    drop(merged_of);
+    let ids = IdBytes::of(profile, &window);
+    let sizing = Sizing {
+        profile,
+        window: &window,
+        ids: &ids,
+        period: period.unsigned_abs(),
+    };
+    let chunks = chunk(&sizing, &merged, options);
     pack(&chunks, options.max_profile_bytes)
         .into_iter()
         .flat_map(|group| build_within_size(profile, &resources, &group, options))
@@ -239,19 +248,39 @@ fn period(profile: &SymbolizedProfile) -> i64 {
     1_000_000_000 / i64::from(profile.frequency.max(1))
 }
 
+/// What sizing a window's profiles reads.
+struct Sizing<'a> {
+    profile: &'a SymbolizedProfile,
+    window: &'a Dictionary,
+    ids: &'a IdBytes,
+    period: u64,
+}
+
+impl Sizing<'_> {
+    /// An empty profile's estimate.
+    fn profile(&self) -> ConvertedSize<'_> {
+        ConvertedSize::new(
+            self.profile,
+            self.window,
+            self.ids,
+            self.period,
+            MAX_SAMPLES_PER_PROFILE,
+        )
+    }
+}
+
 /// Splits each resource's samples into profiles whose converted size and sample count fit.
 fn chunk<'p>(
-    window: &Dictionary,
+    sizing: &Sizing<'_>,
     merged: &'p [Vec<Merged<'p>>],
     options: &EncodeOptions,
-    period: u64,
 ) -> Vec<Chunk<'p>> {
     let mut out = Vec::new();
     for (resource, samples) in merged.iter().enumerate() {
-        let mut size = ConvertedSize::new(window, period, MAX_SAMPLES_PER_PROFILE);
+        let mut size = sizing.profile();
         let mut current: Vec<&Merged<'_>> = Vec::new();
         for m in samples {
-            let cost = size.cost(window, m.stack_index, &m.attributes, m.count);
+            let cost = size.cost(m.stack, &m.attributes, m.count);
             let full = size.samples() >= MAX_SAMPLES_PER_PROFILE
                 || size.bytes() + cost > options.max_profile_bytes;
             if full && !current.is_empty() {
@@ -260,9 +289,9 @@ fn chunk<'p>(
                     samples: std::mem::take(&mut current),
                     bytes: size.bytes(),
                 });
-                size = ConvertedSize::new(window, period, MAX_SAMPLES_PER_PROFILE);
+                size = sizing.profile();
             }
-            size.add(window, m.stack_index, &m.attributes, m.count);
+            size.add(m.stack, &m.attributes, m.count);
             current.push(m);
         }
         if !current.is_empty() {
