@@ -306,6 +306,51 @@ fn sigterm_exports_the_open_window() {
 }
 
 #[test]
+fn a_window_full_of_distinct_stacks_is_exported_early_not_dropped() {
+    let Some(_machine) =
+        privileged("a_window_full_of_distinct_stacks_is_exported_early_not_dropped")
+    else {
+        return;
+    };
+    // Process churn: every sample of a new process is a new stack (its pid).
+    let mut churn = std::process::Command::new("sh")
+        .args(["-c", "while :; do /bin/true; done"])
+        .spawn()
+        .unwrap();
+    let recv = receiver::grpc("127.0.0.1:0".parse().unwrap(), false);
+    let daemon = spawn_profiler(
+        &[
+            "run",
+            "--otlp-endpoint",
+            &format!("http://{}", recv.addr),
+            "--interval",
+            "10m",
+            "-F",
+            "999",
+            "--max-stacks",
+            "300",
+            "--http-address",
+            "off",
+        ],
+        &[],
+    );
+    let arrived = recv.wait_for(3, Duration::from_secs(30));
+    let (code, _, stderr, _) = terminate(daemon);
+    churn.kill().unwrap();
+    churn.wait().unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        arrived.len() >= 3,
+        "a 10-minute window of at most 300 stacks was exported {} times in 30 s: {stderr}",
+        arrived.len()
+    );
+    assert!(
+        stderr.contains("a window closed before its interval"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn malformed_exporter_settings_fail_at_start_with_code_2() {
     let (code, _, stderr) = run_profiler(&["run", "--otlp-endpoint", "localhost:4317"]);
     assert_eq!(code, 2, "{stderr}");

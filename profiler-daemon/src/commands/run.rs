@@ -195,6 +195,8 @@ struct Pipeline<'a> {
     samples: u64,
     /// Totals at the last loss log.
     logged: Totals,
+    /// A window was closed early, as full (logged once at info).
+    closed_early: bool,
 }
 
 impl<'a> Pipeline<'a> {
@@ -202,7 +204,11 @@ impl<'a> Pipeline<'a> {
         Self {
             config,
             shared,
-            collector: Collector::new(&config.limits, config.sampler.frequency),
+            collector: {
+                let mut collector = Collector::new(&config.limits, config.sampler.frequency);
+                collector.close_windows_when_full();
+                collector
+            },
             options: EncodeOptions {
                 host_name: config.host_name.clone(),
                 resource_attributes: config.otlp.resource_attributes.clone(),
@@ -215,6 +221,7 @@ impl<'a> Pipeline<'a> {
             windows: 0,
             samples: 0,
             logged: Totals::default(),
+            closed_early: false,
         }
     }
 
@@ -271,7 +278,18 @@ impl<'a> Pipeline<'a> {
                     let totals = self.close_window(wall_start, start.elapsed(), kernel);
                     return Ok((totals, self.samples));
                 }
-                Ending::Deadline => {
+                Ending::Deadline | Ending::Full => {
+                    if ending == Ending::Full && !self.closed_early {
+                        self.closed_early = true;
+                        tracing::info!(
+                            max_stacks = self.config.limits.max_stacks,
+                            "a window closed before its interval: its stack table was 7/8 full \
+                             (--max-stacks); windows this busy are exported as they fill (further \
+                             ones are logged at debug level)"
+                        );
+                    } else if ending == Ending::Full {
+                        tracing::debug!("a window closed early: its stack table was 7/8 full");
+                    }
                     driver.take_peak_fill();
                     let mut kernel = Totals::default();
                     driver.sampler().read_counters(&mut kernel)?;

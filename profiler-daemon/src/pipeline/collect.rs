@@ -85,6 +85,9 @@ pub struct Collector {
     /// Mapping records flow: they, not the new-area events, tell replaced mappings.
     mapping_records: bool,
     mapping_records_lost: u64,
+    /// Windows close when the stack table is nearly full (`run`), rather than count the
+    /// samples of new stacks beyond `--max-stacks` as lost (`record`: one window).
+    close_when_full: bool,
 }
 
 impl Collector {
@@ -110,6 +113,7 @@ impl Collector {
             pending_maps: VecDeque::new(),
             mapping_records: false,
             mapping_records_lost: 0,
+            close_when_full: false,
         }
     }
 
@@ -289,6 +293,12 @@ impl Collector {
                 .extend(live.into_iter().map(|a| (image, a)).zip(names));
         }
         self.symbolizer.forget(self.modules.take_closed());
+    }
+
+    /// Makes `Sink::full` ask for the window to close when its stack table is nearly full:
+    /// a window of windows (`run`) loses nothing to `--max-stacks`, it only ends early.
+    pub fn close_windows_when_full(&mut self) {
+        self.close_when_full = true;
     }
 
     /// Samples held in the open window.
@@ -514,6 +524,10 @@ impl Sink for Collector {
         self.ingest(batch);
     }
 
+    fn full(&self) -> bool {
+        self.close_when_full && self.profile.nearly_full()
+    }
+
     fn take_mappings(&mut self, records: Vec<MmapRecord>, lost: u64) {
         self.queue_mappings(records, lost);
     }
@@ -597,5 +611,30 @@ mod tests {
         collector.totals(&mut totals);
         assert_eq!(totals.get(Count::ProfileFull), 1);
         assert_eq!(collector.samples(), 2);
+        // `record` has one window: it never asks for an early close.
+        assert!(!collector.full());
+    }
+
+    #[test]
+    fn a_window_asks_to_close_at_seven_eighths_of_its_stacks() {
+        let mut collector = Collector::new(
+            &Limits {
+                max_stacks: 16,
+                ..limits()
+            },
+            99,
+        );
+        collector.close_windows_when_full();
+        let me = std::process::id();
+        collector.take((1..=13).map(|a| Some(sample(me, vec![a]))).collect());
+        assert!(!collector.full(), "13 of 16 stacks");
+        collector.take(vec![Some(sample(me, vec![14]))]);
+        assert!(collector.full(), "14 of 16 stacks");
+        // Closing the window starts an empty one.
+        let _ = collector.finish_window(std::time::SystemTime::now(), Duration::from_secs(1));
+        assert!(!collector.full());
+        let mut totals = Totals::default();
+        collector.totals(&mut totals);
+        assert_eq!(totals.get(Count::ProfileFull), 0);
     }
 }

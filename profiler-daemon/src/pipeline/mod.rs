@@ -54,6 +54,11 @@ pub trait Sink {
     /// The kernel's new executable mappings since the last call, by time (given before the
     /// batch drained with them); `lost`: records dropped so far.
     fn take_mappings(&mut self, _records: Vec<MmapRecord>, _lost: u64) {}
+
+    /// The open window should close now (`run`: its stack table is nearly full).
+    fn full(&self) -> bool {
+        false
+    }
 }
 
 /// Why a reloaded selection was not applied.
@@ -77,6 +82,8 @@ pub enum Ending {
     Stopped,
     /// The reload signal (SIGHUP) was set: reload, then go on with the same window.
     Reload,
+    /// The sink asked for its window to close before the deadline (`Sink::full`).
+    Full,
 }
 
 /// The attached sampler and the loop that drains it.
@@ -195,6 +202,9 @@ impl<'s> Driver<'s> {
                 .is_some_and(|r| r.swap(false, Ordering::Relaxed))
             {
                 return Ok(Ending::Reload);
+            }
+            if sink.full() {
+                return Ok(Ending::Full);
             }
             let now = Instant::now();
             if now >= end {

@@ -70,6 +70,13 @@ impl Profile {
         self.max_stacks
     }
 
+    /// Whether the window should close now to lose nothing: seven eighths of `max_stacks`
+    /// held, the rest left for the samples of the drain under way.
+    #[must_use]
+    pub fn nearly_full(&self) -> bool {
+        self.counts.len() >= self.max_stacks - self.max_stacks / 8
+    }
+
     /// Samples held.
     #[must_use]
     pub fn samples(&self) -> u64 {
