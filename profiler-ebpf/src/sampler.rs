@@ -5,7 +5,7 @@
 //! (`unwind`, in `sample_unwind`) or by frame pointers: shallow ones walked here with a probe
 //! read per frame, deeper ones by `bpf_get_stack` (see `shallow_fp_stack`).
 //!
-//! `on_exec` / `on_exit` (BTF tracepoints) put process events in the same ring buffer, so user
+//! `on_exec` / `on_exit` (raw tracepoints: no kernel BTF needed) put process events in the same ring buffer, so user
 //! space tells images and reused pids apart, and a new image's first sample wakes user space to
 //! snapshot its mappings while it runs (`NEW_PROCESSES`);
 //! `on_new_area` (the `vm_unmapped_area` tracepoint) tells it when a new mapping takes an address
@@ -34,9 +34,9 @@ use aya_ebpf::{
             bpf_get_smp_processor_id, bpf_ktime_get_ns,
         },
     },
-    macros::{btf_tracepoint, map, perf_event},
+    macros::{map, perf_event, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, PerfEventContext},
+    programs::{PerfEventContext, RawTracePointContext},
 };
 use profiler_common::{
     COMM_LEN, COUNTER_SLOTS, Counter, FLAG_EVENT_EXEC, FLAG_EVENT_EXIT, FLAG_EVENT_NEW_AREA,
@@ -502,8 +502,8 @@ struct RangeEvent {
 /// `mmap` without `MAP_FIXED`): sent so that user space can tell a library loaded where another
 /// was unloaded from the one it knew. Ranges for anonymous memory are sent too (the kernel side
 /// cannot tell them apart cheaply); user space drops those with one lookup.
-#[btf_tracepoint(function = "vm_unmapped_area")]
-pub(crate) fn on_new_area(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "vm_unmapped_area")]
+pub(crate) fn on_new_area(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !selected(tgid) {
@@ -550,8 +550,8 @@ pub(crate) fn on_new_area(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-#[btf_tracepoint(function = "sched_process_exec")]
-pub(crate) fn on_exec(_ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub(crate) fn on_exec(_ctx: RawTracePointContext) -> i32 {
     // The daemon reads the new image's `/proc` at its first sample, which wakes it
     // (`NEW_PROCESSES`): nothing is urgent before.
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -563,8 +563,8 @@ pub(crate) fn on_exec(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-#[btf_tracepoint(function = "sched_process_exit")]
-pub(crate) fn on_exit(_ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub(crate) fn on_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // Only the thread group leader's exit ends the process (its pid may then be reused).
     let tgid = (pid_tgid >> 32) as u32;

@@ -109,7 +109,7 @@ pub const PROBES: [&str; 8] = [
     "ring buffer",
     "bpf_get_stack",
     "btf",
-    "btf tracepoint",
+    "tracepoints",
     "tail calls",
     "map-in-map",
     "task_pt_regs",

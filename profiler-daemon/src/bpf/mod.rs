@@ -303,9 +303,9 @@ impl Sampler {
         );
         let mut features = features;
         if design == Design::RingBuf {
-            features.btf_tracepoints = attach_process_events(&mut ebpf, &features);
+            features.tracepoints = attach_process_events(&mut ebpf);
         }
-        let process_events = features.btf_tracepoints.is_available();
+        let process_events = features.tracepoints.is_available();
 
         let samples = if design.uses_ring_buffer() {
             let map = take_map(&mut ebpf, "SAMPLES")?;
@@ -511,7 +511,10 @@ fn load(
     // Wake the daemon early when a quarter is used; else it drains on its timer.
     let wakeup_bytes = u64::from(ring_bytes / 4);
     let mut loader = EbpfLoader::new();
+    // No kernel BTF: the object has no CO-RE relocations (a unit test holds it), and aya's
+    // parse of the kernel's BTF took 18 MiB, the daemon's whole-life peak.
     loader
+        .btf(None)
         .override_global("FILTER_PIDS", &filter, true)
         .override_global("INCLUDE_IDLE", &include_idle, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
@@ -624,26 +627,12 @@ fn load_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut Pe
     Ok(program)
 }
 
-/// Attaches the exec/exit BTF tracepoints: the probe of BTF tracepoints is this real attach
-/// (aya's generic probe of tracing programs needs fentry trampolines, which kernels without
-/// function tracing lack while their BTF tracepoints work). Without them (no kernel BTF, or a
-/// refusal) the profiler still works, but cannot tell an `exec`'s images apart nor catch
-/// processes that exit before their first samples are read: say so once.
-fn attach_process_events(ebpf: &mut Ebpf, features: &Features) -> Support {
-    if features.btf.is_missing() {
-        tracing::warn!(
-            "this kernel lacks {}: exec/exit tracking is off",
-            Feature::Btf.what()
-        );
-        return Support::Missing;
-    }
-    let btf = match aya::Btf::from_sys_fs() {
-        Ok(btf) => btf,
-        Err(err) => {
-            tracing::warn!("cannot read the kernel's BTF ({err}): exec/exit tracking is off");
-            return Support::Unknown(err.to_string());
-        }
-    };
+/// Attaches the exec/exit tracepoints: the probe of them is this real attach. Raw tracepoints,
+/// not BTF ones: attaching a BTF tracepoint needs its type id from the kernel's BTF, and aya's
+/// parse of it took 18 MiB (the daemon's whole-life peak); the programs read no typed argument.
+/// Without them (a refusal) the profiler still works, but cannot tell an `exec`'s images apart
+/// nor catch processes that exit before their first samples are read: say so once.
+fn attach_process_events(ebpf: &mut Ebpf) -> Support {
     for (program, event) in [
         ("on_exec", "sched_process_exec"),
         ("on_exit", "sched_process_exit"),
@@ -653,9 +642,9 @@ fn attach_process_events(ebpf: &mut Ebpf, features: &Features) -> Support {
             return Support::Unknown(format!("the eBPF object has no `{program}`"));
         };
         let result = (|| -> Result<(), aya::programs::ProgramError> {
-            let prog: &mut aya::programs::BtfTracePoint = prog.try_into()?;
-            prog.load(event, &btf)?;
-            prog.attach()?;
+            let prog: &mut aya::programs::RawTracePoint = prog.try_into()?;
+            prog.load()?;
+            prog.attach(event)?;
             Ok(())
         })();
         if let Err(err) = result {
@@ -663,22 +652,22 @@ fn attach_process_events(ebpf: &mut Ebpf, features: &Features) -> Support {
             return probe::support_after(&err);
         }
     }
-    attach_new_area_events(ebpf, &btf);
+    attach_new_area_events(ebpf);
     Support::Available
 }
 
 /// Attaches `on_new_area` (the `vm_unmapped_area` tracepoint): without it, a library loaded
 /// where another was unloaded keeps the first one's names; one log line says so.
-fn attach_new_area_events(ebpf: &mut Ebpf, btf: &aya::Btf) {
+fn attach_new_area_events(ebpf: &mut Ebpf) {
     let result = (|| -> Result<(), String> {
         let prog = ebpf
             .program_mut("on_new_area")
             .ok_or("the eBPF object has no `on_new_area`")?;
-        let prog: &mut aya::programs::BtfTracePoint =
+        let prog: &mut aya::programs::RawTracePoint =
             prog.try_into().map_err(|e| format!("{e}"))?;
-        prog.load("vm_unmapped_area", btf)
+        prog.load().map_err(|e| format!("{e}"))?;
+        prog.attach("vm_unmapped_area")
             .map_err(|e| format!("{e}"))?;
-        prog.attach().map_err(|e| format!("{e}"))?;
         Ok(())
     })();
     if let Err(err) = result {
@@ -747,6 +736,19 @@ const _: () = assert!(COUNTER_SLOTS as usize == profiler_common::Counter::ALL.le
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_object_loads_without_the_kernel_s_btf() {
+        // `load` gives aya no kernel BTF: a CO-RE relocation would then stay unpatched.
+        let object = aya_obj::Object::parse(super::EBPF_OBJECT).expect("the built object parses");
+        assert!(!object.has_btf_relocations());
+        for program in ["on_exec", "on_exit", "on_new_area"] {
+            assert!(
+                object.programs.contains_key(program),
+                "{program} is in the object"
+            );
+        }
+    }
+
     #[test]
     fn ring_buffer_scales_with_cpus_within_bounds() {
         assert_eq!(super::ring_buffer_bytes(1), 256 * 1024);

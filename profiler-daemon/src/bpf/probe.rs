@@ -2,8 +2,8 @@
 //! creating tiny maps (aya's `is_*_supported`), never by comparing version numbers: distribution
 //! kernels backport features (RHEL's 4.18 has the ring buffer) and leave others out.
 //!
-//! The sampler needs the ring buffer and `bpf_get_stack`; exec/exit tracking needs kernel BTF and
-//! BTF tracepoints; the `.eh_frame` table walker needs `bpf_task_pt_regs` and `bpf_loop` (tail
+//! The sampler needs the ring buffer and `bpf_get_stack`; exec/exit tracking needs raw
+//! tracepoints (no kernel BTF: it is listed for information); the `.eh_frame` table walker needs `bpf_task_pt_regs` and `bpf_loop` (tail
 //! calls and map-in-map are listed for information). `bpf_get_stack`'s flags (`BPF_F_USER_STACK`, ...) came with
 //! the helper and are checked when it runs, not by the verifier: a failed walk is counted
 //! (`profiler_stack_walks_failed_total`), so no probe is needed for them. The verifier's 1 M
@@ -88,7 +88,7 @@ pub enum Feature {
     RingBuffer,
     GetStack,
     Btf,
-    BtfTracepoints,
+    Tracepoints,
     TailCalls,
     MapInMap,
     TaskPtRegs,
@@ -100,7 +100,7 @@ impl Feature {
         Feature::RingBuffer,
         Feature::GetStack,
         Feature::Btf,
-        Feature::BtfTracepoints,
+        Feature::Tracepoints,
         Feature::TailCalls,
         Feature::MapInMap,
         Feature::TaskPtRegs,
@@ -113,7 +113,7 @@ impl Feature {
             Feature::RingBuffer => "ring buffer",
             Feature::GetStack => "bpf_get_stack",
             Feature::Btf => "btf",
-            Feature::BtfTracepoints => "btf tracepoint",
+            Feature::Tracepoints => "tracepoints",
             Feature::TailCalls => "tail calls",
             Feature::MapInMap => "map-in-map",
             Feature::TaskPtRegs => "task_pt_regs",
@@ -128,10 +128,11 @@ impl Feature {
             Feature::RingBuffer => "BPF ring buffer map and bpf_ringbuf_output (Linux 5.8)",
             Feature::GetStack => "bpf_get_stack from perf_event programs (Linux 4.18)",
             Feature::Btf => {
-                "kernel BTF, /sys/kernel/btf/vmlinux (Linux 5.4, CONFIG_DEBUG_INFO_BTF)"
+                "kernel BTF, /sys/kernel/btf/vmlinux (Linux 5.4, CONFIG_DEBUG_INFO_BTF); the \
+                 profiler does not need it"
             }
-            Feature::BtfTracepoints => {
-                "BTF tracepoints sched_process_exec/exit, attached (Linux 5.5)"
+            Feature::Tracepoints => {
+                "raw tracepoints sched_process_exec/exit, attached (Linux 4.17)"
             }
             Feature::TailCalls => "program arrays and bpf_tail_call from perf_event programs",
             Feature::MapInMap => "array-of-maps and hash-of-maps (Linux 4.12)",
@@ -145,14 +146,12 @@ impl Feature {
     pub fn without(self) -> &'static str {
         match self {
             Feature::RingBuffer | Feature::GetStack => "the sampler cannot run",
-            Feature::Btf | Feature::BtfTracepoints => {
-                "exec/exit tracking off (short-lived processes lose names)"
-            }
+            Feature::Tracepoints => "exec/exit tracking off (short-lived processes lose names)",
             Feature::TaskPtRegs | Feature::BpfLoop => {
                 "no unwind-table walker: user stacks by frame pointers only (shallow for code \
                  built without them, such as Debian's python3 and glibc)"
             }
-            Feature::TailCalls | Feature::MapInMap => "not used (informational)",
+            Feature::Btf | Feature::TailCalls | Feature::MapInMap => "not used (informational)",
         }
     }
 
@@ -169,7 +168,7 @@ pub struct Features {
     pub ring_buffer: Support,
     pub get_stack: Support,
     pub btf: Support,
-    pub btf_tracepoints: Support,
+    pub tracepoints: Support,
     pub tail_calls: Support,
     pub map_in_map: Support,
     pub task_pt_regs: Support,
@@ -177,7 +176,7 @@ pub struct Features {
 }
 
 impl Features {
-    /// Probes every feature but BTF tracepoints (see below); a few milliseconds: each probe is
+    /// Probes every feature but the tracepoints (see below); a few milliseconds: each probe is
     /// one small map or program.
     #[must_use]
     pub fn probe() -> Self {
@@ -185,20 +184,17 @@ impl Features {
             Support::from_probe(is_helper_supported(ProgramType::PerfEvent, helper))
         };
         let map = |map_type: MapType| Support::from_probe(is_map_supported(map_type));
-        let btf = match aya::Btf::from_sys_fs() {
+        // Only whether the kernel has it: parsing it (aya's `Btf`) takes 18 MiB, which was the
+        // daemon's peak (nothing here needs it).
+        let btf = match std::fs::metadata("/sys/kernel/btf/vmlinux") {
             Ok(_) => Support::Available,
-            Err(_) if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() => Support::Missing,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Support::Missing,
             Err(err) => Support::Unknown(err.to_string()),
         };
-        // The probe of BTF tracepoints is the sampler attaching its own (`Sampler::start` fills
-        // this in): aya's probe of tracing programs loads an fentry program, which needs
-        // trampolines that a kernel without function tracing lacks (this project's CI kernel)
-        // while its BTF tracepoints work.
-        let btf_tracepoints = if btf.is_missing() {
-            Support::Missing
-        } else {
-            Support::Unknown("not attached yet (the sampler attaches them)".to_owned())
-        };
+        // The probe of the tracepoints is the sampler attaching its own (`Sampler::start` fills
+        // this in).
+        let tracepoints =
+            Support::Unknown("not attached yet (the sampler attaches them)".to_owned());
         Self {
             ring_buffer: Support::all([
                 map(MapType::RingBuf),
@@ -206,7 +202,7 @@ impl Features {
             ]),
             get_stack: helper(BpfHelper::BPF_FUNC_get_stack),
             btf,
-            btf_tracepoints,
+            tracepoints,
             tail_calls: Support::all([
                 map(MapType::ProgramArray),
                 helper(BpfHelper::BPF_FUNC_tail_call),
@@ -223,7 +219,7 @@ impl Features {
             Feature::RingBuffer => &self.ring_buffer,
             Feature::GetStack => &self.get_stack,
             Feature::Btf => &self.btf,
-            Feature::BtfTracepoints => &self.btf_tracepoints,
+            Feature::Tracepoints => &self.tracepoints,
             Feature::TailCalls => &self.tail_calls,
             Feature::MapInMap => &self.map_in_map,
             Feature::TaskPtRegs => &self.task_pt_regs,
@@ -280,7 +276,7 @@ mod tests {
             ring_buffer: Support::Available,
             get_stack: Support::Unknown("EPERM".to_owned()),
             btf: Support::Missing,
-            btf_tracepoints: Support::Missing,
+            tracepoints: Support::Missing,
             tail_calls: Support::Missing,
             map_in_map: Support::Missing,
             task_pt_regs: Support::Missing,
@@ -292,7 +288,7 @@ mod tests {
         assert_eq!(features.missing_required(), Some(Feature::RingBuffer));
         assert_eq!(
             features.to_string(),
-            "ring_buffer=no bpf_get_stack=unknown btf=no btf_tracepoint=no tail_calls=no \
+            "ring_buffer=no bpf_get_stack=unknown btf=no tracepoints=no tail_calls=no \
              map-in-map=no task_pt_regs=no bpf_loop=no"
         );
     }

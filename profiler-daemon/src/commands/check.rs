@@ -192,7 +192,7 @@ fn perf_event(type_: u32, config: u64) -> std::io::Result<()> {
 #[must_use]
 pub fn run(otlp: Option<&OtlpConfig>) -> Vec<Check> {
     let release = kernel_release();
-    // The sampler goes first: attaching it is also the probe of BTF tracepoints.
+    // The sampler goes first: attaching it is also the probe of the exec/exit tracepoints.
     let (sampler, features) = sampler_check();
     let mut out = vec![kernel_check(&release)];
     out.extend(probe_checks(&features));
@@ -229,10 +229,9 @@ fn probe_checks(features: &Features) -> Vec<Check> {
                     feature.name(),
                     match feature {
                         _ if feature.required() => Status::Fail,
-                        Feature::Btf
-                        | Feature::BtfTracepoints
-                        | Feature::TaskPtRegs
-                        | Feature::BpfLoop => Status::Warn,
+                        Feature::Tracepoints | Feature::TaskPtRegs | Feature::BpfLoop => {
+                            Status::Warn
+                        }
                         _ => Status::Info,
                     },
                     format!("missing: {what}; {}", feature.without()),
@@ -428,7 +427,7 @@ mod tests {
             ring_buffer: Support::Available,
             get_stack: Support::Missing,
             btf: Support::Missing,
-            btf_tracepoints: Support::Missing,
+            tracepoints: Support::Missing,
             tail_calls: Support::Missing,
             map_in_map: Support::Available,
             task_pt_regs: Support::Unknown("Operation not permitted".to_owned()),
@@ -445,8 +444,8 @@ mod tests {
             "{}",
             lines[1]
         );
-        assert!(lines[2].starts_with("warn  btf"), "{}", lines[2]);
-        assert!(lines[3].starts_with("warn  btf tracepoint"), "{}", lines[3]);
+        assert!(lines[2].starts_with("info  btf"), "{}", lines[2]);
+        assert!(lines[3].starts_with("warn  tracepoints"), "{}", lines[3]);
         assert!(
             lines[4].starts_with("info  tail calls     missing"),
             "{}",
