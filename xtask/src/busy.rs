@@ -167,12 +167,8 @@ fn measure(shipped: &Path, sink_bin: &Path, hz: u64, seconds: u64) -> Result<Val
         interrupt_children_named(pid, "profiler");
     }
     let (_, max_rss_kib) = interrupt_and_measure(daemon)?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sink.count() == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (bytes, samples) = sink.since(0);
-    crate::bench::stop(vec![sink.child]);
+    let (bytes, samples) = sink.exported_after(0, "profiler run")?;
+    drop(sink);
     let peak = peak_kib.max(max_rss_kib as f64) / 1024.0;
     println!(
         "| processes (most) | daemon CPU (start-up) | peak RSS | RSS at end (anon + file) | \

@@ -88,26 +88,35 @@ struct Run {
     export_samples: f64,
 }
 
-/// The receiver our daemon exports to, and what it printed so far.
+/// The receiver our daemon exports to, and what it printed so far. Killed when dropped, on
+/// error paths too.
 pub(crate) struct Sink {
-    pub(crate) child: Child,
+    child: Child,
     pub(crate) addr: String,
     lines: std::sync::Arc<std::sync::Mutex<Vec<(f64, f64)>>>,
 }
 
 impl Sink {
+    /// Starts the sink on a free port and waits for it to say which: a sink that cannot bind
+    /// fails the bench here rather than leaving it to export elsewhere or nowhere.
     pub(crate) fn start(bin: &Path) -> Result<Self> {
-        let addr = "127.0.0.1:14317".to_owned();
         let mut child = Command::new(bin)
-            .arg(&addr)
+            .arg("127.0.0.1:0")
             .stdout(Stdio::piped())
             .spawn()
             .context("starting otlp-sink")?;
         let stdout = child.stdout.take().context("the sink's stdout")?;
+        let mut reader = BufReader::new(stdout);
+        let mut first = String::new();
+        reader.read_line(&mut first).context("reading otlp-sink")?;
+        let Some(addr) = first.trim().strip_prefix("listening ").map(str::to_owned) else {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            bail!("otlp-sink did not start listening ({status}): {first:?}");
+        };
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let store = std::sync::Arc::clone(&lines);
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in reader.lines().map_while(Result::ok) {
                 let field = |key: &str| {
                     line.split_whitespace()
                         .find_map(|kv| kv.strip_prefix(key)?.parse::<f64>().ok())
@@ -120,7 +129,6 @@ impl Sink {
                     .push(entry);
             }
         });
-        std::thread::sleep(Duration::from_millis(500));
         Ok(Self { child, addr, lines })
     }
 
@@ -144,6 +152,21 @@ impl Sink {
             .len()
     }
 
+    /// Bytes and samples exported after the first `from` exports, once the daemon that made them
+    /// has stopped (its last window is exported on the way out: the sink gets a moment to print
+    /// it). An error when there is none: a figure over nothing exported measures nothing.
+    pub(crate) fn exported_after(&self, from: usize, who: &str) -> Result<(f64, f64)> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.count() == from && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (bytes, samples) = self.since(from);
+        if samples == 0.0 {
+            bail!("{who} exported nothing to the sink at {}", self.addr);
+        }
+        Ok((bytes, samples))
+    }
+
     /// Bytes and samples of the exports after the first `from`.
     pub(crate) fn since(&self, from: usize) -> (f64, f64) {
         let lines = self
@@ -154,6 +177,15 @@ impl Sink {
             .iter()
             .skip(from)
             .fold((0.0, 0.0), |(b, s), (lb, ls)| (b + lb, s + ls))
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // A sink that already exited has nothing left to stop; say anything else.
+        if let Err(e) = self.child.kill().and_then(|()| self.child.wait().map(drop)) {
+            eprintln!("stopping otlp-sink {}: {e}", self.child.id());
+        }
     }
 }
 
@@ -196,7 +228,7 @@ pub(crate) fn run(profiler: &Path, sink_bin: &Path, split: &Path, dir: &Path) ->
             .iter()
             .map(|&hz| frequency(hz, profiler, &sink, split, dir))
             .collect::<Result<Vec<_>>>();
-        crate::bench::stop(vec![sink.child]);
+        drop(sink);
         Ok(Value::Array(result?))
     })
 }
@@ -333,15 +365,8 @@ fn one(kind: Kind, hz: u32, profiler: &Path, sink: &Sink, split: &Path, dir: &Pa
     let (total_cpu, peak) = crate::bench::interrupt_and_measure(child)?;
     (run.total_cpu_s, run.peak_rss_kib) = (total_cpu, peak as f64);
     if matches!(kind, Kind::Ours(_)) {
-        // The last window is exported on the way out; give the sink a moment to print it.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while sink.count() == exports_before && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        (run.export_bytes, run.export_samples) = sink.since(exports_before);
-        if run.export_samples == 0.0 {
-            bail!("{} exported nothing", kind.name());
-        }
+        (run.export_bytes, run.export_samples) =
+            sink.exported_after(exports_before, kind.name())?;
     }
     Ok(run)
 }

@@ -50,8 +50,9 @@ pub(crate) fn run(shipped: &Path, sink_bin: &Path, split: &Path) -> Result<Value
         let (anon, file) = (status_kib(pid, "RssAnon:"), status_kib(pid, "RssFile:"));
         let (_, peak_kib) = interrupt_and_measure(daemon)?;
         crate::bench::stop(load);
+        sink.exported_after(0, "profiler run")?;
         let exported = sink.count();
-        crate::bench::stop(vec![sink.child]);
+        drop(sink);
         let daemon_pct = 100.0 * (cpu_end - cpu_start) / elapsed;
         let (bpf_time, runs) = (bpf_end.0 - bpf_start.0, bpf_end.1 - bpf_start.1);
         let bpf_pct = 100.0 * bpf_time as f64 / 1e9 / elapsed;
