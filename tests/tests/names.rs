@@ -351,6 +351,36 @@ fn stripped_binaries_use_their_debug_file_and_symbolless_ones_show_their_module(
     );
     drop(by_build_id);
 
+    // Found by debug link alone, in the `.debug/` directory beside the binary (no build-id
+    // layout, no --debug-dir): how split debug files are often deployed by hand.
+    let linked = dir.path().join("split-linked");
+    assert!(
+        Command::new("objcopy")
+            .arg("--strip-all")
+            .arg(format!("--add-gnu-debuglink={}", debug_file.display()))
+            .arg(&bin)
+            .arg(&linked)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let beside = dir.path().join(".debug");
+    std::fs::create_dir_all(&beside).unwrap();
+    std::fs::copy(&debug_file, beside.join(debug_file.file_name().unwrap())).unwrap();
+    let by_link = Workload::spawn(&linked, &["20"]);
+    let stacks = record_folded(
+        dir.path(),
+        "linked",
+        &["-F", "999", "-d", "2s", "--pid", &by_link.pid().to_string()],
+    );
+    let (total, named) = named_ratio(&stacks, "split-linked");
+    println!("debug link into .debug/: {total} samples, {named} named");
+    assert!(
+        named * 10 >= total * 9,
+        "{named} of {total} named through the linked debug file"
+    );
+    drop(by_link);
+
     let bare = Workload::spawn(&nosyms, &["20"]);
     let stacks = record_folded(
         dir.path(),

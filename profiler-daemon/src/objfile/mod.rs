@@ -39,7 +39,7 @@ pub struct Module {
     pub build_id: Option<Arc<str>>,
     /// Where blazesym reads the file: `/proc/self/fd/N` of `_file`, else the path itself.
     pub read_path: PathBuf,
-    /// A separate debug file found by build id (indexed by virtual address, see
+    /// A separate debug file found by build id or debug link (indexed by virtual address, see
     /// `virtual_address`).
     pub debug_file: Option<DebugFile>,
     /// The loadable segments: (file offset, file size, virtual address).
@@ -110,6 +110,11 @@ impl Module {
     }
 }
 
+/// Process `pid`'s root directory, as seen from here.
+fn root_of(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root"))
+}
+
 fn file_name(path: &Path) -> Arc<str> {
     path.file_name()
         .map_or_else(|| path.to_string_lossy(), |n| n.to_string_lossy())
@@ -145,6 +150,9 @@ struct Candidate {
     key: Option<FileKey>,
     /// The path as its process sees it.
     path: PathBuf,
+    /// That process's root as seen from here (`/proc/PID/root`, `/` for host paths): where a
+    /// debug file beside the binary is.
+    root: PathBuf,
     read_path: PathBuf,
     size: u64,
     digest: OnceLock<Option<u64>>,
@@ -214,7 +222,7 @@ impl ModuleRegistry {
         let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", line.start, line.end);
         let rooted = format!("/proc/{pid}/root{}", line.path);
         let file = File::open(&map_file).or_else(|_| File::open(&rooted)).ok();
-        self.register(file, PathBuf::from(&line.path), Some(line))
+        self.register(file, PathBuf::from(&line.path), root_of(pid), Some(line))
     }
 
     /// The open module of the file `line` maps, if it is one and its content did not change.
@@ -237,24 +245,31 @@ impl ModuleRegistry {
             .or_else(|_| File::open(&line.path))
             .ok()
             .filter(|f| f.metadata().is_ok_and(|m| m.ino() == line.inode));
-        self.register(file, PathBuf::from(&line.path), Some(line))
+        self.register(file, PathBuf::from(&line.path), root_of(pid), Some(line))
     }
 
     /// A module for a file named by path on this host (tools and benchmarks).
     pub fn open_path(&mut self, path: &Path) -> Arc<Module> {
-        self.register(File::open(path).ok(), path.to_path_buf(), None)
+        self.register(
+            File::open(path).ok(),
+            path.to_path_buf(),
+            PathBuf::from("/"),
+            None,
+        )
     }
 
-    /// The module of `file` (opened from `path`, for the mapping `mapped` if any).
+    /// The module of `file` (opened from `path` in the root directory `root`, for the mapping
+    /// `mapped` if any).
     fn register(
         &mut self,
         file: Option<File>,
         path: PathBuf,
+        root: PathBuf,
         mapped: Option<&MapsLine>,
     ) -> Arc<Module> {
         let meta = file.as_ref().and_then(|f| f.metadata().ok());
         let key = meta.as_ref().map(FileKey::of);
-        let module = self.find_or_insert(file, meta.as_ref(), path);
+        let module = self.find_or_insert(file, meta.as_ref(), path, root);
         // Only a module held open through this very file pins the mapped inode.
         if let Some(line) = mapped
             && line.inode != 0
@@ -271,6 +286,7 @@ impl ModuleRegistry {
         file: Option<File>,
         meta: Option<&std::fs::Metadata>,
         path: PathBuf,
+        root: PathBuf,
     ) -> Arc<Module> {
         let key = meta.map(FileKey::of);
         if let Some(id) = key.and_then(|k| self.by_file.get(&k))
@@ -287,6 +303,7 @@ impl ModuleRegistry {
             file,
             key,
             path,
+            root,
             read_path,
             digest: OnceLock::new(),
         };
@@ -326,10 +343,19 @@ impl ModuleRegistry {
         self.make_room();
         let id = ModuleId(self.next);
         self.next += 1;
-        let debug_file = build_id
-            .as_deref()
-            .and_then(|b| debug::find(&self.debug_dirs, b));
         let layout = debug::layout(&candidate.read_path);
+        let origin = debug::Origin {
+            path: &candidate.path,
+            root: &candidate.root,
+        };
+        let debug_file = debug::find(&self.debug_dirs, build_id.as_deref(), &layout, &origin);
+        // Its own DWARF's supplementary file, by build id or absolute path (the read path's
+        // directory is `/proc/self/fd`).
+        let own_dwarf_bytes = if layout.dwarf_bytes > 0 && debug_file.is_none() {
+            layout.dwarf_bytes + debug::supplementary_bytes(&self.debug_dirs, &layout, None)
+        } else {
+            layout.dwarf_bytes
+        };
         let module = Arc::new(Module {
             id,
             name: file_name(&candidate.path),
@@ -338,7 +364,7 @@ impl ModuleRegistry {
             read_path: candidate.read_path,
             debug_file,
             segments: layout.segments,
-            own_dwarf_bytes: layout.dwarf_bytes,
+            own_dwarf_bytes,
             size: candidate.size,
             digest: candidate.digest,
             key: candidate.key,
