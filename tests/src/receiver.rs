@@ -1,6 +1,7 @@
 //! Real OTLP profiles receivers for the tests: a gRPC server built from the generated
 //! `ProfilesService` server of `opentelemetry-proto`, and an HTTP/protobuf endpoint (axum) at
-//! `/v1development/profiles`. Each runs on its own tokio runtime and keeps what it received.
+//! `/v1development/profiles`, each in plain text or TLS. Each runs on its own tokio runtime and
+//! keeps what it received.
 
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -173,15 +174,7 @@ pub fn http(addr: SocketAddr) -> Receiver {
     let rt = runtime();
     let listener = bind(&rt, addr);
     let addr = listener.local_addr().unwrap();
-    let store: Store = Arc::default();
-    let handler_store = Arc::clone(&store);
-    let app = axum::Router::new().route(
-        "/v1development/profiles",
-        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-            let store = Arc::clone(&handler_store);
-            async move { http_export(&store, &headers, &body) }
-        }),
-    );
+    let (store, app) = http_app();
     rt.spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
             eprintln!("test HTTP receiver stopped: {err}");
@@ -192,6 +185,87 @@ pub fn http(addr: SocketAddr) -> Receiver {
         store,
         runtime: Some(rt),
     }
+}
+
+/// An OTLP/HTTP receiver that only speaks TLS (HTTPS), with the given PEM certificate chain and
+/// key.
+#[must_use]
+pub fn http_tls(addr: SocketAddr, cert_pem: &[u8], key_pem: &[u8]) -> Receiver {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .expect("a PEM certificate chain");
+    let key = PrivateKeyDer::from_pem_slice(key_pem).expect("a PEM private key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("a valid certificate and key");
+    let rt = runtime();
+    let tcp = bind(&rt, addr);
+    let addr = tcp.local_addr().unwrap();
+    let listener = TlsListener {
+        tcp,
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+    };
+    let (store, app) = http_app();
+    rt.spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            eprintln!("test HTTPS receiver stopped: {err}");
+        }
+    });
+    Receiver {
+        addr,
+        store,
+        runtime: Some(rt),
+    }
+}
+
+/// Accepts TCP connections and completes their TLS handshakes; a failed handshake (a client
+/// that does not trust the certificate) drops that connection only.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, peer)) = self.tcp.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            match self.acceptor.accept(tcp).await {
+                Ok(tls) => return (tls, peer),
+                Err(err) => eprintln!("test HTTPS receiver: handshake with {peer} failed: {err}"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// The HTTP routes, and the store they fill.
+fn http_app() -> (Store, axum::Router) {
+    let store: Store = Arc::default();
+    let handler_store = Arc::clone(&store);
+    let app = axum::Router::new().route(
+        "/v1development/profiles",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let store = Arc::clone(&handler_store);
+            async move { http_export(&store, &headers, &body) }
+        }),
+    );
+    (store, app)
 }
 
 fn http_export(store: &Store, headers: &HeaderMap, body: &[u8]) -> (StatusCode, Vec<u8>) {

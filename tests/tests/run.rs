@@ -449,51 +449,52 @@ fn tls_export_trusts_the_given_ca_and_nothing_else() {
     let bin = build_workload("split", dir.path());
     let _workload = Workload::spawn(&bin, &["30"]);
     let (ca, cert, key) = certificates(dir.path());
-    let recv = receiver::grpc_tls("127.0.0.1:0".parse().unwrap(), &cert, &key);
-    let endpoint = format!("https://localhost:{}", recv.addr.port());
+    let any_port = "127.0.0.1:0".parse().unwrap();
+    for (protocol, recv) in [
+        ("grpc", receiver::grpc_tls(any_port, &cert, &key)),
+        ("http/protobuf", receiver::http_tls(any_port, &cert, &key)),
+    ] {
+        let endpoint = format!("https://localhost:{}", recv.addr.port());
+        let run = |extra: &[&str]| {
+            let mut args = vec![
+                "run",
+                "--otlp-endpoint",
+                &endpoint,
+                "--otlp-protocol",
+                protocol,
+                "--interval",
+                "1s",
+                "-F",
+                "99",
+            ];
+            args.extend(extra);
+            spawn_profiler(&args, &[])
+        };
 
-    // Without the CA (system roots only), the server's certificate is refused: nothing arrives.
-    let untrusting = spawn_profiler(
-        &[
-            "run",
-            "--otlp-endpoint",
-            &endpoint,
-            "--interval",
-            "1s",
-            "-F",
-            "99",
-        ],
-        &[],
-    );
-    std::thread::sleep(Duration::from_secs(4));
-    let (code, _, stderr, _) = terminate(untrusting);
-    assert_eq!(code, 0, "{stderr}");
-    assert!(
-        recv.captures().is_empty(),
-        "an untrusted server received data"
-    );
-    assert!(stderr.contains("export failed"), "{stderr}");
+        // Without the CA (system roots only), the server's certificate is refused: nothing
+        // arrives, and the log says which step failed.
+        let untrusting = run(&[]);
+        std::thread::sleep(Duration::from_secs(4));
+        let (code, _, stderr, _) = terminate(untrusting);
+        assert_eq!(code, 0, "{protocol}: {stderr}");
+        assert!(
+            recv.captures().is_empty(),
+            "{protocol}: an untrusted server received data"
+        );
+        assert!(stderr.contains("export failed"), "{protocol}: {stderr}");
+        assert!(stderr.contains("TLS"), "{protocol}: {stderr}");
 
-    // With the CA: delivered over TLS.
-    let trusting = spawn_profiler(
-        &[
-            "run",
-            "--otlp-endpoint",
-            &endpoint,
-            "--otlp-ca",
-            ca.to_str().unwrap(),
-            "--interval",
-            "1s",
-            "-F",
-            "99",
-        ],
-        &[],
-    );
-    let captures = recv.wait_for(1, Duration::from_secs(20));
-    let (code, _, stderr, _) = terminate(trusting);
-    assert_eq!(code, 0, "{stderr}");
-    assert!(!captures.is_empty(), "nothing delivered over TLS: {stderr}");
-    assert!(!samples_of(&captures[0].request, "split").is_empty());
+        // With the CA: delivered over TLS.
+        let trusting = run(&["--otlp-ca", ca.to_str().unwrap()]);
+        let captures = recv.wait_for(1, Duration::from_secs(20));
+        let (code, _, stderr, _) = terminate(trusting);
+        assert_eq!(code, 0, "{protocol}: {stderr}");
+        assert!(
+            !captures.is_empty(),
+            "{protocol}: nothing delivered over TLS: {stderr}"
+        );
+        assert!(!samples_of(&captures[0].request, "split").is_empty());
+    }
 }
 
 #[test]
