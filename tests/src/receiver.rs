@@ -174,17 +174,7 @@ pub fn http(addr: SocketAddr) -> Receiver {
     let rt = runtime();
     let listener = bind(&rt, addr);
     let addr = listener.local_addr().unwrap();
-    let (store, app) = http_app();
-    rt.spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            eprintln!("test HTTP receiver stopped: {err}");
-        }
-    });
-    Receiver {
-        addr,
-        store,
-        runtime: Some(rt),
-    }
+    serve_http(rt, listener, addr)
 }
 
 /// An OTLP/HTTP receiver that only speaks TLS (HTTPS), with the given PEM certificate chain and
@@ -212,17 +202,7 @@ pub fn http_tls(addr: SocketAddr, cert_pem: &[u8], key_pem: &[u8]) -> Receiver {
         tcp,
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
     };
-    let (store, app) = http_app();
-    rt.spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            eprintln!("test HTTPS receiver stopped: {err}");
-        }
-    });
-    Receiver {
-        addr,
-        store,
-        runtime: Some(rt),
-    }
+    serve_http(rt, listener, addr)
 }
 
 /// Accepts TCP connections and completes their TLS handshakes; a failed handshake (a client
@@ -254,8 +234,12 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// The HTTP routes, and the store they fill.
-fn http_app() -> (Store, axum::Router) {
+/// Serves the HTTP routes on `listener` (plain or TLS, at `addr`) from `rt`.
+fn serve_http<L>(rt: tokio::runtime::Runtime, listener: L, addr: SocketAddr) -> Receiver
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let store: Store = Arc::default();
     let handler_store = Arc::clone(&store);
     let app = axum::Router::new().route(
@@ -265,7 +249,16 @@ fn http_app() -> (Store, axum::Router) {
             async move { http_export(&store, &headers, &body) }
         }),
     );
-    (store, app)
+    rt.spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            eprintln!("test HTTP receiver stopped: {err}");
+        }
+    });
+    Receiver {
+        addr,
+        store,
+        runtime: Some(rt),
+    }
 }
 
 fn http_export(store: &Store, headers: &HeaderMap, body: &[u8]) -> (StatusCode, Vec<u8>) {
