@@ -34,6 +34,11 @@ impl<K: Hash + Eq, V> NameCache<K, V> {
         self.entries.put(key, value);
     }
 
+    /// Forgets `key`.
+    pub(super) fn remove(&mut self, key: &K) {
+        self.entries.pop(key);
+    }
+
     #[must_use]
     pub(super) fn len(&self) -> usize {
         self.entries.len()

@@ -12,7 +12,9 @@
 //! Parsed DWARF is the daemon's largest memory (a 140 MB binary's took 63 MiB), so it has a
 //! budget (`--debug-info-memory`): the files named with DWARF at once have at most that many
 //! bytes of `.debug_info` + `.debug_line` between them. A file that does not fit is named from
-//! its symbol table (function names; no file, line or inlined frames) until it goes idle.
+//! its symbol table (function names; no file, line or inlined frames) until it goes idle; the
+//! names it gave then are forgotten with it, so its addresses are named again, with DWARF if it
+//! fits by then.
 
 mod cache;
 mod frame;
@@ -48,7 +50,7 @@ pub struct SymbolizeStats {
 }
 
 /// A file blazesym has parsed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Parsed {
     /// Asked for names since the last `forget_idle`.
     used: bool,
@@ -57,6 +59,9 @@ struct Parsed {
     /// Named with its DWARF, holding this much of the budget; `None`: named from its symbol
     /// table only (its DWARF did not fit).
     dwarf: Option<u64>,
+    /// Named from its symbol table only for want of budget: the cache keys of those names,
+    /// forgotten with this parse (see `evict`). Empty for a file whose DWARF never fits.
+    short_of_budget: Vec<(ModuleId, u64)>,
 }
 
 /// Windows a parsed file is kept without names asked of it. At 19 Hz a library is often missed
@@ -181,6 +186,9 @@ impl SymbolizerStage {
     fn evict(&mut self, path: PathBuf) {
         if let Some(parsed) = self.parsed.remove(&path) {
             self.dwarf_in_use -= parsed.dwarf.unwrap_or(0);
+            for key in &parsed.short_of_budget {
+                self.user_cache.remove(key);
+            }
         }
         let evict = blazesym::symbolize::evict::Evict::Elf(blazesym::symbolize::evict::Elf {
             path,
@@ -228,6 +236,14 @@ impl SymbolizerStage {
             elf.debug_syms = self.admit(path, dwarf_bytes);
             if !elf.debug_syms {
                 self.stats.dwarf_over_budget += offsets.len() as u64;
+                // Named again once this parse is gone, if the file could fit then.
+                if dwarf_bytes <= self.dwarf_budget
+                    && let Some(parsed) = self.parsed.get_mut(path)
+                {
+                    parsed
+                        .short_of_budget
+                        .extend(offsets.iter().map(|&o| (id, o)));
+                }
             }
             let src = Source::Elf(elf);
             // A debug file found by build id is indexed by virtual address, not file offset.
@@ -309,6 +325,7 @@ impl SymbolizerStage {
                 used: true,
                 idle: 0,
                 dwarf: fits.then_some(dwarf_bytes),
+                short_of_budget: Vec::new(),
             },
         );
         fits
@@ -496,5 +513,21 @@ mod tests {
         assert_eq!((frame.file.as_deref(), frame.line), (None, None));
         assert_eq!(stage.stats().dwarf_over_budget, 1);
         assert_eq!(stage.dwarf_in_use, 0);
+
+        // Short of budget only while another file holds it: once both parses are idle and
+        // gone, the address is named again, with DWARF (not the symbol-table name cached).
+        let mut stage = SymbolizerStage::new(16, Vec::new(), dwarf_bytes);
+        assert!(stage.admit(std::path::Path::new("/another/file"), dwarf_bytes));
+        let named = stage.resolve_user(&[key], &modules);
+        assert_eq!(named[0].first().and_then(|f| f.line), None, "over budget");
+        assert_eq!(stage.stats().dwarf_over_budget, 1);
+        for _ in 0..=IDLE_WINDOWS {
+            stage.forget_idle();
+        }
+        assert!(stage.parsed.is_empty());
+        let named = stage.resolve_user(&[key], &modules);
+        let frame = named[0].first().expect("named");
+        assert!(frame.file.is_some() && frame.line.is_some(), "{frame:?}");
+        assert_eq!(stage.stats().dwarf_over_budget, 1);
     }
 }
