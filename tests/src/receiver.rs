@@ -222,9 +222,13 @@ impl axum::serve::Listener for TlsListener {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
-            match self.acceptor.accept(tcp).await {
-                Ok(tls) => return (tls, peer),
-                Err(err) => eprintln!("test HTTPS receiver: handshake with {peer} failed: {err}"),
+            // Handshakes are taken one at a time: a client that stalls is given up on.
+            match tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => return (tls, peer),
+                Ok(Err(err)) => {
+                    eprintln!("test HTTPS receiver: handshake with {peer} failed: {err}");
+                }
+                Err(_) => eprintln!("test HTTPS receiver: handshake with {peer} timed out"),
             }
         }
     }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::bench::{median, positive_env, status_kib};
+use crate::bench::{self, median, positive_env, status_kib};
 
 /// Rounds of every configuration at every frequency (`BENCH_ROUNDS` changes it).
 const ROUNDS: usize = 5;
@@ -97,26 +97,27 @@ pub(crate) struct Sink {
 }
 
 impl Sink {
-    /// Starts the sink on a free port and waits for it to say which: a sink that cannot bind
-    /// fails the bench here rather than leaving it to export elsewhere or nowhere.
+    /// Starts the sink on a free port and waits (at most 10 s) for it to say which: a sink that
+    /// cannot bind fails the bench here rather than leaving it to export elsewhere or nowhere.
     pub(crate) fn start(bin: &Path) -> Result<Self> {
         let mut child = Command::new(bin)
             .arg("127.0.0.1:0")
             .stdout(Stdio::piped())
             .spawn()
             .context("starting otlp-sink")?;
-        let stdout = child.stdout.take().context("the sink's stdout")?;
-        let mut reader = BufReader::new(stdout);
-        let mut first = String::new();
-        reader.read_line(&mut first).context("reading otlp-sink")?;
-        let Some(addr) = first.trim().strip_prefix("listening ").map(str::to_owned) else {
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            bail!("otlp-sink did not start listening ({status}): {first:?}");
+        let Some(stdout) = child.stdout.take() else {
+            bench::stop(vec![child]);
+            bail!("otlp-sink has no stdout");
         };
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let store = std::sync::Arc::clone(&lines);
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in reader.lines().map_while(Result::ok) {
+            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+            if first_tx.send(lines.next()).is_err() {
+                return;
+            }
+            for line in lines {
                 let field = |key: &str| {
                     line.split_whitespace()
                         .find_map(|kv| kv.strip_prefix(key)?.parse::<f64>().ok())
@@ -129,6 +130,18 @@ impl Sink {
                     .push(entry);
             }
         });
+        let first = first_rx
+            .recv_timeout(Duration::from_secs(10))
+            .ok()
+            .flatten();
+        let Some(addr) = first
+            .as_deref()
+            .and_then(|l| l.trim().strip_prefix("listening "))
+            .map(str::to_owned)
+        else {
+            bench::stop(vec![child]);
+            bail!("otlp-sink did not say where it listens (first line: {first:?})");
+        };
         Ok(Self { child, addr, lines })
     }
 
@@ -153,12 +166,20 @@ impl Sink {
     }
 
     /// Bytes and samples exported after the first `from` exports, once the daemon that made them
-    /// has stopped (its last window is exported on the way out: the sink gets a moment to print
-    /// it). An error when there is none: a figure over nothing exported measures nothing.
+    /// has stopped: its last window is exported on the way out, so this waits (at most 5 s)
+    /// until there is an export and none more for 600 ms (the sink prints every 200 ms). An
+    /// error when there is none: a figure over nothing exported measures nothing.
     pub(crate) fn exported_after(&self, from: usize, who: &str) -> Result<(f64, f64)> {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.count() == from && Instant::now() < deadline {
+        let (mut seen, mut since) = (self.count(), Instant::now());
+        while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
+            let now = self.count();
+            if now != seen {
+                (seen, since) = (now, Instant::now());
+            } else if now > from && since.elapsed() >= Duration::from_millis(600) {
+                break;
+            }
         }
         let (bytes, samples) = self.since(from);
         if samples == 0.0 {

@@ -7,18 +7,43 @@
 //! is given and what is counted. A debug file's dwz supplementary file (`.gnu_debugaltlink`),
 //! parsed with it, is counted with it too (once per file that links it: shared ones are
 //! overstated, never missed).
+//!
+//! A debug file found inside a process's root is opened once and read through that handle
+//! (`/proc/self/fd/N`), like the module's own file: a path inside `/proc/PID/root` stops working
+//! when that process exits, and could name another process's file once the pid is reused. One
+//! found in the debug directories is read by its path (blazesym resolves a relative dwz link
+//! from the file's directory), and held open too. What a process's directory holds
+//! is not trusted: a candidate must be a regular, non-empty ELF file of at most
+//! `MAX_DEBUG_FILE_BYTES` (no `/proc/kcore`, no blocking pseudo-file), opened non-blocking, and
+//! its CRC must match before it is used; CRCs are remembered per file version (`Crcs`).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io::Read as _;
+use std::os::fd::AsRawFd as _;
 use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
+use super::FileKey;
+
+/// The largest debug file read to check a debug link's CRC (reading it takes seconds beyond).
+const MAX_DEBUG_FILE_BYTES: u64 = 4 << 30;
+
+/// CRCs remembered, at most (then forgotten all at once: a cache, not a record).
+const MAX_CRCS: usize = 1024;
+
 /// A debug-only ELF file for a module, indexed by the module's virtual addresses.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DebugFile {
+    /// Where it was found.
     pub path: PathBuf,
+    /// Where it is read: `path` in a debug directory, else `/proc/self/fd/N` of `_file`.
+    pub read_path: PathBuf,
     /// Its DWARF's size (see `Layout::dwarf_bytes`), with its supplementary file's.
     pub dwarf_bytes: u64,
+    _file: File,
 }
 
 /// Where a module's file is, for finding its debug file.
@@ -29,6 +54,26 @@ pub(super) struct Origin<'a> {
     pub root: &'a Path,
 }
 
+/// CRC-32s of candidate debug files, by file version.
+#[derive(Debug, Default)]
+pub(super) struct Crcs(HashMap<FileKey, u32>);
+
+impl Crcs {
+    /// The CRC of `file`, computed once per version.
+    fn of(&mut self, file: &mut File, meta: &std::fs::Metadata) -> Option<u32> {
+        let key = FileKey::of(meta);
+        if let Some(&crc) = self.0.get(&key) {
+            return Some(crc);
+        }
+        let crc = crc32(file, meta.len())?;
+        if self.0.len() >= MAX_CRCS {
+            self.0.clear();
+        }
+        self.0.insert(key, crc);
+        Some(crc)
+    }
+}
+
 /// The debug file of the binary whose layout is `binary`, if one is found in `dirs` or beside
 /// the binary.
 #[must_use]
@@ -37,14 +82,28 @@ pub(super) fn find(
     build_id: Option<&str>,
     binary: &Layout,
     origin: &Origin<'_>,
+    crcs: &mut Crcs,
 ) -> Option<DebugFile> {
-    let path = build_id
+    let (path, file, in_root) = build_id
         .and_then(|b| by_build_id(dirs, b))
-        .or_else(|| by_debug_link(dirs, binary.debug_link.as_ref()?, origin))?;
-    let layout = layout(&path);
+        .map(|(path, file)| (path, file, false))
+        .or_else(|| by_debug_link(dirs, binary.debug_link.as_ref()?, origin, crcs))?;
+    let read_path = if in_root {
+        PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    } else {
+        path.clone()
+    };
+    let layout = layout(&read_path);
+    // A relative supplementary path is taken from the debug file's real directory (the found
+    // path may be a `.build-id` symlink).
+    let real_dir = std::fs::canonicalize(&path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
     Some(DebugFile {
-        dwarf_bytes: layout.dwarf_bytes + supplementary_bytes(dirs, &layout, path.parent()),
+        dwarf_bytes: layout.dwarf_bytes + supplementary_bytes(dirs, &layout, real_dir.as_deref()),
         path,
+        read_path,
+        _file: file,
     })
 }
 
@@ -61,23 +120,30 @@ pub(super) fn supplementary_bytes(dirs: &[PathBuf], linking: &Layout, dir: Optio
         dir.map(|d| d.join(&link.path))
     };
     by_build_id(dirs, &super::hex(&link.build_id))
+        .map(|(path, _)| path)
         .or_else(|| named.filter(|p| p.is_file()))
         .map_or(0, |p| layout(&p).dwarf_bytes)
 }
 
-/// `DIR/.build-id/ab/cdef....debug` in `dirs`.
-fn by_build_id(dirs: &[PathBuf], build_id: &str) -> Option<PathBuf> {
+/// `DIR/.build-id/ab/cdef....debug` in `dirs`, opened.
+fn by_build_id(dirs: &[PathBuf], build_id: &str) -> Option<(PathBuf, File)> {
     if build_id.len() < 4 {
         return None;
     }
     let (head, tail) = build_id.split_at(2);
     dirs.iter()
         .map(|d| d.join(".build-id").join(head).join(format!("{tail}.debug")))
-        .find(|p| p.is_file())
+        .find_map(|p| open_elf(&p).map(|(file, _)| (p, file)))
 }
 
-/// The file `link` names, in GDB's places, whose content has the link's CRC.
-fn by_debug_link(dirs: &[PathBuf], link: &DebugLink, origin: &Origin<'_>) -> Option<PathBuf> {
+/// The file `link` names, in GDB's places, whose content has the link's CRC, opened, and
+/// whether it is inside the process's root (else in a debug directory).
+fn by_debug_link(
+    dirs: &[PathBuf],
+    link: &DebugLink,
+    origin: &Origin<'_>,
+    crcs: &mut Crcs,
+) -> Option<(PathBuf, File, bool)> {
     // A link is a file name; anything else could point a lookup outside these places.
     let name = Path::new(&link.name);
     if name.components().count() != 1 || name.file_name().is_none() {
@@ -92,18 +158,40 @@ fn by_debug_link(dirs: &[PathBuf], link: &DebugLink, origin: &Origin<'_>) -> Opt
             dirs.iter()
                 .flat_map(|d| [d.join(relative).join(name), d.join(name)]),
         )
-        .filter(|p| p.is_file())
-        .find(|p| crc32(p).is_some_and(|crc| crc == link.crc))
+        .enumerate()
+        .find_map(|(i, p)| {
+            let (mut file, meta) = open_elf(&p)?;
+            (crcs.of(&mut file, &meta)? == link.crc).then_some((p, file, i < 2))
+        })
 }
 
-/// The CRC-32 of a file's content (what `.gnu_debuglink` records), read in chunks: debug files
-/// run to gigabytes.
-fn crc32(path: &Path) -> Option<u32> {
-    let mut file = std::fs::File::open(path).ok()?;
+/// `path` opened, if it is a regular file of at most `MAX_DEBUG_FILE_BYTES` that starts as an
+/// ELF file does; non-blocking, so a pseudo-file that would wait cannot stall the daemon.
+fn open_elf(path: &Path) -> Option<(File, std::fs::Metadata)> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() < 4 || meta.len() > MAX_DEBUG_FILE_BYTES {
+        return None;
+    }
+    let mut magic = [0; 4];
+    file.read_exact(&mut magic).ok()?;
+    (magic == *b"\x7fELF").then_some((file, meta))
+}
+
+/// The CRC-32 of a file's first `len` bytes (all of it: what `.gnu_debuglink` records), read in
+/// chunks from its start.
+fn crc32(file: &mut File, len: u64) -> Option<u32> {
+    use std::io::{Seek as _, SeekFrom};
+    file.seek(SeekFrom::Start(0)).ok()?;
+    let mut reader = file.take(len);
     let mut crc = flate2::Crc::new();
     let mut buf = vec![0; 1 << 16];
     loop {
-        match file.read(&mut buf) {
+        match reader.read(&mut buf) {
             Ok(0) => return Some(crc.sum()),
             Ok(n) => crc.update(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -256,7 +344,8 @@ mod tests {
         };
         let expected = super::layout(&debug).dwarf_bytes + super::layout(&full).dwarf_bytes;
         assert!(expected > super::layout(&full).dwarf_bytes);
-        let found = |dirs: &[PathBuf]| find(dirs, None, &layout, &origin);
+        let mut crcs = Crcs::default();
+        let mut found = |dirs: &[PathBuf]| find(dirs, None, &layout, &origin, &mut crcs);
         assert!(found(&dirs).is_none(), "nowhere yet");
 
         for place in [
@@ -270,13 +359,31 @@ mod tests {
             let file = found(&dirs).unwrap_or_else(|| panic!("{} not found", place.display()));
             assert_eq!(file.path, place);
             assert_eq!(file.dwarf_bytes, expected, "{}", place.display());
-            // Another content under the same name: its CRC does not match.
-            std::fs::write(&place, b"not the debug file").unwrap();
+            // Inside the process's root it is read through its handle: still there when the
+            // path is gone (the process exited).
+            let in_root = place.starts_with(&root);
+            assert_eq!(
+                file.read_path != file.path,
+                in_root,
+                "{}",
+                file.read_path.display()
+            );
+            std::fs::remove_file(&place).unwrap();
+            if in_root {
+                assert!(super::layout(&file.read_path).dwarf_bytes > 0);
+            }
+            drop(file);
+            // Another ELF file under the same name: its CRC does not match.
+            std::fs::copy(&full, &place).unwrap();
             assert!(
                 found(&dirs).is_none(),
                 "{} taken with a wrong CRC",
                 place.display()
             );
+            // A pseudo-file (empty as procfs says, and would block): never read.
+            std::fs::remove_file(&place).unwrap();
+            std::os::unix::fs::symlink("/proc/kmsg", &place).unwrap();
+            assert!(found(&dirs).is_none());
             std::fs::remove_file(&place).unwrap();
         }
     }

@@ -104,7 +104,7 @@ impl Module {
     #[must_use]
     pub fn naming_file(&self) -> (&Path, u64) {
         match &self.debug_file {
-            Some(debug) => (&debug.path, debug.dwarf_bytes),
+            Some(debug) => (&debug.read_path, debug.dwarf_bytes),
             None => (&self.read_path, self.own_dwarf_bytes),
         }
     }
@@ -172,6 +172,8 @@ pub struct ModuleRegistry {
     /// Searched for debug files by build id.
     debug_dirs: Vec<PathBuf>,
     digester: Digester,
+    /// CRCs of debug files met through debug links.
+    crcs: debug::Crcs,
     /// Read paths of closed modules whose parsed data the symbolizer must forget (the fd number
     /// will be reused by another file).
     closed: Vec<PathBuf>,
@@ -189,6 +191,7 @@ impl ModuleRegistry {
             capacity: capacity.max(1),
             debug_dirs,
             digester: Digester::default(),
+            crcs: debug::Crcs::default(),
             closed: Vec::new(),
         }
     }
@@ -348,7 +351,13 @@ impl ModuleRegistry {
             path: &candidate.path,
             root: &candidate.root,
         };
-        let debug_file = debug::find(&self.debug_dirs, build_id.as_deref(), &layout, &origin);
+        let debug_file = debug::find(
+            &self.debug_dirs,
+            build_id.as_deref(),
+            &layout,
+            &origin,
+            &mut self.crcs,
+        );
         // Its own DWARF's supplementary file, by build id or absolute path (the read path's
         // directory is `/proc/self/fd`).
         let own_dwarf_bytes = if layout.dwarf_bytes > 0 && debug_file.is_none() {
@@ -401,6 +410,12 @@ impl ModuleRegistry {
                     !ids.is_empty()
                 });
                 self.closed.push(m.read_path.clone());
+                // A debug file read through its handle: that fd number will be reused too.
+                if let Some(debug) = &m.debug_file
+                    && debug.read_path != debug.path
+                {
+                    self.closed.push(debug.read_path.clone());
+                }
             }
         }
     }

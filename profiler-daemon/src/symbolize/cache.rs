@@ -34,6 +34,12 @@ impl<K: Hash + Eq, V> NameCache<K, V> {
         self.entries.put(key, value);
     }
 
+    /// The most entries it holds.
+    #[must_use]
+    pub(super) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Forgets `key`.
     pub(super) fn remove(&mut self, key: &K) {
         self.entries.pop(key);

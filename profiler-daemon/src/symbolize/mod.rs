@@ -26,7 +26,7 @@ pub use frame::{Frame, Resolved, unnamed};
 use names::Names;
 use release::release_file_pages;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -59,9 +59,12 @@ struct Parsed {
     /// Named with its DWARF, holding this much of the budget; `None`: named from its symbol
     /// table only (its DWARF did not fit).
     dwarf: Option<u64>,
-    /// Named from its symbol table only for want of budget: the cache keys of those names,
-    /// forgotten with this parse (see `evict`). Empty for a file whose DWARF never fits.
-    short_of_budget: Vec<(ModuleId, u64)>,
+    /// Named from its symbol table only for want of budget: the cache keys of those names (at
+    /// most the cache's size), forgotten with this parse if its `dwarf_bytes` would fit then
+    /// (see `evict`). Empty for a file whose DWARF never fits.
+    short_of_budget: HashSet<(ModuleId, u64)>,
+    /// The size of its DWARF (whether it is named with it or not).
+    dwarf_bytes: u64,
 }
 
 /// Windows a parsed file is kept without names asked of it. At 19 Hz a library is often missed
@@ -186,8 +189,18 @@ impl SymbolizerStage {
     fn evict(&mut self, path: PathBuf) {
         if let Some(parsed) = self.parsed.remove(&path) {
             self.dwarf_in_use -= parsed.dwarf.unwrap_or(0);
-            for key in &parsed.short_of_budget {
-                self.user_cache.remove(key);
+            // Named again (with DWARF) only if it would fit beside the parses used lately: else
+            // the same symbol-table names would be parsed again for nothing.
+            let held: u64 = self
+                .parsed
+                .values()
+                .filter(|p| p.idle == 0)
+                .filter_map(|p| p.dwarf)
+                .sum();
+            if held + parsed.dwarf_bytes <= self.dwarf_budget {
+                for key in &parsed.short_of_budget {
+                    self.user_cache.remove(key);
+                }
             }
         }
         let evict = blazesym::symbolize::evict::Evict::Elf(blazesym::symbolize::evict::Elf {
@@ -237,12 +250,16 @@ impl SymbolizerStage {
             if !elf.debug_syms {
                 self.stats.dwarf_over_budget += offsets.len() as u64;
                 // Named again once this parse is gone, if the file could fit then.
+                let room = self.user_cache.capacity();
                 if dwarf_bytes <= self.dwarf_budget
                     && let Some(parsed) = self.parsed.get_mut(path)
                 {
-                    parsed
-                        .short_of_budget
-                        .extend(offsets.iter().map(|&o| (id, o)));
+                    for &offset in &offsets {
+                        if parsed.short_of_budget.len() >= room {
+                            break;
+                        }
+                        parsed.short_of_budget.insert((id, offset));
+                    }
                 }
             }
             let src = Source::Elf(elf);
@@ -325,7 +342,8 @@ impl SymbolizerStage {
                 used: true,
                 idle: 0,
                 dwarf: fits.then_some(dwarf_bytes),
-                short_of_budget: Vec::new(),
+                short_of_budget: HashSet::new(),
+                dwarf_bytes,
             },
         );
         fits
@@ -528,6 +546,22 @@ mod tests {
         let named = stage.resolve_user(&[key], &modules);
         let frame = named[0].first().expect("named");
         assert!(frame.file.is_some() && frame.line.is_some(), "{frame:?}");
+        assert_eq!(stage.stats().dwarf_over_budget, 1);
+
+        // While the other file stays in use, the symbol-table names are kept (parsing the file
+        // again would give the same).
+        let mut stage = SymbolizerStage::new(16, Vec::new(), dwarf_bytes);
+        let other = std::path::Path::new("/another/file");
+        assert!(stage.admit(other, dwarf_bytes));
+        stage.resolve_user(&[key], &modules);
+        for _ in 0..=IDLE_WINDOWS {
+            stage.forget_idle();
+            assert!(stage.admit(other, dwarf_bytes));
+        }
+        assert_eq!(stage.parsed.len(), 1, "only the other file's parse is left");
+        let hits = stage.stats().cache_hits;
+        stage.resolve_user(&[key], &modules);
+        assert_eq!(stage.stats().cache_hits, hits + 1, "kept in the cache");
         assert_eq!(stage.stats().dwarf_over_budget, 1);
     }
 }
