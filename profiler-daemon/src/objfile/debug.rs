@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read as _;
-use std::os::fd::AsRawFd as _;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
@@ -89,7 +88,7 @@ pub(super) fn find(
         .map(|(path, file)| (path, file, false))
         .or_else(|| by_debug_link(dirs, binary.debug_link.as_ref()?, origin, crcs))?;
     let read_path = if in_root {
-        PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        super::fd_path(&file)
     } else {
         path.clone()
     };
@@ -187,17 +186,9 @@ fn open_elf(path: &Path) -> Option<(File, std::fs::Metadata)> {
 fn crc32(file: &mut File, len: u64) -> Option<u32> {
     use std::io::{Seek as _, SeekFrom};
     file.seek(SeekFrom::Start(0)).ok()?;
-    let mut reader = file.take(len);
     let mut crc = flate2::Crc::new();
-    let mut buf = vec![0; 1 << 16];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return Some(crc.sum()),
-            Ok(n) => crc.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
+    super::for_each_chunk(file.take(len), |chunk| crc.update(chunk)).ok()?;
+    Some(crc.sum())
 }
 
 /// A `.gnu_debuglink`: the debug file's name and its CRC-32.

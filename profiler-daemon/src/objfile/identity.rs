@@ -8,7 +8,6 @@
 
 use std::fs::{File, Metadata};
 use std::hash::{BuildHasher as _, Hasher as _, RandomState};
-use std::io::Read as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
@@ -42,16 +41,8 @@ pub(super) struct Digester {
 impl Digester {
     /// The digest of the whole file at `path` (read in chunks: memory stays flat).
     pub(super) fn digest(&self, path: &Path) -> std::io::Result<u64> {
-        let mut file = File::open(path)?;
         let mut hasher = self.key.build_hasher();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.write(&buf[..n]);
-        }
+        super::for_each_chunk(File::open(path)?, |chunk| hasher.write(chunk))?;
         Ok(hasher.finish())
     }
 }

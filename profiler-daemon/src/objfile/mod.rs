@@ -110,6 +110,27 @@ impl Module {
     }
 }
 
+/// Where an open file is read by path: `/proc/self/fd/N` (valid while `file` is open).
+fn fd_path(file: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// Feeds the whole of `reader` to `sink` in chunks, so memory stays flat for files of any size.
+fn for_each_chunk(
+    mut reader: impl std::io::Read,
+    mut sink: impl FnMut(&[u8]),
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => sink(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Process `pid`'s root directory, as seen from here.
 fn root_of(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root"))
@@ -297,10 +318,7 @@ impl ModuleRegistry {
         {
             return Arc::clone(module);
         }
-        let read_path = file.as_ref().map_or_else(
-            || path.clone(),
-            |f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
-        );
+        let read_path = file.as_ref().map_or_else(|| path.clone(), fd_path);
         let candidate = Candidate {
             size: meta.map_or(0, std::fs::Metadata::len),
             file,

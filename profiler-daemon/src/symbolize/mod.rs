@@ -50,21 +50,28 @@ pub struct SymbolizeStats {
 }
 
 /// A file blazesym has parsed.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Parsed {
     /// Asked for names since the last `forget_idle`.
     used: bool,
     /// Windows in a row without names asked of it (see `IDLE_WINDOWS`).
     idle: u8,
-    /// Named with its DWARF, holding this much of the budget; `None`: named from its symbol
+    /// The size of its DWARF (whether it is named with it or not).
+    dwarf_bytes: u64,
+    /// Named with its DWARF, holding `dwarf_bytes` of the budget; else named from its symbol
     /// table only (its DWARF did not fit).
-    dwarf: Option<u64>,
+    with_dwarf: bool,
     /// Named from its symbol table only for want of budget: the cache keys of those names (at
     /// most the cache's size), forgotten with this parse if its `dwarf_bytes` would fit then
     /// (see `evict`). Empty for a file whose DWARF never fits.
     short_of_budget: HashSet<(ModuleId, u64)>,
-    /// The size of its DWARF (whether it is named with it or not).
-    dwarf_bytes: u64,
+}
+
+impl Parsed {
+    /// The share of the DWARF budget it holds.
+    fn held(&self) -> u64 {
+        if self.with_dwarf { self.dwarf_bytes } else { 0 }
+    }
 }
 
 /// Windows a parsed file is kept without names asked of it. At 19 Hz a library is often missed
@@ -174,7 +181,7 @@ impl SymbolizerStage {
         let mut idle: Vec<(u8, PathBuf)> = self
             .parsed
             .iter()
-            .filter(|(_, parsed)| !parsed.used && parsed.dwarf.is_some())
+            .filter(|(_, parsed)| !parsed.used && parsed.with_dwarf)
             .map(|(path, parsed)| (parsed.idle, path.clone()))
             .collect();
         idle.sort_unstable_by_key(|(windows, _)| std::cmp::Reverse(*windows));
@@ -188,14 +195,14 @@ impl SymbolizerStage {
 
     fn evict(&mut self, path: PathBuf) {
         if let Some(parsed) = self.parsed.remove(&path) {
-            self.dwarf_in_use -= parsed.dwarf.unwrap_or(0);
+            self.dwarf_in_use -= parsed.held();
             // Named again (with DWARF) only if it would fit beside the parses used lately: else
             // the same symbol-table names would be parsed again for nothing.
             let held: u64 = self
                 .parsed
                 .values()
                 .filter(|p| p.idle == 0)
-                .filter_map(|p| p.dwarf)
+                .map(Parsed::held)
                 .sum();
             if held + parsed.dwarf_bytes <= self.dwarf_budget {
                 for key in &parsed.short_of_budget {
@@ -313,7 +320,7 @@ impl SymbolizerStage {
     fn admit(&mut self, path: &std::path::Path, dwarf_bytes: u64) -> bool {
         if let Some(parsed) = self.parsed.get_mut(path) {
             parsed.used = true;
-            return parsed.dwarf.is_some();
+            return parsed.with_dwarf;
         }
         if self.dwarf_in_use + dwarf_bytes > self.dwarf_budget {
             self.make_room(dwarf_bytes);
@@ -341,9 +348,9 @@ impl SymbolizerStage {
             Parsed {
                 used: true,
                 idle: 0,
-                dwarf: fits.then_some(dwarf_bytes),
-                short_of_budget: HashSet::new(),
                 dwarf_bytes,
+                with_dwarf: fits,
+                short_of_budget: HashSet::new(),
             },
         );
         fits
