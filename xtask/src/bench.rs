@@ -570,11 +570,16 @@ pub(crate) fn interrupt_and_measure(child: Child) -> Result<(f64, i64)> {
 /// Kills and reaps the workload (killing one that has exited already succeeds).
 pub(crate) fn stop(children: Vec<Child>) {
     for mut c in children {
-        if let Err(e) = c.kill() {
-            eprintln!("killing workload {}: {e}", c.id());
-        }
-        if let Err(e) = c.wait() {
-            eprintln!("reaping workload {}: {e}", c.id());
-        }
+        stop_one(&mut c);
+    }
+}
+
+/// Kills and reaps one child, saying what failed.
+pub(crate) fn stop_one(c: &mut Child) {
+    if let Err(e) = c.kill() {
+        eprintln!("killing workload {}: {e}", c.id());
+    }
+    if let Err(e) = c.wait() {
+        eprintln!("reaping workload {}: {e}", c.id());
     }
 }

@@ -203,10 +203,7 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        // A sink that already exited has nothing left to stop; say anything else.
-        if let Err(e) = self.child.kill().and_then(|()| self.child.wait().map(drop)) {
-            eprintln!("stopping otlp-sink {}: {e}", self.child.id());
-        }
+        bench::stop_one(&mut self.child);
     }
 }
 
